@@ -1,0 +1,101 @@
+"""BaseDataLoader: a DataLoader with a fixed train/validation split and a reproducible epoch order."""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.dataloader import default_collate
+
+from utils.errors import UserError
+
+
+class EpochSampler(Sampler[int]):
+    """Yields indices in an order that depends only on (seed, epoch), like DistributedSampler."""
+
+    def __init__(self, indices: Sequence[int], shuffle: bool, seed: int = 0):
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of the next iteration."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(self.indices.tolist())
+        # An unseeded torch.initial_seed() can be close to 2**64, the largest seed a Generator takes.
+        generator = torch.Generator().manual_seed((self.seed + self.epoch) % 2**64)
+        return iter(self.indices[torch.randperm(len(self.indices), generator=generator)].tolist())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class BaseDataLoader(DataLoader):
+    """A training DataLoader that holds back a fixed validation part (see split_validation)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        validation_split: float | int,
+        num_workers: int,
+        collate_fn: Callable = default_collate,
+        pin_memory: bool = False,
+        seed: int | None = None,
+    ):
+        self.validation_split = validation_split
+        self.shuffle = shuffle
+        n = len(dataset)
+        len_valid = _validation_size(validation_split, n)
+        # The split is fixed (seed 0) so that it does not move when the training seed changes.
+        permutation = np.random.RandomState(0).permutation(n)
+        train_idx, valid_idx = np.sort(permutation[len_valid:]), np.sort(permutation[:len_valid])
+        self.n_samples = len(train_idx)
+        self.valid_sampler = EpochSampler(valid_idx, shuffle=False) if len_valid else None
+        self.init_kwargs = {
+            "dataset": dataset,
+            "batch_size": batch_size,
+            "collate_fn": collate_fn,
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+        }
+        seed = torch.initial_seed() if seed is None else seed
+        super().__init__(sampler=EpochSampler(train_idx, shuffle, seed), **self.init_kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the training order of epoch (it depends only on the seed and epoch)."""
+        self.sampler.set_epoch(epoch)
+
+    def split_validation(self) -> DataLoader | None:
+        """A DataLoader over the validation part in a fixed order, or None when there is none."""
+        if self.valid_sampler is None:
+            return None
+        return DataLoader(sampler=self.valid_sampler, **self.init_kwargs)
+
+
+def _validation_size(split: Any, n: int) -> int:
+    """The number of validation samples that split asks for out of n; a bad value raises UserError."""
+    where = f"data_loader.args.validation_split: {split!r}"
+    fix = f"use a fraction in [0, 1) or a sample count below {n}, e.g. 0.1 (0 for no validation)"
+    if isinstance(split, bool) or not isinstance(split, numbers.Real):
+        raise UserError(f"{where} is neither a fraction nor a count; the dataset has {n} samples; {fix}")
+    if split < 0:
+        raise UserError(f"{where} is negative; the dataset has {n} samples; {fix}")
+    if isinstance(split, numbers.Integral):
+        len_valid = int(split)
+    elif split < 1:
+        len_valid = int(n * split)
+    else:
+        raise UserError(f"{where} is a fraction >= 1; the dataset has {n} samples; {fix}")
+    if len_valid >= n:
+        raise UserError(f"{where} leaves no training sample: the dataset has {n} samples; {fix}")
+    if split and not len_valid:
+        raise UserError(f"{where} gives no validation sample: the dataset has {n} samples; {fix}")
+    return len_valid

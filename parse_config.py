@@ -1,0 +1,433 @@
+"""Read, merge, override and validate config.json; build registered objects from it.
+
+Parsing is pure: it reads files but writes nothing. The run directory is created by one explicit
+call, `ConfigParser.make_run_dirs()`. Precedence, lowest first: the checkpoint's config (with -r),
+the -c file (deep-merged onto it), declared options such as --lr/--bs, then key.path=value
+overrides in the order given.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import json
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from utils.config_schema import OPTIONAL_SECTIONS, REQUIRED, SCHEMA, describe, type_ok
+from utils.errors import UserError, did_you_mean
+from utils.registry import (ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, Registry,
+                            load_user_modules)
+
+# (config section, registry, positional arguments the builder supplies before the config's args)
+BUILT = [("arch", ARCHS, 0), ("data_loader", DATA_LOADERS, 0), ("optimizer", OPTIMIZERS, 1),
+         ("lr_scheduler", LR_SCHEDULERS, 1)]
+
+
+# ---------------------------------------------------------------- reading and merging
+
+def read_json(path: str | Path) -> dict:
+    """The JSON object in path; a missing or malformed file is a UserError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found; give an existing file with -c") from None
+    except OSError as e:
+        raise UserError(f"config file {path} cannot be read: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a JSON object {{...}}, not {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of base with override merged in, recursively for nested dicts."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def with_defaults(config: dict, schema: dict = SCHEMA) -> dict:
+    """A copy of config with every missing key that has a default filled in."""
+    out = copy.deepcopy(config)
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            if key in OPTIONAL_SECTIONS and out.get(key) is None:
+                continue
+            if isinstance(out.setdefault(key, {}), dict):
+                out[key] = with_defaults(out[key], spec)
+        elif key not in out and spec[1] is not REQUIRED:
+            out[key] = copy.deepcopy(spec[1])
+    return out
+
+
+# ---------------------------------------------------------------- overrides
+
+def split_path(path: str) -> list[str]:
+    """'a.b.c' (or the original template's 'a;b;c') -> ['a', 'b', 'c']."""
+    return [p for p in path.replace(";", ".").split(".") if p]
+
+
+def all_paths(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted path in a nested dict (list items by index)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    out = []
+    for key, value in items:
+        path = f"{prefix}{key}"
+        out.append(path)
+        out.extend(all_paths(value, path + "."))
+    return out
+
+
+def coerce(text: str, current: Any, path: str) -> Any:
+    """The override text as JSON (else a string), kept to the type of the value it replaces."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if current is None:
+        return value
+    if isinstance(current, str):
+        return value if isinstance(value, str) else text
+    if isinstance(current, float) and type_ok(value, float):
+        return float(value)
+    expected = type(current)
+    if not type_ok(value, expected):
+        raise UserError(f"override {path}={text}: expected {describe(expected)} like the current value {current!r}")
+    return value
+
+
+def apply_override(config: dict, path: str, text: str | None, *, value: Any = None, add: bool = False) -> None:
+    """Set config[path] from text (parsed) or value; an unknown path raises unless add is set."""
+    keys = split_path(path)
+    node = config
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            key = int(key)
+        elif not isinstance(node, dict) or key not in node:
+            if not add or not isinstance(node, dict):
+                where = ".".join(keys[: i + 1])
+                hint = did_you_mean(where, all_paths(config))
+                raise UserError(f"override {path}: no key {where!r} in the config.{hint} "
+                                f"Write +{path}=... to add a new key")
+            if not last:
+                node[key] = {}
+        if last:
+            current = node[key] if (isinstance(node, list) or key in node) else None
+            node[key] = value if text is None else coerce(text, current, path)
+        else:
+            node = node[key]
+
+
+def parse_overrides(items: Iterable[str]) -> list[tuple[str, str, bool]]:
+    """['a.b=1', '+c=x'] -> [('a.b', '1', False), ('c', 'x', True)]; a malformed item raises."""
+    out = []
+    for item in items:
+        path, sep, text = item.partition("=")
+        add = path.startswith("+")
+        path = path.lstrip("+")
+        if not sep or not path:
+            raise UserError(f"argument {item!r} is not an override: write key.path=value (e.g. trainer.epochs=5)")
+        out.append((path, text, add))
+    return out
+
+
+# ---------------------------------------------------------------- validation
+
+def check_schema(config: dict, schema: dict = SCHEMA, prefix: str = "") -> list[str]:
+    """Problems with unknown keys, missing required keys and value types."""
+    problems = []
+    for key in config:
+        if key not in schema:
+            hint = did_you_mean(key, schema)
+            problems.append(f"config key {prefix}{key!r} is not known.{hint or ' Put your own settings under extra.'}")
+    for key, spec in schema.items():
+        path = prefix + key
+        if isinstance(spec, dict):
+            section = config.get(key)
+            if section is None and key in OPTIONAL_SECTIONS:
+                continue
+            if not isinstance(section, dict):
+                problems.append(f"config key {path!r} must be an object {{...}}")
+            else:
+                problems.extend(check_schema(section, spec, path + "."))
+        elif key not in config:
+            problems.append(f"config key {path!r} is missing: {spec[2]}")
+        elif not type_ok(config[key], spec[0]):
+            problems.append(f"config key {path!r} must be {describe(spec[0])}, got {config[key]!r}")
+    return problems
+
+
+def check_args(obj: Any, args: dict, path: str, n_positional: int = 0, supplied: Iterable[str] = ()) -> list[str]:
+    """Problems with args for obj(*n_positional values, **args): unknown or missing names, wrong types."""
+    try:
+        params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:n_positional]
+    named = [p for p in params if p not in positional and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    by_name = {p.name: p for p in named}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+    name = getattr(obj, "__name__", repr(obj))
+    problems = []
+    for key, value in args.items():
+        param = by_name.get(key)
+        if param is None:
+            if not takes_any:
+                hint = did_you_mean(key, by_name) or f" It accepts: {', '.join(by_name) or 'no arguments'}."
+                problems.append(f"{path}.{key}: {name} has no argument {key!r}.{hint}")
+        elif _simple(param.default) and not type_ok(value, _widen(type(param.default))):
+            problems.append(f"{path}.{key}: {name} expects {describe(_widen(type(param.default)))} "
+                            f"(default {param.default!r}), got {value!r}")
+    supplied = set(args) | set(supplied)
+    for p in named:
+        if p.default is p.empty and p.name not in supplied:
+            problems.append(f"{path}: {name} needs the argument {p.name!r}; add it to {path}")
+    return problems
+
+
+def _simple(default: Any) -> bool:
+    return default is not None and type(default) in (int, float, bool, str)
+
+
+def _widen(t: type) -> tuple:
+    return (int, float) if t is float else (t,)
+
+
+def callable_specs(config: dict) -> list[tuple[str, Any]]:
+    """[(config path, spec)] for the loss and each metric."""
+    return [("loss", config.get("loss"))] + [(f"metrics.{i}", m) for i, m in enumerate(config.get("metrics") or [])]
+
+
+def check_callable_spec(spec: Any, path: str, registry: Registry) -> list[str]:
+    """Problems with a loss or metric given as a name or {type, args[, name]}."""
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        return [f"{path}: must be a name or an object {{\"type\": ..., \"args\": {{...}}}}, got {spec!r}"]
+    unknown = set(spec) - {"type", "args", "name"}
+    if unknown:
+        return [f"{path}: unknown key(s) {sorted(unknown)}; allowed: type, args, name"]
+    obj = registry.find(spec["type"])
+    if obj is None:
+        return [registry.unknown(spec["type"], path + ".type" if "args" in spec else path)]
+    args = spec.get("args", {})
+    if not isinstance(args, dict):
+        return [f"{path}.args must be an object {{...}}"]
+    return check_args(obj, args, f"{path}.args", 0 if inspect.isclass(obj) else 2)
+
+
+def validate(config: dict) -> list[str]:
+    """Every problem in a defaults-filled config, all at once (empty when it is fine)."""
+    load_user_modules()
+    problems = check_schema(config)
+    if problems:  # registry and signature checks need a well-formed config
+        return problems
+    for section, registry, n_positional in BUILT:
+        spec = config.get(section)
+        if spec is None:
+            continue
+        obj = registry.find(spec["type"])
+        if obj is None:
+            problems.append(registry.unknown(spec["type"], f"{section}.type"))
+        else:
+            problems.extend(check_args(obj, spec["args"], f"{section}.args", n_positional))
+    for path, spec in callable_specs(config):
+        problems.extend(check_callable_spec(spec, path, LOSSES if path == "loss" else METRICS))
+    names = [metric_name(m) for m in config["metrics"] if isinstance(m, (str, dict))]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"metrics: {dup!r} appears twice; give each a distinct \"name\"")
+    if config.get("lr_scheduler") and config["lr_scheduler"]["interval"] not in ("epoch", "step"):
+        problems.append(f"lr_scheduler.interval must be 'epoch' or 'step', got {config['lr_scheduler']['interval']!r}")
+    trainer = config["trainer"]
+    monitor = trainer["monitor"].split()
+    if monitor != ["off"] and (len(monitor) != 2 or monitor[0] not in ("min", "max")):
+        problems.append(f"trainer.monitor must be 'min <key>', 'max <key>' or 'off', got {trainer['monitor']!r}")
+    for key in ("epochs", "save_period", "log_step"):
+        if trainer[key] < 1:
+            problems.append(f"trainer.{key} must be at least 1, got {trainer[key]}")
+    if trainer["len_epoch"] is not None and trainer["len_epoch"] < 1:
+        problems.append(f"trainer.len_epoch must be at least 1 or null, got {trainer['len_epoch']}")
+    if trainer["verbosity"] not in (0, 1, 2):
+        problems.append(f"trainer.verbosity must be 0, 1 or 2, got {trainer['verbosity']}")
+    if trainer["early_stop"] < 0:
+        problems.append(f"trainer.early_stop must be 0 (off) or a positive patience, got {trainer['early_stop']}")
+    return problems
+
+
+def differing_keys(old: dict, new: dict, sections: Iterable[str]) -> list[str]:
+    """Dotted keys under sections whose values differ between two configs."""
+    old_paths, new_paths = _leaves(old), _leaves(new)
+    return sorted(k for k in set(old_paths) | set(new_paths)
+                  if k.split(".")[0] in sections and old_paths.get(k) != new_paths.get(k))
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict) or not node:
+        return {prefix.rstrip("."): node}
+    out = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}{key}."))
+    return out
+
+
+def metric_name(spec: str | dict) -> str:
+    """The key a metric is logged under: its name, else its type."""
+    return spec if isinstance(spec, str) else spec.get("name") or spec.get("type", "?")
+
+
+# ---------------------------------------------------------------- the parser object
+
+@dataclass(frozen=True)
+class RunDirs:
+    """Where one run writes: checkpoints and config copy, logs and event files."""
+    checkpoint_dir: Path
+    log_dir: Path
+
+
+class ConfigParser:
+    """A validated config (a plain dict) plus where it came from; builds registered objects."""
+
+    def __init__(self, config: dict, resume: Path | None = None, run_id: str | None = None,
+                 checkpoint: dict | None = None):
+        config = with_defaults(config)
+        problems = validate(config)
+        if problems:
+            raise UserError(problems)
+        if config["seed"] is None:  # recorded in the run's config.json, so the run can be repeated
+            config["seed"] = random.SystemRandom().randrange(2**31)
+        self.config = config
+        self.resume = resume
+        self.run_id = run_id
+        self.checkpoint = checkpoint
+        self.run_dirs: RunDirs | None = None
+
+    @classmethod
+    def from_args(cls, args: Any, options: Sequence = (), overrides: Sequence[str] | None = None) -> "ConfigParser":
+        """Build from parsed CLI args: config/resume/run_id, declared options, key=value overrides."""
+        from utils.checkpoint import load_checkpoint, resolve_checkpoint
+
+        checkpoint, resume = None, None
+        if getattr(args, "resume", None):
+            resume = resolve_checkpoint(args.resume)
+            checkpoint = load_checkpoint(resume)
+            config = checkpoint["config"]
+            if args.config:
+                config = deep_merge(config, read_json(args.config))
+        elif args.config:
+            config = read_json(args.config)
+        else:
+            raise UserError("no config given: add -c config.json (or -r CHECKPOINT to resume)")
+        config = with_defaults(config)
+        problems = []
+        for opt in options:
+            value = getattr(args, _dest(opt.flags), None)
+            if value is not None:
+                apply_override(config, opt.target, None, value=value, add=True)
+        for path, text, add in parse_overrides(overrides if overrides is not None else args.overrides):
+            try:
+                apply_override(config, path, text, add=add)
+            except UserError as e:
+                problems.extend(e.problems)
+        if problems:
+            raise UserError(problems + validate(with_defaults(config)))
+        return cls(config, resume=resume, run_id=getattr(args, "run_id", None), checkpoint=checkpoint)
+
+    # -- dict-like access, as in the original template
+    def __getitem__(self, key: str) -> Any:
+        return self.config[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.config.get(key, default)
+
+    # -- building objects
+    def init_obj(self, name: str, registry: Registry | Any, *args, **kwargs) -> Any:
+        """registry[config[name].type](*args, **config[name].args, **kwargs); kwargs win over the config."""
+        spec = self.config[name]
+        cls = _lookup(registry, spec["type"], f"{name}.type")
+        return cls(*args, **{**spec["args"], **kwargs})
+
+    def init_ftn(self, name: str, registry: Registry | Any, *args, **kwargs) -> Any:
+        """registry[config[name].type] with its args bound by functools.partial."""
+        spec = self.config[name]
+        fn = _lookup(registry, spec["type"], f"{name}.type")
+        return functools.partial(fn, *args, **{**spec["args"], **kwargs})
+
+    def build_loss(self) -> Any:
+        """The loss callable: a function (args bound) or an instance of a loss class."""
+        return _build_callable(self.config["loss"], LOSSES, "loss")
+
+    def build_metrics(self) -> dict[str, Any]:
+        """{name: metric callable} in config order."""
+        return {metric_name(spec): _build_callable(spec, METRICS, f"metrics.{i}")
+                for i, spec in enumerate(self.config["metrics"])}
+
+    # -- the one place that touches the disk
+    def make_run_dirs(self) -> RunDirs:
+        """Create (or, when resuming, reuse) the run's directories and write config.json there."""
+        from utils.checkpoint import run_dirs_of
+
+        if self.resume is not None:
+            dirs = run_dirs_of(self.resume)
+        else:
+            dirs = _new_run_dirs(Path(self.config["trainer"]["save_dir"]), self.config["name"], self.run_id)
+        dirs.log_dir.mkdir(parents=True, exist_ok=True)
+        from utils.util import write_json
+
+        write_json(self.config, dirs.checkpoint_dir / "config.json")
+        self.run_dirs = dirs
+        return dirs
+
+
+def _dest(flags: Sequence[str]) -> str:
+    long = next((f for f in flags if f.startswith("--")), flags[0])
+    return long.lstrip("-").replace("-", "_")
+
+
+def _lookup(registry: Registry | Any, name: str, path: str) -> Any:
+    if isinstance(registry, Registry):
+        return registry.get(name, path)
+    try:  # a module, as the original template's init_obj took
+        return getattr(registry, name)
+    except AttributeError:
+        raise UserError(f"{path}: {registry.__name__} has no {name!r}") from None
+
+
+def _build_callable(spec: str | dict, registry: Registry, path: str) -> Any:
+    spec = {"type": spec} if isinstance(spec, str) else spec
+    obj = registry.get(spec["type"], path)
+    args = spec.get("args", {})
+    if inspect.isclass(obj):
+        return obj(**args)
+    return functools.partial(obj, **args) if args else obj
+
+
+def _new_run_dirs(save_dir: Path, name: str, run_id: str | None) -> RunDirs:
+    """Fresh run directories; a timestamp id gets a suffix when taken, an explicit id must be new."""
+    base = run_id or datetime.now().strftime("%m%d_%H%M%S")
+    for n in range(1000):
+        rid = base if n == 0 else f"{base}_{n}"
+        dirs = RunDirs(save_dir / "models" / name / rid, save_dir / "log" / name / rid)
+        try:
+            dirs.checkpoint_dir.mkdir(parents=True, exist_ok=False)
+            return dirs
+        except FileExistsError:
+            if run_id:
+                raise UserError(f"run directory {dirs.checkpoint_dir} already exists; resume it with "
+                                f"-r {dirs.checkpoint_dir} or choose another --run-id") from None
+        except OSError as e:
+            raise UserError(f"cannot create run directory {dirs.checkpoint_dir}: {e.strerror}; "
+                            f"check trainer.save_dir") from None
+    raise UserError(f"could not find a free run directory for {base!r} under {save_dir}")

@@ -1,0 +1,128 @@
+"""Train a model described by a config: python train.py -c config.json [key.path=value ...]."""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+
+from utils.errors import run_cli
+
+# Custom CLI options, as in the original template: add your own (flags, type, config target).
+CustomArgs = collections.namedtuple("CustomArgs", "flags type target")
+OPTIONS = [
+    CustomArgs(["--lr", "--learning_rate"], type=float, target="optimizer;args;lr"),
+    CustomArgs(["--bs", "--batch_size"], type=int, target="data_loader;args;batch_size"),
+]
+
+
+def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
+    """The train.py command line: config, resume, device, run id, custom options and overrides."""
+    parser = argparse.ArgumentParser(description="Train a model from a config file.")
+    parser.add_argument("-c", "--config", help="config file path (with -r: settings merged onto the checkpoint's)")
+    parser.add_argument("-r", "--resume", help="checkpoint file, or run directory (its newest checkpoint)")
+    parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES), or cpu")
+    parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config, build everything, print the model summary and exit")
+    parser.add_argument("--list", metavar="KIND", choices=["arch", "data_loader", "optimizer", "lr_scheduler",
+                                                           "loss", "metric"],
+                        help="print the names usable for KIND and exit")
+    for opt in options:
+        parser.add_argument(*opt.flags, type=opt.type, help=f"sets {opt.target.replace(';', '.')}")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="override a config value (JSON, else a string); +key.path=value adds a new key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser(OPTIONS).parse_intermixed_args(argv)
+    if args.device and args.device != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.device  # before anything initialises CUDA
+    import torch
+
+    from logger import MetricsFile, get_logger, make_writer, setup_logging
+    from parse_config import ConfigParser
+    from trainer import Trainer
+    from trainer.trainer import logged_keys
+    from utils.checkpoint import Checkpointer
+    from utils.monitor import Monitor
+    from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, load_user_modules
+    from utils.util import prepare_device, seed_everything
+
+    if args.list:
+        load_user_modules()
+        print("\n".join(REGISTRIES[args.list].names()))
+        return
+    config = ConfigParser.from_args(args, OPTIONS)
+    cfg_trainer = config["trainer"]
+    seed_everything(config["seed"])
+
+    data_loader = config.init_obj("data_loader", DATA_LOADERS)
+    valid_data_loader = data_loader.split_validation()
+    device, device_ids = prepare_device(config["n_gpu"], force_cpu=args.device == "cpu")
+    model = config.init_obj("arch", ARCHS).to(device)
+    if len(device_ids) > 1:
+        model = torch.nn.DataParallel(model, device_ids=device_ids)
+    criterion, metrics = config.build_loss(), config.build_metrics()
+    optimizer = config.init_obj("optimizer", OPTIMIZERS, [p for p in model.parameters() if p.requires_grad])
+    lr_scheduler = config.init_obj("lr_scheduler", LR_SCHEDULERS, optimizer) if config["lr_scheduler"] else None
+    monitor = Monitor(cfg_trainer["monitor"], cfg_trainer["early_stop"])
+    monitor.check_keys(logged_keys(metrics, valid_data_loader is not None))
+    if args.dry_run:
+        print_summary(model, data_loader, device)
+        return
+
+    run = config.make_run_dirs()
+    setup_logging(run.log_dir)
+    logger = get_logger("train", cfg_trainer["verbosity"])
+    logger.info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
+    trainer = Trainer(
+        model, criterion, metrics, optimizer, device=device, epochs=cfg_trainer["epochs"],
+        data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler,
+        scheduler_interval=(config["lr_scheduler"] or {}).get("interval", "epoch"),
+        len_epoch=cfg_trainer["len_epoch"], log_step=cfg_trainer["log_step"], monitor=monitor,
+        checkpointer=Checkpointer(run.checkpoint_dir, cfg_trainer["save_period"]),
+        writer=make_writer(run.log_dir, cfg_trainer["tensorboard"]),
+        metrics_file=MetricsFile(run.log_dir / "metrics.jsonl"), config=config.config,
+        progress=cfg_trainer["verbosity"] > 0, log_images=cfg_trainer["log_images"],
+        log_histograms=cfg_trainer["log_histograms"], logger=get_logger("trainer", cfg_trainer["verbosity"]),
+    )
+    if config.checkpoint is not None:
+        resume(trainer, config, logger)
+    trainer.train()
+
+
+def resume(trainer, config, logger) -> None:
+    """Load the checkpoint into the trainer, saying what differs from the config it was trained with."""
+    from parse_config import differing_keys
+
+    old = config.checkpoint["config"]
+    changed = differing_keys(old, config.config, ("arch", "data_loader", "seed"))
+    if changed:
+        logger.warning("Resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
+    same_optimizer = old["optimizer"]["type"] == config["optimizer"]["type"]
+    if not same_optimizer:
+        logger.warning("optimizer.type differs from the checkpoint's (%s); its optimizer state is not loaded.",
+                       old["optimizer"]["type"])
+    trainer.load_state_dict(config.checkpoint, load_optimizer=same_optimizer)
+    new_lr, old_lr = config["optimizer"]["args"].get("lr"), old["optimizer"]["args"].get("lr")
+    if same_optimizer and new_lr is not None and new_lr != old_lr:
+        trainer.set_lr(new_lr)
+        logger.info("Learning rate changed from %s to %s for the resumed run.", old_lr, new_lr)
+    logger.info("Resumed from %s: continuing at epoch %d of %d.", config.resume, trainer.start_epoch, trainer.epochs)
+
+
+def print_summary(model, data_loader, device) -> None:
+    """The layer table for one batch of the data loader (torchinfo)."""
+    import torchinfo
+
+    from utils.checkpoint import unwrap
+
+    data, _ = next(iter(data_loader))
+    print(torchinfo.summary(unwrap(model), input_data=data[:2].to(device), device=device, verbose=0,
+                            col_names=("input_size", "output_size", "num_params")))
+    print("Config is valid; everything was built. Dry run: nothing was trained or written.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,40 @@
+"""The one exception type for mistakes in user input (config, CLI, checkpoint, data)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the CLI prints it without a traceback and exits with 2."""
+
+    def __init__(self, problems: str | Iterable[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' Did you mean 'x' or 'y'?' for the nearest choices, or '' when nothing is close."""
+    import difflib
+
+    choices = list(choices)
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(by_lower[c]) for c in close) + "?"
+
+
+def run_cli(main, argv=None) -> int:
+    """Run main(argv); a UserError prints one 'error:' line per problem on stderr and gives status 2."""
+    import sys
+
+    try:
+        main(argv)
+    except UserError as e:
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

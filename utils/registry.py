@@ -1,0 +1,178 @@
+"""Registries that turn the names written in config.json into Python objects.
+
+One registry per kind. User code registers by being imported: every public class or function
+defined in model/model.py, model/loss.py, model/metric.py and data_loader/data_loaders.py is
+registered by its package's __init__. Library objects (torch.optim, pytorch_optimizer, torch.nn
+losses) come from providers that are only imported on first lookup, after the user's names.
+"""
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+from typing import Any, Callable, Iterable
+
+from utils.errors import UserError, did_you_mean
+
+Provider = Callable[[], dict]
+
+
+class Registry:
+    """Names to objects for one kind (models, losses, ...); a duplicate name raises."""
+
+    def __init__(self, kind: str, providers: Iterable[Provider] = ()):
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+        self._providers = list(providers)
+        self._provided: dict[str, Any] | None = None
+
+    def register(self, obj: Any = None, *, name: str | None = None):
+        """Register obj under name (default: its __name__); usable as a decorator."""
+        if obj is None:
+            return lambda o: self.register(o, name=name)
+        name = name or obj.__name__
+        old = self._entries.get(name)
+        if old is not None and old is not obj:
+            raise ValueError(
+                f"{self.kind} name {name!r} is registered twice: "
+                f"{_where(old)} and {_where(obj)}; rename one of them"
+            )
+        self._entries[name] = obj
+        return obj
+
+    def register_module(self, module: ModuleType, predicate: Callable[[Any], bool] = callable) -> None:
+        """Register every public object defined in module (not imported into it) that passes predicate."""
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if predicate(obj):
+                self.register(obj, name=name)
+
+    def add_provider(self, provider: Provider) -> None:
+        """Add a lazily called source of names; earlier providers win on a shared name."""
+        self._providers.append(provider)
+        self._provided = None
+
+    def _library(self) -> dict[str, Any]:
+        if self._provided is None:
+            provided: dict[str, Any] = {}
+            for provider in self._providers:
+                for name, obj in provider().items():
+                    provided.setdefault(name, obj)
+            self._provided = provided
+        return self._provided
+
+    def names(self) -> list[str]:
+        """All names: the user's first, then the libraries'."""
+        return list(self._entries) + sorted(n for n in self._library() if n not in self._entries)
+
+    def find(self, name: str) -> Any | None:
+        """The object for name (exact, else a unique case-insensitive match), or None."""
+        if name in self._entries:
+            return self._entries[name]
+        library = self._library()
+        if name in library:
+            return library[name]
+        folded = [n for n in self.names() if n.lower() == name.lower()]
+        if len(folded) == 1:
+            return self._entries.get(folded[0], library.get(folded[0]))
+        return None
+
+    def __contains__(self, name: str) -> bool:
+        return self.find(name) is not None
+
+    def get(self, name: str, path: str) -> Any:
+        """The object for name; an unknown name raises a UserError naming the config path."""
+        obj = self.find(name)
+        if obj is None:
+            raise UserError(self.unknown(name, path))
+        return obj
+
+    def unknown(self, name: Any, path: str) -> str:
+        """The message for a name that is not registered."""
+        return (
+            f"{path}: unknown {self.kind} {name!r}.{did_you_mean(str(name), self.names())} "
+            f"List them all with: python train.py --list {self.kind}"
+        )
+
+
+def _where(obj: Any) -> str:
+    try:
+        return f"{obj.__module__}.{obj.__qualname__} ({inspect.getsourcefile(obj)})"
+    except (TypeError, AttributeError):
+        return repr(obj)
+
+
+# ---- library providers (imported on first lookup, so --help and config errors stay fast) ----
+
+def _torch_optimizers() -> dict:
+    import torch.optim
+
+    return {
+        name: obj for name, obj in vars(torch.optim).items()
+        if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer
+    }
+
+
+def _pytorch_optimizer_optimizers() -> dict:
+    import pytorch_optimizer
+
+    found = {}
+    for key in pytorch_optimizer.get_supported_optimizers():
+        try:
+            cls = pytorch_optimizer.load_optimizer(key)
+        except (NotImplementedError, ImportError, ValueError):  # optional backends not installed
+            continue
+        found.setdefault(cls.__name__, cls)
+    return found
+
+
+def _torch_schedulers() -> dict:
+    from torch.optim import lr_scheduler
+
+    return {
+        name: obj for name, obj in vars(lr_scheduler).items()
+        if inspect.isclass(obj) and issubclass(obj, (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau))
+        and not name.startswith("_") and obj is not lr_scheduler.LRScheduler
+    }
+
+
+def _pytorch_optimizer_schedulers() -> dict:
+    import pytorch_optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+
+    found = {}
+    for key in pytorch_optimizer.get_supported_lr_schedulers():
+        obj = pytorch_optimizer.load_lr_scheduler(key)
+        # Only schedulers with the torch protocol (step/state_dict) can be checkpointed and resumed.
+        if inspect.isclass(obj) and issubclass(obj, LRScheduler):
+            found.setdefault(obj.__name__, obj)
+        elif inspect.isfunction(obj):  # factories returning a torch LambdaLR, e.g. get_wsd_schedule
+            found.setdefault(obj.__name__, obj)
+    return found
+
+
+def _torch_losses() -> dict:
+    import torch.nn
+
+    return {
+        name: obj for name, obj in vars(torch.nn).items()
+        if inspect.isclass(obj) and name.endswith("Loss") and issubclass(obj, torch.nn.Module)
+    }
+
+
+ARCHS = Registry("arch")
+DATA_LOADERS = Registry("data_loader")
+OPTIMIZERS = Registry("optimizer", [_torch_optimizers, _pytorch_optimizer_optimizers])
+LR_SCHEDULERS = Registry("lr_scheduler", [_torch_schedulers, _pytorch_optimizer_schedulers])
+LOSSES = Registry("loss", [_torch_losses])
+METRICS = Registry("metric")
+
+REGISTRIES = {r.kind: r for r in (ARCHS, DATA_LOADERS, OPTIMIZERS, LR_SCHEDULERS, LOSSES, METRICS)}
+
+
+def load_user_modules() -> None:
+    """Import the packages whose __init__ registers the user's models, losses, metrics and loaders."""
+    import importlib
+
+    for package in ("model", "data_loader"):
+        importlib.import_module(package)

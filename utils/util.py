@@ -1,0 +1,39 @@
+"""Small helpers: JSON files, seeding, device choice."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def write_json(content: Any, path: str | Path) -> None:
+    """Write content as indented JSON, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=4) + "\n")
+    os.replace(tmp, path)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_device(n_gpu: int, force_cpu: bool = False) -> tuple[torch.device, list[int]]:
+    """The main device and the GPU ids for DataParallel; warns when fewer GPUs exist than asked."""
+    available = 0 if force_cpu else torch.cuda.device_count()
+    if n_gpu > available:
+        logging.getLogger("train").warning(
+            "n_gpu is %d but only %d GPU(s) are available here; training on %s.",
+            n_gpu, available, f"{available} GPU(s)" if available else "the CPU")
+        n_gpu = available
+    device = torch.device("cuda:0" if n_gpu > 0 else "cpu")
+    return device, list(range(n_gpu))
