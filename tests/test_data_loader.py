@@ -1,5 +1,4 @@
 """Tests for base/base_data_loader.py and data_loader/data_loaders.py."""
-import struct
 
 import numpy as np
 import pytest
@@ -9,6 +8,8 @@ from torch.utils.data import TensorDataset
 from base.base_data_loader import BaseDataLoader, EpochSampler
 from data_loader.data_loaders import DigitsDataLoader, MnistDataLoader
 from utils.errors import UserError
+
+from conftest import write_mnist
 
 
 def _values(loader):
@@ -167,23 +168,9 @@ def test_user_subclass_in_the_original_templates_style():
 
 # ---- MNIST (tiny files in the real IDX format; nothing is downloaded) ----
 
-def _write_idx(path, array):
-    magic = {3: 2051, 1: 2049}[array.ndim]  # uint8 images / labels
-    path.write_bytes(struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def mnist_dir(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.RandomState(0)
-    data = {}
-    for split, n in (("train", 20), ("t10k", 10)):
-        images, labels = rng.randint(0, 256, (n, 28, 28)), np.arange(n) % 10
-        _write_idx(raw / f"{split}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
-        data[split] = images, labels
-    return tmp_path, data
+    return tmp_path, write_mnist(tmp_path)
 
 
 @pytest.mark.parametrize("training, split", [(True, "train"), (False, "t10k")])

@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny, fast config written into a temporary directory, and ways to run the CLI."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import struct
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(save_dir: Path, **trainer) -> dict:
+    """The shipped config.json shrunk to seconds: a narrow model, 2 epochs, saving under save_dir."""
+    config = copy.deepcopy(json.loads((ROOT / "config.json").read_text()))
+    config["arch"]["args"] = {"channels": 4}
+    config["data_loader"]["args"]["batch_size"] = 128
+    config["trainer"].update({"epochs": 2, "save_dir": str(save_dir), "save_period": 1, "verbosity": 0,
+                              "monitor": "min val_loss", "early_stop": 0, **trainer})
+    return config
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """write_config(config_dict=None, **trainer) -> path of a config file in tmp_path."""
+    def write(config: dict | None = None, name: str = "config.json", **trainer) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps(config if config is not None else tiny_config(tmp_path / "saved", **trainer)))
+        return path
+    return write
+
+
+def run_dir(save_dir: Path, run_id: str, name: str = "Digits_CNN") -> tuple[Path, Path]:
+    """(checkpoint dir, log dir) of a run."""
+    return save_dir / "models" / name / run_id, save_dir / "log" / name / run_id
+
+
+def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run train.py/test.py/new_project.py as a user would, in a subprocess."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file as MNIST ships it: big-endian magic (2051 images, 2049 labels), sizes, uint8 data."""
+    magic = {3: 2051, 1: 2049}[array.ndim]
+    path.write_bytes(struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, n_train: int = 20, n_test: int = 10) -> dict:
+    """Tiny MNIST files in torchvision's layout root/MNIST/raw; returns {split: (images, labels)}."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    data = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = rng.randint(0, 256, (n, 28, 28)), np.arange(n) % 10
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+        data[split] = images, labels
+    return data

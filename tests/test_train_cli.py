@@ -1,0 +1,261 @@
+"""train.py and test.py end to end, as a user runs them: in-process through main() and as subprocesses."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+import test as test_script
+import train
+from conftest import ROOT, run_cli, run_dir, tiny_config, write_mnist
+from utils.errors import UserError
+
+
+def records(log_dir):
+    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_default_config_trains_and_reaches_good_accuracy(tmp_path):
+    """The shipped config.json as it is (only the save_dir moved): the Quick start promise."""
+    save = tmp_path / "saved"
+    result = run_cli("train.py", "-c", "config.json", f"trainer.save_dir={save}", "--run-id", "default", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt_dir, log_dir = run_dir(save, "default")
+    best = max(r["val_accuracy"] for r in records(log_dir))
+    assert best >= 0.97
+    assert torch.load(ckpt_dir / "model_best.pth", weights_only=True)["monitor_best"] == best
+    assert "Traceback" not in result.stderr
+
+
+def test_run_id_overrides_and_run_directory_layout(tmp_path, write_config):
+    train.main(["-c", str(write_config()), "--run-id", "r1", "trainer.epochs=3", "trainer.save_period=2",
+                "optimizer.args.lr=0.01"])
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "r1")
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [
+        "checkpoint-epoch2.pth", "checkpoint-epoch3.pth", "config.json", "latest", "model_best.pth"]
+    assert (ckpt_dir / "latest").read_text().strip() == "checkpoint-epoch3.pth"
+    saved_config = json.loads((ckpt_dir / "config.json").read_text())
+    assert saved_config["trainer"]["epochs"] == 3 and saved_config["optimizer"]["args"]["lr"] == 0.01
+    assert saved_config["seed"] == 123
+    assert (log_dir / "info.log").is_file() and [r["epoch"] for r in records(log_dir)] == [1, 2, 3]
+    for path in ckpt_dir.glob("*.pth"):  # every checkpoint opens with weights_only=True
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        assert ckpt["config"] == saved_config and ckpt["arch"] == "DigitsModel"
+
+
+def test_timestamp_run_ids_are_unique_within_a_second(tmp_path, write_config):
+    config = write_config()
+    for _ in range(2):
+        train.main(["-c", str(config), "trainer.epochs=1"])
+    assert len(list((tmp_path / "saved" / "models" / "Digits_CNN").iterdir())) == 2
+
+
+def test_seed_null_is_drawn_and_recorded(tmp_path, write_config):
+    train.main(["-c", str(write_config()), "--run-id", "s", "seed=null", "trainer.epochs=1"])
+    seed = json.loads((run_dir(tmp_path / "saved", "s")[0] / "config.json").read_text())["seed"]
+    assert isinstance(seed, int)
+
+
+def test_same_seed_gives_identical_weights(tmp_path, write_config):
+    config = write_config()
+    for rid in ("a", "b"):
+        train.main(["-c", str(config), "--run-id", rid])
+    a, b = (torch.load(run_dir(tmp_path / "saved", r)[0] / "checkpoint-epoch2.pth", weights_only=True) for r in "ab")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+@pytest.mark.parametrize("resume_from", ["file", "run_dir"])
+def test_resume_continues_the_same_run_and_equals_a_straight_run(tmp_path, write_config, resume_from):
+    config = write_config()
+    train.main(["-c", str(config), "--run-id", "straight", "trainer.epochs=3"])
+    train.main(["-c", str(config), "--run-id", "split", "trainer.epochs=2"])
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "split")
+    target = ckpt_dir / "checkpoint-epoch2.pth" if resume_from == "file" else ckpt_dir
+    train.main(["-r", str(target), "trainer.epochs=3"])
+    assert sorted(p.name for p in (tmp_path / "saved" / "models" / "Digits_CNN").iterdir()) == ["split", "straight"]
+    straight = torch.load(run_dir(tmp_path / "saved", "straight")[0] / "checkpoint-epoch3.pth", weights_only=True)
+    resumed = torch.load(ckpt_dir / "checkpoint-epoch3.pth", weights_only=True)
+    for key in ("state_dict",):
+        assert all(torch.equal(straight[key][k], resumed[key][k]) for k in straight[key])
+    assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    assert all(torch.equal(straight["optimizer"]["state"][i]["exp_avg"], resumed["optimizer"]["state"][i]["exp_avg"])
+               for i in straight["optimizer"]["state"])
+    assert straight["lr_scheduler"] == resumed["lr_scheduler"] and straight["monitor"] == resumed["monitor"]
+    assert [r["epoch"] for r in records(log_dir)] == [1, 2, 3]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_time", "samples_per_sec")} for r in rs]  # noqa: E731
+    assert strip(records(log_dir)) == strip(records(run_dir(tmp_path / "saved", "straight")[1]))
+
+
+def test_resume_restores_best_value_and_early_stop_counter(tmp_path, write_config):
+    # 'max lr' never strictly improves after epoch 1 (StepLR keeps it for 10 epochs): a pure patience count.
+    config = write_config(monitor="max lr", early_stop=3)
+    train.main(["-c", str(config), "--run-id", "p", "trainer.epochs=2"])
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "p")
+    train.main(["-r", str(ckpt_dir), "trainer.epochs=10"])
+    assert [r["epoch"] for r in records(log_dir)] == [1, 2, 3, 4]  # stopped after 3 epochs without improvement
+    assert (ckpt_dir / "checkpoint-epoch4.pth").is_file()
+
+
+def test_resume_with_a_new_learning_rate_applies_it_and_says_so(tmp_path, write_config):
+    train.main(["-c", str(write_config()), "--run-id", "lr", "trainer.epochs=1"])
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "lr")
+    train.main(["-r", str(ckpt_dir), "--lr", "0.0005", "trainer.epochs=2", "trainer.verbosity=1"])
+    assert [r["lr"] for r in records(log_dir)] == [0.002, 0.0005]
+    assert "Learning rate changed from 0.002 to 0.0005" in (log_dir / "info.log").read_text()
+
+
+def test_resume_with_another_optimizer_warns_and_starts_its_state_fresh(tmp_path, write_config):
+    train.main(["-c", str(write_config()), "--run-id", "o", "trainer.epochs=1"])
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "o")
+    override = tmp_path / "sgd.json"
+    override.write_text(json.dumps({"optimizer": {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}}}))
+    train.main(["-r", str(ckpt_dir), "-c", str(override), "trainer.epochs=2", "trainer.verbosity=1"])
+    assert "optimizer.type differs from the checkpoint's (Adam)" in (log_dir / "info.log").read_text()
+    ckpt = torch.load(ckpt_dir / "checkpoint-epoch2.pth", weights_only=True)
+    assert ckpt["config"]["optimizer"]["type"] == "SGD"
+    assert ckpt["config"]["optimizer"]["args"] == {"lr": 0.01, "momentum": 0.9, "weight_decay": 0, "amsgrad": True}
+    assert all("momentum_buffer" in s for s in ckpt["optimizer"]["state"].values())  # SGD state, not Adam's
+
+
+def test_resume_with_a_changed_architecture_warns(tmp_path, write_config):
+    train.main(["-c", str(write_config()), "--run-id", "a", "trainer.epochs=1"])
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "a")
+    with pytest.raises(UserError, match="weights do not fit arch DigitsModel"):
+        train.main(["-r", str(ckpt_dir), "arch.args.channels=8", "trainer.epochs=2"])
+    assert "arch.args.channels" in (log_dir / "info.log").read_text()
+    assert (ckpt_dir / "checkpoint-epoch1.pth").is_file() and not (ckpt_dir / "checkpoint-epoch2.pth").exists()
+
+
+def test_dry_run_builds_everything_prints_the_summary_and_writes_nothing(tmp_path, write_config, capsys):
+    train.main(["-c", str(write_config()), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "Total params" in out and "DigitsModel" in out and "[2, 1, 8, 8]" in out
+    assert not (tmp_path / "saved").exists()
+
+
+def test_device_cpu_flag(tmp_path, write_config):
+    train.main(["-c", str(write_config()), "-d", "cpu", "--run-id", "cpu", "trainer.epochs=1"])
+    assert (run_dir(tmp_path / "saved", "cpu")[0] / "checkpoint-epoch1.pth").is_file()
+
+
+def test_test_script_evaluates_the_test_split_without_a_new_run_directory(tmp_path, write_config, capsys):
+    train.main(["-c", str(write_config()), "--run-id", "t"])
+    ckpt_dir, _ = run_dir(tmp_path / "saved", "t")
+    before = sorted(p for p in (tmp_path / "saved").rglob("*"))
+    results = test_script.main(["-r", str(ckpt_dir / "model_best.pth")])
+    assert results["n_samples"] == 360 and 0.0 <= results["accuracy"] <= 1.0
+    assert {"loss", "accuracy", "top_k_acc", "epoch"} <= set(results)
+    written = json.loads((ckpt_dir / "test_results.json").read_text())
+    assert written["accuracy"] == results["accuracy"]
+    assert sorted(p for p in (tmp_path / "saved").rglob("*")) == sorted(before + [ckpt_dir / "test_results.json"])
+    assert "accuracy" in capsys.readouterr().out
+    out = tmp_path / "elsewhere.json"
+    again = test_script.main(["-r", str(ckpt_dir), "--out", str(out)])  # a run directory: its newest checkpoint
+    assert json.loads(out.read_text())["epoch"] == 2 and again["checkpoint"].endswith("checkpoint-epoch2.pth")
+
+
+def test_test_script_uses_only_the_checkpoint(tmp_path, write_config):
+    """Moving the checkpoint away from its run directory and config changes nothing."""
+    train.main(["-c", str(write_config()), "--run-id", "m", "trainer.epochs=1"])
+    ckpt_dir, _ = run_dir(tmp_path / "saved", "m")
+    lone = tmp_path / "lone.pth"
+    (ckpt_dir / "checkpoint-epoch1.pth").rename(lone)
+    (ckpt_dir / "config.json").unlink()
+    assert test_script.main(["-r", str(lone)])["n_samples"] == 360
+    assert (tmp_path / "test_results.json").is_file()
+
+
+def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path, write_config):
+    config = tiny_config(tmp_path / "saved")
+    config["arch"]["type"] = "DigitModel"
+    config["optimizer"]["args"]["lrr"] = 0.1
+    bad = write_config(config, name="bad.json")
+    result = run_cli("train.py", "-c", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+    assert "arch.type: unknown arch 'DigitModel'. Did you mean 'DigitsModel'" in result.stderr
+    assert "optimizer.args.lrr: Adam has no argument 'lrr'. Did you mean 'lr'?" in result.stderr
+    assert not (tmp_path / "saved").exists()
+    for args, message in [(["-r", str(tmp_path / "nope.pth")], "checkpoint .*nope.pth not found"),
+                          (["-c", str(bad), "trainer.epoch=3"], "did you mean 'trainer.epochs'")]:
+        result = run_cli("train.py", *args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert __import__("re").search(message, result.stderr, __import__("re").I), result.stderr
+
+
+def test_corrupt_and_malicious_checkpoints_are_refused(tmp_path):
+    truncated = tmp_path / "truncated.pth"
+    buffer = tmp_path / "full.pth"
+    torch.save({"state_dict": {}, "config": {}, "epoch": 1, "big": torch.zeros(10000)}, buffer)
+    truncated.write_bytes(buffer.read_bytes()[:2000])
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "config": {}, "epoch": 1, "x": Exploit()}, evil, pickle_module=pickle)
+    for script in ("train.py", "test.py"):
+        for path, message in ((truncated, "truncated or corrupt"), (evil, "refused")):
+            result = run_cli(script, "-r", str(path))
+            assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_a_project_in_the_original_templates_format_runs_unchanged(tmp_path):
+    """Scaffold a project, add the user's own model/loss/metric the original way, train and test it."""
+    project = tmp_path / "MyProject"
+    assert run_cli("new_project.py", str(project)).returncode == 0
+    with open(project / "model" / "model.py", "a") as f:
+        f.write("\n\nclass TinyNet(BaseModel):\n    def __init__(self, num_classes=10):\n        super().__init__()\n"
+                "        self.fc = nn.Linear(784, num_classes)\n\n    def forward(self, x):\n"
+                "        return F.log_softmax(self.fc(x.view(-1, 784)), dim=1)\n")
+    with open(project / "model" / "loss.py", "a") as f:
+        f.write("\n\ndef my_nll(output, target):\n    return F.nll_loss(output, target)\n")
+    with open(project / "model" / "metric.py", "a") as f:  # old style: Python floats through .item()
+        f.write("\n\ndef my_acc(output, target):\n    with torch.no_grad():\n        pred = torch.argmax(output, dim=1)\n"
+                "        correct = torch.sum(pred == target).item()\n    return correct / len(target)\n")
+    write_mnist(project / "data", n_train=40, n_test=20)
+    original = {
+        "name": "Mnist_LeNet", "n_gpu": 1,
+        "arch": {"type": "TinyNet", "args": {}},
+        "data_loader": {"type": "MnistDataLoader", "args": {"data_dir": "data/", "batch_size": 128, "shuffle": True,
+                                                             "validation_split": 0.1, "num_workers": 2}},
+        "optimizer": {"type": "Adam", "args": {"lr": 0.001, "weight_decay": 0, "amsgrad": True}},
+        "loss": "my_nll", "metrics": ["my_acc", "top_k_acc"],
+        "lr_scheduler": {"type": "StepLR", "args": {"step_size": 50, "gamma": 0.1}},
+        "trainer": {"epochs": 2, "save_dir": "saved/", "save_period": 1, "verbosity": 2,
+                    "monitor": "min val_loss", "early_stop": 10, "tensorboard": True},
+    }
+    (project / "config.json").write_text(json.dumps(original, indent=4))
+    result = run_cli_in(project, "train.py", "-c", "config.json", "--run-id", "orig")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt_dir = project / "saved" / "models" / "Mnist_LeNet" / "orig"
+    log = records(project / "saved" / "log" / "Mnist_LeNet" / "orig")
+    assert {"my_acc", "val_my_acc", "top_k_acc"} <= set(log[-1])
+    result = run_cli_in(project, "test.py", "-r", str(ckpt_dir / "checkpoint-epoch2.pth"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((ckpt_dir / "test_results.json").read_text())["n_samples"] == 20
+
+
+def run_cli_in(project, script, *args):
+    """Run the scaffolded project's own copy of a script."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, script, *args], cwd=project, capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_option():
+    out = run_cli("train.py", "--help").stdout
+    for flag in ("-c", "--resume", "--device", "--lr", "--bs", "--run-id", "--dry-run", "--list", "key.path=value"):
+        assert flag in out
+    assert "--out" in run_cli("test.py", "--help").stdout
+
+
+def test_root_is_the_repository():
+    assert (ROOT / "train.py").is_file()
