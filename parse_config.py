@@ -2,8 +2,8 @@
 
 Parsing is pure: it reads files but writes nothing. The run directory is created by one explicit
 call, `ConfigParser.make_run_dirs()`. Precedence, lowest first: the checkpoint's config (with -r),
-the -c file (deep-merged onto it), declared options such as --lr/--bs, then key.path=value
-overrides in the order given.
+the -c file (deep-merged onto it, but a section whose type changes takes only the new args),
+declared options such as --lr/--bs, then key.path=value overrides in the order given.
 """
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import functools
 import inspect
 import json
 import random
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from utils.config_schema import OPTIONAL_SECTIONS, REQUIRED, SCHEMA, describe, type_ok
+from utils.config_schema import NONE, OPTIONAL_SECTIONS, REQUIRED, SCHEMA, describe, flat_keys, type_ok
 from utils.errors import UserError, did_you_mean
 from utils.registry import (ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, Registry,
                             load_user_modules)
@@ -58,6 +59,16 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def merge_changes(config: dict, changes: dict) -> dict:
+    """A -c file deep-merged onto a checkpoint's config; a section whose type changes takes only the new args."""
+    out = deep_merge(config, changes)
+    for key, new in changes.items():
+        old = config.get(key)
+        if isinstance(new, dict) and isinstance(old, dict) and "type" in new and new["type"] != old.get("type"):
+            out[key]["args"] = copy.deepcopy(new.get("args", {}))
+    return out
+
+
 def with_defaults(config: dict, schema: dict = SCHEMA) -> dict:
     """A copy of config with every missing key that has a default filled in."""
     out = copy.deepcopy(config)
@@ -79,33 +90,31 @@ def split_path(path: str) -> list[str]:
     return [p for p in path.replace(";", ".").split(".") if p]
 
 
-def all_paths(node: Any, prefix: str = "") -> list[str]:
-    """Every dotted path in a nested dict (list items by index)."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    out = []
-    for key, value in items:
-        path = f"{prefix}{key}"
-        out.append(path)
-        out.extend(all_paths(value, path + "."))
-    return out
-
-
 def coerce(text: str, current: Any, path: str) -> Any:
-    """The override text as JSON (else a string), kept to the type of the value it replaces."""
+    """The override text as JSON (else a string), of the type of the value it replaces or one the schema allows."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text
-    if current is None:
+    if current is None or value is None:  # null: the schema check decides whether the key allows it
         return value
-    if isinstance(current, str):
-        return value if isinstance(value, str) else text
     if isinstance(current, float) and type_ok(value, float):
         return float(value)
-    expected = type(current)
-    if not type_ok(value, expected):
-        raise UserError(f"override {path}={text}: expected {describe(expected)} like the current value {current!r}")
-    return value
+    allowed = _schema_types(split_path(path))  # e.g. loss={"type": ...} where the file has a name
+    if type_ok(value, type(current)) or type_ok(value, allowed):
+        return value
+    if isinstance(current, str):
+        return text
+    expected = tuple(dict.fromkeys((type(current), *allowed)))
+    raise UserError(f"override {path}={text}: expected {describe(expected)} like the current value {current!r}")
+
+
+def _schema_types(keys: list[str]) -> tuple:
+    """The types the schema allows at a config path (a metric: a name or an object); () where it says nothing."""
+    if len(keys) == 2 and keys[0] == "metrics" and keys[1].isdigit():
+        return (str, dict)
+    types = flat_keys().get(".".join(keys), ((),))[0]
+    return types if isinstance(types, tuple) else (types,)
 
 
 def apply_override(config: dict, path: str, text: str | None, *, value: Any = None, add: bool = False) -> None:
@@ -117,9 +126,13 @@ def apply_override(config: dict, path: str, text: str | None, *, value: Any = No
         if isinstance(node, list) and key.isdigit() and int(key) < len(node):
             key = int(key)
         elif not isinstance(node, dict) or key not in node:
-            if not add or not isinstance(node, dict):
-                where = ".".join(keys[: i + 1])
-                hint = did_you_mean(where, all_paths(config))
+            where = ".".join(keys[: i + 1])
+            if add and not isinstance(node, dict):
+                raise UserError(f"override +{path}: cannot add {where!r}: {'.'.join(keys[:i]) or 'the config'} "
+                                f"is {describe(type(node))}, not an object")
+            if not add:
+                siblings = node if isinstance(node, dict) else ()
+                hint = did_you_mean(key, siblings, ".".join(keys[:i]) + "." if i else "")
                 raise UserError(f"override {path}: no key {where!r} in the config.{hint} "
                                 f"Write +{path}=... to add a new key")
             if not last:
@@ -151,8 +164,8 @@ def check_schema(config: dict, schema: dict = SCHEMA, prefix: str = "") -> list[
     problems = []
     for key in config:
         if key not in schema:
-            hint = did_you_mean(key, schema)
-            problems.append(f"config key {prefix}{key!r} is not known.{hint or ' Put your own settings under extra.'}")
+            hint = did_you_mean(key, schema, prefix)
+            problems.append(f"config key {prefix + key!r} is not known.{hint or ' Put your own settings under extra.'}")
     for key, spec in schema.items():
         path = prefix + key
         if isinstance(spec, dict):
@@ -188,9 +201,9 @@ def check_args(obj: Any, args: dict, path: str, n_positional: int = 0, supplied:
             if not takes_any:
                 hint = did_you_mean(key, by_name) or f" It accepts: {', '.join(by_name) or 'no arguments'}."
                 problems.append(f"{path}.{key}: {name} has no argument {key!r}.{hint}")
-        elif _simple(param.default) and not type_ok(value, _widen(type(param.default))):
-            problems.append(f"{path}.{key}: {name} expects {describe(_widen(type(param.default)))} "
-                            f"(default {param.default!r}), got {value!r}")
+        elif (types := _json_types(param)) is not None and not type_ok(value, types):
+            default = "" if param.default is param.empty else f" (default {param.default!r})"
+            problems.append(f"{path}.{key}: {name} expects {describe(types)}{default}, got {value!r}")
     supplied = set(args) | set(supplied)
     for p in named:
         if p.default is p.empty and p.name not in supplied:
@@ -198,21 +211,38 @@ def check_args(obj: Any, args: dict, path: str, n_positional: int = 0, supplied:
     return problems
 
 
-def _simple(default: Any) -> bool:
-    return default is not None and type(default) in (int, float, bool, str)
+# What a name in a type annotation admits among JSON values (a tensor: none of them).
+_JSON_TYPES = {"int": (int,), "float": (float,), "bool": (bool,), "str": (str,), "None": (NONE,), "NoneType": (NONE,),
+               "Optional": (NONE,), "Union": (), "list": (list,), "tuple": (list,), "Sequence": (list,),
+               "dict": (dict,), "Mapping": (dict,), "Tensor": ()}
 
 
-def _widen(t: type) -> tuple:
-    return (int, float) if t is float else (t,)
+def _json_types(param: inspect.Parameter) -> tuple | None:
+    """The JSON value types param accepts, from its annotation and default; None when they cannot be told."""
+    default = param.default
+    types = (type(default),) if type(default) in (int, float, bool, str, NONE) else ()
+    ann = param.annotation
+    if ann is param.empty:  # unannotated: only a plain default tells (an int default takes floats too: 0 for 0.0)
+        return (float,) if type(default) is int else types or None
+    text = ann if isinstance(ann, str) else ann.__name__ if isinstance(ann, type) else str(ann)
+    for word in re.findall(r"[A-Za-z_][\w.]*", re.sub(r"'[^']*'|\"[^\"]*\"", "", text)):
+        word = word.rsplit(".", 1)[-1]
+        if word not in _JSON_TYPES:  # Literal, Callable, Any, an alias, a class: do not guess
+            return None
+        types += _JSON_TYPES[word]
+    return tuple(t for t in dict.fromkeys(types) if not (t is int and float in types)) or None  # floats take ints
 
 
 def callable_specs(config: dict) -> list[tuple[str, Any]]:
-    """[(config path, spec)] for the loss and each metric."""
-    return [("loss", config.get("loss"))] + [(f"metrics.{i}", m) for i, m in enumerate(config.get("metrics") or [])]
+    """[(config path, spec)] for the loss and each metric that check_schema found well-typed."""
+    metrics = config.get("metrics")
+    specs = [("loss", config["loss"])] if type_ok(config.get("loss"), (str, dict)) else []
+    return specs + [(f"metrics.{i}", m) for i, m in enumerate(metrics if isinstance(metrics, list) else [])]
 
 
 def check_callable_spec(spec: Any, path: str, registry: Registry) -> list[str]:
     """Problems with a loss or metric given as a name or {type, args[, name]}."""
+    type_path = path if isinstance(spec, str) else f"{path}.type"
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
@@ -222,7 +252,7 @@ def check_callable_spec(spec: Any, path: str, registry: Registry) -> list[str]:
         return [f"{path}: unknown key(s) {sorted(unknown)}; allowed: type, args, name"]
     obj = registry.find(spec["type"])
     if obj is None:
-        return [registry.unknown(spec["type"], path + ".type" if "args" in spec else path)]
+        return [registry.unknown(spec["type"], type_path)]
     args = spec.get("args", {})
     if not isinstance(args, dict):
         return [f"{path}.args must be an object {{...}}"]
@@ -232,38 +262,39 @@ def check_callable_spec(spec: Any, path: str, registry: Registry) -> list[str]:
 def validate(config: dict) -> list[str]:
     """Every problem in a defaults-filled config, all at once (empty when it is fine)."""
     load_user_modules()
-    problems = check_schema(config)
-    if problems:  # registry and signature checks need a well-formed config
-        return problems
+    problems = check_schema(config)  # the checks below skip values it found missing or mistyped
     for section, registry, n_positional in BUILT:
         spec = config.get(section)
-        if spec is None:
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
             continue
         obj = registry.find(spec["type"])
         if obj is None:
             problems.append(registry.unknown(spec["type"], f"{section}.type"))
-        else:
+        elif isinstance(spec.get("args"), dict):
             problems.extend(check_args(obj, spec["args"], f"{section}.args", n_positional))
-    for path, spec in callable_specs(config):
+    specs = callable_specs(config)
+    for path, spec in specs:
         problems.extend(check_callable_spec(spec, path, LOSSES if path == "loss" else METRICS))
-    names = [metric_name(m) for m in config["metrics"] if isinstance(m, (str, dict))]
+    names = [metric_name(m) for path, m in specs if path != "loss" and isinstance(m, (str, dict))]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"metrics: {dup!r} appears twice; give each a distinct \"name\"")
-    if config.get("lr_scheduler") and config["lr_scheduler"]["interval"] not in ("epoch", "step"):
-        problems.append(f"lr_scheduler.interval must be 'epoch' or 'step', got {config['lr_scheduler']['interval']!r}")
-    trainer = config["trainer"]
-    monitor = trainer["monitor"].split()
-    if monitor != ["off"] and (len(monitor) != 2 or monitor[0] not in ("min", "max")):
+    scheduler = config.get("lr_scheduler")
+    interval = scheduler.get("interval") if isinstance(scheduler, dict) else "epoch"
+    if isinstance(interval, str) and interval not in ("epoch", "step"):
+        problems.append(f"lr_scheduler.interval must be 'epoch' or 'step', got {interval!r}")
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    words = trainer["monitor"].split() if isinstance(trainer.get("monitor"), str) else ["off"]
+    if words != ["off"] and (len(words) != 2 or words[0] not in ("min", "max")):
         problems.append(f"trainer.monitor must be 'min <key>', 'max <key>' or 'off', got {trainer['monitor']!r}")
-    for key in ("epochs", "save_period", "log_step"):
-        if trainer[key] < 1:
-            problems.append(f"trainer.{key} must be at least 1, got {trainer[key]}")
-    if trainer["len_epoch"] is not None and trainer["len_epoch"] < 1:
-        problems.append(f"trainer.len_epoch must be at least 1 or null, got {trainer['len_epoch']}")
-    if trainer["verbosity"] not in (0, 1, 2):
-        problems.append(f"trainer.verbosity must be 0, 1 or 2, got {trainer['verbosity']}")
-    if trainer["early_stop"] < 0:
-        problems.append(f"trainer.early_stop must be 0 (off) or a positive patience, got {trainer['early_stop']}")
+    number = {k: v for k, v in trainer.items() if type_ok(v, int)}  # mistyped ones are reported already
+    for key in ("epochs", "save_period", "log_step", "len_epoch"):
+        if key in number and number[key] < 1:
+            problems.append(f"trainer.{key} must be at least 1{' or null' if key == 'len_epoch' else ''}, "
+                            f"got {number[key]}")
+    if number.get("verbosity", 0) not in (0, 1, 2):
+        problems.append(f"trainer.verbosity must be 0, 1 or 2, got {number['verbosity']}")
+    if number.get("early_stop", 0) < 0:
+        problems.append(f"trainer.early_stop must be 0 (off) or a positive patience, got {number['early_stop']}")
     return problems
 
 
@@ -325,7 +356,7 @@ class ConfigParser:
             checkpoint = load_checkpoint(resume)
             config = checkpoint["config"]
             if args.config:
-                config = deep_merge(config, read_json(args.config))
+                config = merge_changes(config, read_json(args.config))
         elif args.config:
             config = read_json(args.config)
         else:
@@ -357,7 +388,12 @@ class ConfigParser:
         """registry[config[name].type](*args, **config[name].args, **kwargs); kwargs win over the config."""
         spec = self.config[name]
         cls = _lookup(registry, spec["type"], f"{name}.type")
-        return cls(*args, **{**spec["args"], **kwargs})
+        try:
+            return cls(*args, **{**spec["args"], **kwargs})
+        except (TypeError, ValueError) as e:  # a library refusing a value such as lr=-1
+            if not (isinstance(registry, Registry) and registry.from_library(cls)):
+                raise  # an error in the user's own code keeps its traceback
+            raise UserError(f"{name}.args: {spec['type']} refused {spec['args']}: {e}") from None
 
     def init_ftn(self, name: str, registry: Registry | Any, *args, **kwargs) -> Any:
         """registry[config[name].type] with its args bound by functools.partial."""

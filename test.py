@@ -22,12 +22,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.device and args.device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+    from logger import setup_logging
     from parse_config import ConfigParser
     from trainer import evaluate, loss_step
     from utils.checkpoint import load_checkpoint, resolve_checkpoint
     from utils.registry import ARCHS, DATA_LOADERS
     from utils.util import prepare_device, write_json
 
+    setup_logging(None)
     path = resolve_checkpoint(args.resume)
     checkpoint = load_checkpoint(path)
     config = ConfigParser(checkpoint["config"])

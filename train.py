@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, load_user_modules
     from utils.util import prepare_device, seed_everything
 
+    setup_logging(None)  # console only until the run directory exists (and no handler of an earlier run)
     if args.list:
         load_user_modules()
         print("\n".join(REGISTRIES[args.list].names()))
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     run = config.make_run_dirs()
-    setup_logging(run.log_dir)
+    setup_logging(run.log_dir, verbosity=cfg_trainer["verbosity"])
     logger = get_logger("train", cfg_trainer["verbosity"])
     logger.info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
     trainer = Trainer(

@@ -47,24 +47,31 @@ class BaseTrainer:
 
     def train(self) -> None:
         """Train from start_epoch to epochs, saving checkpoints and stopping early when told."""
-        for epoch in range(self.start_epoch, self.epochs + 1):
-            started = time.perf_counter()
-            log = {"epoch": epoch, **self._train_epoch(epoch), "lr": self.current_lr()}
-            self._step_scheduler_after_epoch(log)
-            log["epoch_time"] = time.perf_counter() - started
-            self.epoch = epoch
-            improved = self.monitor.update(log)
-            self._report(log)
-            stop = self.monitor.should_stop
-            if self.checkpointer is not None:
-                for path in self.checkpointer.save(self.state_dict(), epoch, is_best=improved,
-                                                   is_last=stop or epoch == self.epochs):
-                    self.logger.info("Saved %s", path)
-            if stop:
-                self.logger.info("%s did not improve for %d epochs: training stops.",
-                                 self.monitor.key, self.monitor.patience)
-                break
-        self.writer.close()
+        try:
+            for epoch in range(self.start_epoch, self.epochs + 1):
+                if not self._run_epoch(epoch):
+                    break
+        finally:
+            self.writer.close()
+
+    def _run_epoch(self, epoch: int) -> bool:
+        """Train, log and checkpoint one epoch; False when early stopping ends training."""
+        started = time.perf_counter()
+        log = {"epoch": epoch, **self._train_epoch(epoch), "lr": self.current_lr()}
+        self._step_scheduler_after_epoch(log)
+        log["epoch_time"] = time.perf_counter() - started
+        self.epoch = epoch
+        improved = self.monitor.update(log)
+        self._report(log)
+        stop = self.monitor.should_stop
+        if self.checkpointer is not None:
+            for path in self.checkpointer.save(self.state_dict(), epoch, is_best=improved,
+                                               is_last=stop or epoch == self.epochs):
+                self.logger.info("Saved %s", path)
+        if stop:
+            self.logger.info("%s did not improve for %d epochs: training stops.",
+                             self.monitor.key, self.monitor.patience)
+        return not stop
 
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]

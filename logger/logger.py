@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import math
 from pathlib import Path
 
 from utils.errors import UserError
@@ -12,10 +13,14 @@ LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 DEFAULT_CONFIG = Path(__file__).with_name("logger_config.json")
 
 
-def setup_logging(log_dir: Path | None, log_config: Path = DEFAULT_CONFIG, default_level: int = logging.INFO) -> None:
-    """Configure the root logger: console always, file handlers into log_dir (skipped when None)."""
+def setup_logging(log_dir: Path | None, log_config: Path = DEFAULT_CONFIG, default_level: int = logging.INFO,
+                  *, verbosity: int = 2) -> None:
+    """Configure the root logger: console at the verbosity's level, file handlers into log_dir (skipped when None).
+
+    Verbosity filters the console only: info.log always keeps the run's info lines.
+    """
     if not log_config.is_file():
-        logging.basicConfig(level=default_level)
+        logging.basicConfig(level=default_level, force=True)  # force: replace the handlers of an earlier run
         logging.getLogger().warning("logging config %s not found; using basic logging", log_config)
         return
     config = json.loads(log_config.read_text())
@@ -23,19 +28,27 @@ def setup_logging(log_dir: Path | None, log_config: Path = DEFAULT_CONFIG, defau
         if "filename" in handler:
             if log_dir is None:
                 del config["handlers"][name]
-                config["root"]["handlers"].remove(name)
+                for logger in [config.get("root", {}), *config.get("loggers", {}).values()]:
+                    if name in logger.get("handlers", []):
+                        logger["handlers"].remove(name)
             else:
                 handler["filename"] = str(Path(log_dir) / handler["filename"])
+        elif handler.get("class") == "logging.StreamHandler":
+            handler["level"] = logging.getLevelName(_level(verbosity))
     logging.config.dictConfig(config)
 
 
 def get_logger(name: str, verbosity: int = 2) -> logging.Logger:
-    """A named logger at the level for verbosity 0 (warnings), 1 (info) or 2 (debug)."""
+    """A named logger passing info lines (for info.log) and debug lines at verbosity 2."""
+    logger = logging.getLogger(name)
+    logger.setLevel(min(_level(verbosity), logging.INFO))
+    return logger
+
+
+def _level(verbosity: int) -> int:
     if verbosity not in LOG_LEVELS:
         raise UserError(f"verbosity {verbosity} is not valid; use one of {sorted(LOG_LEVELS)}")
-    logger = logging.getLogger(name)
-    logger.setLevel(LOG_LEVELS[verbosity])
-    return logger
+    return LOG_LEVELS[verbosity]
 
 
 class MetricsFile:
@@ -54,8 +67,17 @@ class MetricsFile:
         if self.path is None or not self.path.is_file():
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        if len(kept) != len(lines):
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines if _epoch_of(line) <= epoch]
+        if kept != lines:
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(kept))
             tmp.replace(self.path)
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of a metrics.jsonl line; infinite (so dropped) for a blank or half-written line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:  # a crash while appending leaves a partial last line
+        return math.inf
+    return record.get("epoch", 0) if isinstance(record, dict) else math.inf

@@ -1,6 +1,7 @@
 """TensorBoard writing behind explicit methods, and a do-nothing writer with the same methods."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -21,30 +22,78 @@ class NullWriter:
 
 
 class TensorboardWriter(NullWriter):
-    """Scalars, images and histograms into event files in log_dir (appends to an existing stream)."""
+    """Scalars, images and histograms into event files in log_dir, continuing an existing stream.
+
+    A resumed run appends a new events file to log_dir. What it writes for a tag supersedes what the
+    earlier files hold for that tag from the same step on (after a resume from an earlier checkpoint
+    those steps would otherwise appear twice); the earlier files are rewritten without them at the
+    first flush after the tag's first write.
+    """
 
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard is slow to import
 
+        self._earlier = sorted(Path(log_dir).glob("events.out.tfevents.*"))
         self._writer = SummaryWriter(log_dir=str(log_dir))
+        self._first_step: dict[str, int] = {}  # tag -> the first step this writer wrote for it
+        self._settled: set[str] = set()  # tags already dropped from the earlier files
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._first_step.setdefault(tag, step)
         self._writer.add_scalar(tag, value, step)
 
     def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        self._first_step.setdefault(tag, step)
         self._writer.add_image(tag, image, step)
 
     def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        self._first_step.setdefault(tag, step)
         # 'tensorflow' bins are computed in a fixed number of passes; 'auto' (the old default) is slow.
         self._writer.add_histogram(tag, values.detach().float().cpu(), step, bins="tensorflow")
 
     def flush(self) -> None:
         self._writer.flush()
+        self._drop_superseded()
 
     def close(self) -> None:
         self._writer.close()
+        self._drop_superseded()
+
+    def _drop_superseded(self) -> None:
+        cut = {tag: step for tag, step in self._first_step.items() if tag not in self._settled}
+        if cut and self._earlier:
+            for path in self._earlier:
+                drop_from_events_file(path, cut)
+        self._settled.update(cut)
 
 
 def make_writer(log_dir: Path | None, enabled: bool) -> NullWriter:
     """A TensorboardWriter when enabled and there is a log directory, else a NullWriter."""
     return TensorboardWriter(log_dir) if enabled and log_dir is not None else NullWriter()
+
+
+def drop_from_events_file(path: Path, cut: dict[str, int]) -> None:
+    """Rewrite an events file without the values of each tag in cut at or after cut[tag]."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    kept, changed = [], False
+    for record in RawEventFileLoader(str(path)).Load():  # stops at a record cut short by a crash
+        event = Event.FromString(record)
+        values = [v for v in event.summary.value if not (v.tag in cut and event.step >= cut[v.tag])]
+        if len(values) != len(event.summary.value):
+            changed = True
+            if not values:
+                continue
+            del event.summary.value[:]
+            event.summary.value.extend(values)
+            record = event.SerializeToString()
+        kept.append(record)
+    if changed:
+        tmp = path.with_name(".rewrite.tmp")  # no 'tfevents' in the name: TensorBoard ignores it
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for record in kept:
+                writer.write(record)
+        os.replace(tmp, path)

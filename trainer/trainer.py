@@ -103,9 +103,8 @@ class Trainer(BaseTrainer):
         self.model.train()
         tracker = MetricTracker()
         samples, started = 0, time.perf_counter()
-        batch_size = getattr(self.data_loader, "batch_size", None) or 1
-        bar = tqdm(total=self.len_epoch, desc=f"Epoch {epoch}", disable=not self.progress, leave=False,
-                   unit="samples", unit_scale=batch_size, dynamic_ncols=True)
+        bar = tqdm(total=self._epoch_samples(), desc=f"Epoch {epoch}", disable=not self.progress, leave=False,
+                   unit="samples", dynamic_ncols=True)
         for batch_idx, (data, target) in enumerate(self._epoch_batches(epoch)):
             data, target = to_device(data, self.device), to_device(target, self.device)
             self.optimizer.zero_grad(set_to_none=True)
@@ -115,13 +114,14 @@ class Trainer(BaseTrainer):
             if self.lr_scheduler is not None and self.scheduler_interval == "step":
                 self.lr_scheduler.step()
             self.global_step += 1
-            samples += batch_size_of(target)
+            n = batch_size_of(target)
+            samples += n
             track(tracker, self.metric_ftns, loss, output, target)
             if self.global_step % self.log_step == 0:
-                self._log_step(loss, bar)
+                self._log_step(loss, tracker, bar)
             if batch_idx == 0 and self.log_images:
                 self._log_images(data, epoch)
-            bar.update()
+            bar.update(n)
         bar.close()
         log = tracker.result()
         log["samples_per_sec"] = samples / (time.perf_counter() - started)
@@ -143,15 +143,24 @@ class Trainer(BaseTrainer):
             self._cycle = self._endless()
         return itertools.islice(self._cycle, self.len_epoch)
 
+    def _epoch_samples(self) -> int | None:
+        """Samples in one epoch, for the progress bar (None when unknown)."""
+        sampler = getattr(self.data_loader, "sampler", None)
+        if not self.iteration_based and hasattr(sampler, "__len__"):
+            return len(sampler)
+        batch_size = getattr(self.data_loader, "batch_size", None)
+        return self.len_epoch * batch_size if batch_size else None
+
     def _endless(self) -> Iterator:
         for n in itertools.count(1):
             _set_epoch(self.data_loader, n)
             yield from self.data_loader
 
-    def _log_step(self, loss: torch.Tensor, bar: tqdm) -> None:
-        value = loss.item()  # the one host sync, every log_step steps
+    def _log_step(self, loss: torch.Tensor, tracker: MetricTracker, bar: tqdm) -> None:
+        # the one host sync in the loop, every log_step steps: this step's loss and the epoch's running mean
+        value, running = torch.stack([loss.detach().float(), torch.as_tensor(tracker.running("loss"))]).tolist()
         self.writer.add_scalar("loss/train_step", value, self.global_step)
-        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
 
     def _log_images(self, data: Any, epoch: int) -> None:
         if isinstance(data, torch.Tensor) and data.dim() == 4:

@@ -12,16 +12,15 @@ class UserError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """' Did you mean 'x' or 'y'?' for the nearest choices, or '' when nothing is close."""
+def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
+    """' Did you mean 'x' or 'y'?' for the nearest choices (case-insensitive, each shown after prefix), or ''."""
     import difflib
 
-    choices = list(choices)
     by_lower = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
     if not close:
         return ""
-    return " Did you mean " + " or ".join(repr(by_lower[c]) for c in close) + "?"
+    return " Did you mean " + " or ".join(repr(prefix + by_lower[c]) for c in close) + "?"
 
 
 def run_cli(main, argv=None) -> int:

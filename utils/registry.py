@@ -77,6 +77,10 @@ class Registry:
             return self._entries.get(folded[0], library.get(folded[0]))
         return None
 
+    def from_library(self, obj: Any) -> bool:
+        """Whether obj comes from a library provider rather than from a registration of the user's."""
+        return all(obj is not o for o in self._entries.values()) and any(obj is o for o in self._library().values())
+
     def __contains__(self, name: str) -> bool:
         return self.find(name) is not None
 
@@ -126,13 +130,19 @@ def _pytorch_optimizer_optimizers() -> dict:
     return found
 
 
+# Schedulers whose required arguments are Python objects a JSON config cannot hold: a function
+# (lr_lambda) or other schedulers (and ChainedScheduler takes those first, so the optimizer the
+# builder passes would land in the wrong place). Register a factory of your own to use them.
+_NEEDS_PYTHON_OBJECTS = {"LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler"}
+
+
 def _torch_schedulers() -> dict:
     from torch.optim import lr_scheduler
 
     return {
         name: obj for name, obj in vars(lr_scheduler).items()
         if inspect.isclass(obj) and issubclass(obj, (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau))
-        and not name.startswith("_") and obj is not lr_scheduler.LRScheduler
+        and not name.startswith("_") and obj is not lr_scheduler.LRScheduler and name not in _NEEDS_PYTHON_OBJECTS
     }
 
 
@@ -143,6 +153,8 @@ def _pytorch_optimizer_schedulers() -> dict:
     found = {}
     for key in pytorch_optimizer.get_supported_lr_schedulers():
         obj = pytorch_optimizer.load_lr_scheduler(key)
+        if obj.__name__ in _NEEDS_PYTHON_OBJECTS:  # torch's, offered again under another key
+            continue
         # Only schedulers with the torch protocol (step/state_dict) can be checkpointed and resumed.
         if inspect.isclass(obj) and issubclass(obj, LRScheduler):
             found.setdefault(obj.__name__, obj)

@@ -29,7 +29,11 @@ def seed_everything(seed: int) -> None:
 
 def prepare_device(n_gpu: int, force_cpu: bool = False) -> tuple[torch.device, list[int]]:
     """The main device and the GPU ids for DataParallel; warns when fewer GPUs exist than asked."""
-    available = 0 if force_cpu else torch.cuda.device_count()
+    if force_cpu:
+        if n_gpu > 0:
+            logging.getLogger("train").info("-d cpu: training on the CPU (n_gpu=%d is not used).", n_gpu)
+        return torch.device("cpu"), []
+    available = torch.cuda.device_count()
     if n_gpu > available:
         logging.getLogger("train").warning(
             "n_gpu is %d but only %d GPU(s) are available here; training on %s.",

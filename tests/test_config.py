@@ -1,0 +1,599 @@
+"""Tests for parse_config.py and utils/config_schema.py: reading, merging, overrides, validation, run dirs."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+from datetime import datetime
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import parse_config
+import train
+from parse_config import (ConfigParser, apply_override, coerce, deep_merge, merge_changes, parse_overrides,
+                          read_json, validate, with_defaults)
+from utils.config_schema import SCHEMA, flat_keys
+from utils.errors import UserError, run_cli as run_main
+from utils.registry import ARCHS, LOSSES, LR_SCHEDULERS, OPTIMIZERS, Registry
+
+from conftest import ROOT, run_cli, tiny_config
+
+# The original victoresque/pytorch-template config.json, verbatim.
+ORIGINAL = json.loads("""
+{
+    "name": "Mnist_LeNet",
+    "n_gpu": 1,
+
+    "arch": {
+        "type": "MnistModel",
+        "args": {}
+    },
+    "data_loader": {
+        "type": "MnistDataLoader",
+        "args":{
+            "data_dir": "data/",
+            "batch_size": 128,
+            "shuffle": true,
+            "validation_split": 0.1,
+            "num_workers": 2
+        }
+    },
+    "optimizer": {
+        "type": "Adam",
+        "args":{
+            "lr": 0.001,
+            "weight_decay": 0,
+            "amsgrad": true
+        }
+    },
+    "loss": "nll_loss",
+    "metrics": [
+        "accuracy", "top_k_acc"
+    ],
+    "lr_scheduler": {
+        "type": "StepLR",
+        "args": {
+            "step_size": 50,
+            "gamma": 0.1
+        }
+    },
+    "trainer": {
+        "epochs": 100,
+
+        "save_dir": "saved/",
+        "save_period": 1,
+        "verbosity": 2,
+
+        "monitor": "min val_loss",
+        "early_stop": 10,
+
+        "tensorboard": true
+    }
+}
+""")
+
+
+def write(tmp_path, config, name="config.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+def from_cli(*argv: str) -> ConfigParser:
+    """ConfigParser.from_args on train.py's own command line."""
+    return ConfigParser.from_args(train.build_parser(train.OPTIONS).parse_intermixed_args(list(argv)), train.OPTIONS)
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    return write(tmp_path, tiny_config(tmp_path / "saved"))
+
+
+# ---- shipped configs and the original template's format ----
+
+def test_shipped_config_validates():
+    config = ConfigParser(read_json(ROOT / "config.json"))
+    assert config["arch"]["type"] == "DigitsModel" and config["seed"] == 123
+    assert config["trainer"]["len_epoch"] is None and config["lr_scheduler"]["interval"] == "epoch"
+
+
+CONFIG_FILES = sorted((ROOT / "configs").rglob("*.json")) if (ROOT / "configs").is_dir() else []
+
+
+@pytest.mark.skipif(not CONFIG_FILES, reason="no configs/ directory with *.json files")
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_file_validates(path):
+    ConfigParser(read_json(path))
+
+
+def test_original_template_config_runs_unchanged():
+    config = ConfigParser(copy.deepcopy(ORIGINAL))
+    for key, value in ORIGINAL.items():  # nothing the user wrote is changed...
+        if isinstance(value, dict):
+            assert {k: config[key][k] for k in value} == value
+        else:
+            assert config[key] == value
+    trainer = config["trainer"]  # ...and the new keys get their defaults
+    assert (trainer["len_epoch"], trainer["log_step"], trainer["log_images"], trainer["log_histograms"]) == (
+        None, 50, False, False)
+    assert config["seed"] == 123 and config["extra"] == {} and config["lr_scheduler"]["interval"] == "epoch"
+    # it builds the way the original train.py built it, including init_obj on a module
+    import model.model as module_arch
+
+    model = config.init_obj("arch", module_arch)
+    assert type(model) is ARCHS.find("MnistModel") and model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    optimizer = config.init_obj("optimizer", OPTIMIZERS, model.parameters())
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["amsgrad"] is True
+    scheduler = config.init_obj("lr_scheduler", LR_SCHEDULERS, optimizer)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.step_size == 50
+    assert config.build_loss() is LOSSES.find("nll_loss")
+    assert list(config.build_metrics()) == ["accuracy", "top_k_acc"]
+    make_scheduler = config.init_ftn("lr_scheduler", LR_SCHEDULERS)
+    assert make_scheduler(optimizer).gamma == 0.1
+
+
+def test_validation_reads_no_disk_and_builds_nothing(tmp_path):
+    config = tiny_config(tmp_path / "saved")
+    ConfigParser(config)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- reading files ----
+
+def test_read_json_errors_name_the_path_and_line(tmp_path):
+    with pytest.raises(UserError, match=r"config file .*missing\.json not found; give an existing file with -c"):
+        read_json(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "name": "x",\n  "n_gpu": 1,,\n}')
+    with pytest.raises(UserError, match=r"config file .*bad\.json is not valid JSON: .* at line 3 column"):
+        read_json(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(UserError, match=r"bad\.json must hold a JSON object \{\.\.\.\}, not list"):
+        read_json(bad)
+
+
+# ---- deep merge ----
+
+def test_deep_merge_keeps_nested_keys_not_named():
+    base = {"a": {"x": 1, "y": {"p": 1, "q": 2}}, "l": [1, 2], "s": "k"}
+    merged = deep_merge(base, {"a": {"y": {"q": 3}}, "l": [9], "new": {"z": 0}})
+    assert merged == {"a": {"x": 1, "y": {"p": 1, "q": 3}}, "l": [9], "s": "k", "new": {"z": 0}}
+    assert base == {"a": {"x": 1, "y": {"p": 1, "q": 2}}, "l": [1, 2], "s": "k"}  # inputs untouched
+
+
+JSON_LEAF = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+KEYS = st.sampled_from(["a", "b", "c", "args", "type"])
+CONFIGS = st.recursive(st.dictionaries(KEYS, JSON_LEAF, max_size=4),
+                       lambda inner: st.dictionaries(KEYS, inner | JSON_LEAF, max_size=4), max_leaves=12)
+
+
+def _leaves(node, prefix=()):
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _leaves(value, prefix + (key,)).items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(CONFIGS, CONFIGS)
+def test_deep_merge_properties(base, override):
+    before = copy.deepcopy((base, override))
+    merged = deep_merge(base, override)
+    assert (base, override) == before
+    assert deep_merge(base, {}) == base and deep_merge(merged, override) == merged
+    for path, value in _leaves(override).items():  # every leaf of the override wins...
+        if value != {}:
+            node = merged
+            for key in path:
+                node = node[key]
+            assert node == value
+    for key in base.keys() - override.keys():  # ...and what it does not name is kept
+        assert merged[key] == base[key]
+
+
+# ---- overrides ----
+
+@pytest.mark.parametrize("item, path, expected", [
+    ("trainer.epochs=5", ("trainer", "epochs"), 5),
+    ("optimizer.args.lr=1", ("optimizer", "args", "lr"), 1.0),
+    ("name=123", ("name",), "123"),
+    ("trainer.tensorboard=false", ("trainer", "tensorboard"), False),
+    ("trainer.monitor=max val_accuracy", ("trainer", "monitor"), "max val_accuracy"),
+    ("optimizer;args;lr=0.01", ("optimizer", "args", "lr"), 0.01),  # the original template's separator
+    ("trainer.len_epoch=3", ("trainer", "len_epoch"), 3),
+    ("metrics.1.args.k=5", ("metrics", 1, "args", "k"), 5),
+    ("metrics.1=top_k_acc", ("metrics", 1), "top_k_acc"),  # a metric object replaced by a name
+    ('loss={"type": "CrossEntropyLoss"}', ("loss",), {"type": "CrossEntropyLoss"}),
+    ("lr_scheduler=null", ("lr_scheduler",), None),
+    ("+extra.foo=1", ("extra", "foo"), 1),
+    ("+extra.deep.er=[1, 2]", ("extra", "deep", "er"), [1, 2]),
+])
+def test_override_values_and_types(cfg_file, item, path, expected):
+    node = from_cli("-c", str(cfg_file), item).config
+    for key in path:
+        node = node[key]
+    assert node == expected and type(node) is type(expected)
+
+
+def test_override_adds_an_optimizer_arg(tmp_path):
+    config = with_defaults(tiny_config(tmp_path))
+    apply_override(config, "optimizer.args.momentum", "0.9", add=True)
+    assert config["optimizer"]["args"]["momentum"] == 0.9
+    config = tiny_config(tmp_path / "saved")
+    config["optimizer"] = {"type": "Adam", "args": {"lr": 0.01}}
+    parser = from_cli("-c", str(write(tmp_path, config)), "optimizer.type=SGD", "+optimizer.args.momentum=0.9")
+    assert parser["optimizer"] == {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}}
+
+
+def test_override_list_index(tmp_path):
+    config = with_defaults(tiny_config(tmp_path))
+    apply_override(config, "metrics.0", "top_k_acc")
+    assert config["metrics"][0] == "top_k_acc"
+    with pytest.raises(UserError, match=r"override metrics\.5: no key 'metrics\.5' in the config"):
+        apply_override(config, "metrics.5", "accuracy")
+    with pytest.raises(UserError, match=r"override \+metrics\.5: cannot add 'metrics\.5': metrics is a list, "
+                                        r"not an object"):
+        apply_override(config, "metrics.5", "accuracy", add=True)
+
+
+def test_override_to_a_duplicate_metric_is_reported(cfg_file):
+    with pytest.raises(UserError, match=r"metrics: 'top_k_acc' appears twice; give each a distinct \"name\""):
+        from_cli("-c", str(cfg_file), "metrics.0=top_k_acc")
+
+
+def test_seed_null_override_draws_a_seed(cfg_file):
+    seed = from_cli("-c", str(cfg_file), "seed=null")["seed"]
+    assert type(seed) is int and 0 <= seed < 2**31
+
+
+@pytest.mark.parametrize("item, message", [
+    ("trainer.epochs=abc", r"override trainer\.epochs=abc: expected an integer like the current value 2"),
+    ("trainer.epochs=2.5", r"override trainer\.epochs=2\.5: expected an integer like the current value 2"),
+    ("trainer.tensorboard=1", r"override trainer\.tensorboard=1: expected true or false"),
+    ("optimizer.args.lr=fast", r"override optimizer\.args\.lr=fast: expected a number like the current value 0\.002"),
+    ("seed=1.5", r"override seed=1\.5: expected an integer or null like the current value 123"),
+    ("trainer.epoch=3", r"^override trainer\.epoch: no key 'trainer\.epoch' in the config\. Did you mean "
+                        r"'trainer\.epochs'( or [^?]*)?\? Write \+trainer\.epoch=\.\.\. to add a new key$"),
+    ("optimiser.args.lr=1", r"no key 'optimiser' in the config\. Did you mean 'optimizer'\? Write"),
+    ("optimizer.args.lr.x=1", r"no key 'optimizer\.args\.lr\.x' in the config\. Write"),
+    ("foo", r"argument 'foo' is not an override: write key\.path=value \(e\.g\. trainer\.epochs=5\)"),
+    ("=3", r"argument '=3' is not an override"),
+    ("trainer.epochs=null", r"config key 'trainer\.epochs' must be an integer, got None"),
+    ("lr_scheduler.args.step_size=null", r"lr_scheduler\.args\.step_size: StepLR expects an integer, got None"),
+])
+def test_bad_override_names_key_and_fix(cfg_file, item, message):
+    with pytest.raises(UserError, match=message):
+        from_cli("-c", str(cfg_file), item)
+
+
+def test_all_override_mistakes_are_reported_together(cfg_file):
+    with pytest.raises(UserError) as info:
+        from_cli("-c", str(cfg_file), "trainer.epoch=3", "trainer.epochs=abc", "arch.type=Nope")
+    problems = info.value.problems
+    assert len(problems) == 3 and "'trainer.epoch'" in problems[0] and "trainer.epochs=abc" in problems[1]
+    assert problems[2].startswith("arch.type: unknown arch 'Nope'.")
+
+
+def test_unknown_name_set_by_override_is_reported(cfg_file):
+    with pytest.raises(UserError, match=r"arch\.type: unknown arch 'Nope'\..*python train\.py --list arch"):
+        from_cli("-c", str(cfg_file), "arch.type=Nope")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(-10**12, 10**12), st.floats(allow_nan=False, allow_infinity=False, width=32), st.text(max_size=8))
+def test_coerce_keeps_the_current_type(i, f, text):
+    assert type(coerce(str(i), 7, "p")) is int and coerce(str(i), 7, "p") == i
+    assert type(coerce(str(i), 0.5, "p")) is float and coerce(str(i), 0.5, "p") == i
+    assert coerce(json.dumps(f), 0.5, "p") == f
+    assert coerce(text, "current", "p") == (json.loads(text) if _is_json_str(text) else text)
+    assert type(coerce(text, "current", "p")) is str
+    assert repr(coerce(text, None, "p")) == repr(json.loads(text) if _is_json(text) else text)  # NaN != NaN
+
+
+def _is_json(text):
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+def _is_json_str(text):
+    return _is_json(text) and isinstance(json.loads(text), str)
+
+
+def test_parse_overrides_splits_adds_and_keeps_equals_in_values():
+    assert parse_overrides(["a.b=1", "+c=x", "name=a=b"]) == [("a.b", "1", False), ("c", "x", True),
+                                                               ("name", "a=b", False)]
+
+
+# ---- declared options and precedence ----
+
+def test_declared_options_lr_and_bs(cfg_file):
+    config = from_cli("-c", str(cfg_file), "--lr", "0.05", "--bs", "16")
+    assert config["optimizer"]["args"]["lr"] == 0.05 and config["data_loader"]["args"]["batch_size"] == 16
+    config = from_cli("--learning_rate", "0.03", "-c", str(cfg_file), "--batch_size", "8", "trainer.epochs=4")
+    assert config["optimizer"]["args"]["lr"] == 0.03 and config["data_loader"]["args"]["batch_size"] == 8
+    assert config["trainer"]["epochs"] == 4
+
+
+def test_key_value_overrides_beat_declared_options(cfg_file):
+    config = from_cli("-c", str(cfg_file), "optimizer.args.lr=0.07", "--lr", "0.05")
+    assert config["optimizer"]["args"]["lr"] == 0.07
+
+
+def test_declared_option_adds_a_missing_target(tmp_path):
+    config = tiny_config(tmp_path / "saved")
+    del config["optimizer"]["args"]["lr"]
+    assert from_cli("-c", str(write(tmp_path, config)), "--lr", "0.05")["optimizer"]["args"]["lr"] == 0.05
+
+
+def _namespace(**kwargs) -> argparse.Namespace:
+    defaults = dict(config=None, resume=None, run_id=None, overrides=[], lr=None, bs=None)
+    return argparse.Namespace(**{**defaults, **kwargs})
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A checkpoint file whose config has epochs 5, lr 0.5, batch size 32."""
+    config = with_defaults(tiny_config(tmp_path / "saved", epochs=5))
+    config["optimizer"]["args"]["lr"] = 0.5
+    config["data_loader"]["args"]["batch_size"] = 32
+    path = tmp_path / "checkpoint-epoch1.pth"
+    torch.save({"state_dict": {}, "config": config, "epoch": 1}, path)
+    return path
+
+
+def test_precedence_checkpoint_then_file_then_options_then_overrides(tmp_path, checkpoint):
+    changes = write(tmp_path, {"trainer": {"epochs": 7}, "optimizer": {"args": {"lr": 0.3}}}, "changes.json")
+    layers = [
+        (dict(resume=str(checkpoint)), (5, 0.5, 32)),
+        (dict(resume=str(checkpoint), config=str(changes)), (7, 0.3, 32)),
+        (dict(resume=str(checkpoint), config=str(changes), lr=0.2, bs=16), (7, 0.2, 16)),
+        (dict(resume=str(checkpoint), config=str(changes), lr=0.2, bs=16,
+              overrides=["optimizer.args.lr=0.1", "trainer.epochs=9"]), (9, 0.1, 16)),
+    ]
+    for args, (epochs, lr, batch_size) in layers:
+        config = ConfigParser.from_args(_namespace(**args), train.OPTIONS)
+        assert (config["trainer"]["epochs"], config["optimizer"]["args"]["lr"],
+                config["data_loader"]["args"]["batch_size"]) == (epochs, lr, batch_size), args
+        # nested keys the -c file does not name are kept from the checkpoint
+        assert config["optimizer"]["args"]["amsgrad"] is True and config["data_loader"]["args"]["shuffle"] is True
+        assert config.resume == checkpoint and config.checkpoint["epoch"] == 1
+    assert list(tmp_path.glob("saved")) == []  # nothing created
+
+
+def test_resume_through_the_command_line(tmp_path, checkpoint):
+    config = from_cli("-r", str(checkpoint), "--lr", "0.25", "trainer.epochs=6")
+    assert config["trainer"]["epochs"] == 6 and config["optimizer"]["args"]["lr"] == 0.25
+    assert config.checkpoint["config"]["optimizer"]["args"]["lr"] == 0.5
+
+
+def test_resume_with_another_section_type_takes_only_its_new_args(tmp_path, checkpoint):
+    changes = write(tmp_path, {"optimizer": {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}},
+                               "lr_scheduler": {"args": {"gamma": 0.9}}}, "sgd.json")
+    config = ConfigParser.from_args(_namespace(resume=str(checkpoint), config=str(changes)), train.OPTIONS)
+    assert config["optimizer"] == {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}}  # no Adam amsgrad
+    assert config["lr_scheduler"]["args"] == {"step_size": 10, "gamma": 0.9}  # same type: merged
+    assert merge_changes({"loss": {"type": "a", "args": {"x": 1}}}, {"loss": {"type": "b"}}) == {
+        "loss": {"type": "b", "args": {}}}
+
+
+def test_resume_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match=r"checkpoint .*nope\.pth not found"):
+        ConfigParser.from_args(_namespace(resume=str(tmp_path / "nope.pth")))
+    torch.save({"state_dict": {}}, tmp_path / "partial.pth")
+    with pytest.raises(UserError, match=r"partial\.pth is not a checkpoint of this template: it lacks config, epoch"):
+        ConfigParser.from_args(_namespace(resume=str(tmp_path / "partial.pth")))
+    with pytest.raises(UserError, match=r"no config given: add -c config\.json"):
+        ConfigParser.from_args(_namespace())
+
+
+# ---- validation: every problem at once ----
+
+def _bad_config(tmp_path) -> dict:
+    config = tiny_config(tmp_path / "saved")
+    config["lr_sheduler"] = config.pop("lr_scheduler")                   # misspelled top-level key
+    config["trainer"]["epoch"] = 3                                        # misspelled trainer key
+    config["arch"]["type"] = "DigitModel"                                 # unknown arch
+    config["optimizer"]["args"].update(lrr=0.1, lr="fast")               # unknown arg, wrong type
+    config["data_loader"] = {"type": "MnistDataLoader", "args": {"shuffle": True}}  # missing required args
+    config["metrics"] = ["accuracy", "accuracy", "acuracy"]               # duplicate, unknown
+    config["trainer"]["monitor"] = "minimum val_loss"                     # bad monitor
+    return config
+
+
+BAD_CONFIG_PROBLEMS = [
+    "config key 'lr_sheduler' is not known. Did you mean 'lr_scheduler'?",
+    "config key 'trainer.epoch' is not known. Did you mean 'trainer.epochs'",
+    "arch.type: unknown arch 'DigitModel'. Did you mean 'DigitsModel'",
+    "optimizer.args.lrr: Adam has no argument 'lrr'. Did you mean 'lr'?",
+    "optimizer.args.lr: Adam expects a number (default 0.001), got 'fast'",
+    "data_loader.args: MnistDataLoader needs the argument 'data_dir'; add it to data_loader.args",
+    "data_loader.args: MnistDataLoader needs the argument 'batch_size'; add it to data_loader.args",
+    "metrics.2: unknown metric 'acuracy'. Did you mean 'accuracy'?",
+    "metrics: 'accuracy' appears twice",
+    "trainer.monitor must be 'min <key>', 'max <key>' or 'off', got 'minimum val_loss'",
+]
+
+
+def test_validation_reports_every_problem_at_once_and_builds_nothing(tmp_path):
+    path = write(tmp_path, _bad_config(tmp_path))
+    with pytest.raises(UserError) as info:
+        from_cli("-c", str(path))
+    problems = info.value.problems
+    for expected in BAD_CONFIG_PROBLEMS:
+        assert sum(expected in p for p in problems) == 1, (expected, problems)
+    assert len(problems) == len(BAD_CONFIG_PROBLEMS), problems
+    assert list(tmp_path.iterdir()) == [path]  # no run directory, no data directory
+
+
+def test_unknown_optimizer_type_is_reported_with_the_rest(tmp_path):
+    config = tiny_config(tmp_path / "saved")
+    config["optimizer"]["type"] = "Adamm"
+    config["lr_scheduler"]["type"] = "StepLr"  # a unique case-insensitive match is accepted
+    config["loss"] = {"type": "cros_entropy", "args": {}}
+    config["trainer"].update(epochs=0, verbosity=5, tensorboard="yes")
+    with pytest.raises(UserError) as info:
+        ConfigParser(config)
+    problems = info.value.problems
+    assert len(problems) == 5, problems
+    assert problems[0] == "config key 'trainer.tensorboard' must be true or false, got 'yes'"
+    assert re.fullmatch(r"optimizer\.type: unknown optimizer 'Adamm'\. Did you mean 'Adam'( or '\w+')*\? "
+                        r"List them all with: python train\.py --list optimizer", problems[1])
+    assert re.fullmatch(r"loss\.type: unknown loss 'cros_entropy'\. Did you mean 'cross_entropy'( or '\w+')*\? "
+                        r"List them all with: python train\.py --list loss", problems[2])
+    assert problems[3:] == ["trainer.epochs must be at least 1, got 0", "trainer.verbosity must be 0, 1 or 2, got 5"]
+
+
+def test_malformed_sections_are_reported_once_without_crashing(tmp_path):
+    config = tiny_config(tmp_path / "saved")
+    config.update(trainer=[1], metrics="accuracy", lr_scheduler="StepLR", loss=5, arch={"type": 3}, seed="x")
+    del config["optimizer"]
+    problems = validate(with_defaults(config))
+    assert problems == [
+        "config key 'seed' must be an integer or null, got 'x'",
+        "config key 'arch.type' must be a string, got 3",
+        "config key 'optimizer.type' is missing: any torch.optim optimizer, else any pytorch_optimizer "
+        "optimizer, by class name",
+        "config key 'loss' must be a string or an object, got 5",
+        "config key 'metrics' must be a list, got 'accuracy'",
+        "config key 'lr_scheduler' must be an object {...}",
+        "config key 'trainer' must be an object {...}",
+    ]
+
+
+def test_loss_and_metrics_as_objects(tmp_path):
+    config = tiny_config(tmp_path / "saved")
+    config["loss"] = {"type": "CrossEntropyLoss", "args": {"label_smoothing": 0.1}}
+    config["metrics"] = [{"type": "top_k_acc", "args": {"k": 1}, "name": "top1"}, "accuracy"]
+    parser = ConfigParser(config)
+    assert isinstance(parser.build_loss(), torch.nn.CrossEntropyLoss) and parser.build_loss().label_smoothing == 0.1
+    metrics = parser.build_metrics()
+    assert list(metrics) == ["top1", "accuracy"] and metrics["top1"].keywords == {"k": 1}
+    config["loss"] = {"type": "cross_entropy", "args": {"label_smoothing": "x"}, "weight": 1}
+    config["metrics"] = [{"type": "top_k_acc", "args": {"kk": 1}}]
+    with pytest.raises(UserError) as info:
+        ConfigParser(config)
+    assert info.value.problems == [
+        "loss: unknown key(s) ['weight']; allowed: type, args, name",
+        "metrics.0.args.kk: top_k_acc has no argument 'kk'. Did you mean 'k'?",
+    ]
+
+
+def test_a_library_refusing_a_value_is_a_user_error(tmp_path):
+    config = tiny_config(tmp_path / "saved")
+    config["optimizer"]["args"]["lr"] = -1
+    config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.1}}  # needs total_steps at run time
+    parser = ConfigParser(config)
+    model = parser.init_obj("arch", ARCHS)
+    with pytest.raises(UserError, match=r"optimizer\.args: Adam refused .*'lr': -1.*Invalid learning rate: -1"):
+        parser.init_obj("optimizer", OPTIMIZERS, model.parameters())
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UserError, match=r"lr_scheduler\.args: OneCycleLR refused \{'max_lr': 0\.1\}: .*total_steps"):
+        parser.init_obj("lr_scheduler", LR_SCHEDULERS, sgd)
+    # the user's own class keeps its traceback
+    mine = Registry("arch")
+
+    @mine.register
+    class Broken(torch.nn.Module):
+        def __init__(self, channels=4):
+            raise ValueError("a bug in user code")
+
+    parser.config["arch"]["type"] = "Broken"
+    with pytest.raises(ValueError, match="a bug in user code"):
+        parser.init_obj("arch", mine)
+
+
+# ---- the command line ----
+
+def test_cli_reports_every_problem_on_its_own_line_with_status_2(tmp_path):
+    path = write(tmp_path, _bad_config(tmp_path), "bad.json")
+    result = run_cli("train.py", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(BAD_CONFIG_PROBLEMS) and all(line.startswith("error: ") for line in lines), lines
+    for expected in BAD_CONFIG_PROBLEMS:
+        assert sum(expected in line for line in lines) == 1, expected
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_cli_missing_and_invalid_config_files(tmp_path, capsys):
+    assert run_main(train.main, ["-c", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: config file {tmp_path / 'missing.json'} not found; give an existing file with -c\n"
+    bad = tmp_path / "invalid.json"
+    bad.write_text('{"name": "x",\n "trainer": {"epochs": 2\n}')
+    assert run_main(train.main, ["-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: config file {re.escape(str(bad))} is not valid JSON: .* at line 3 column \d+\n", err)
+
+
+# ---- seed and run directories ----
+
+def test_seed_null_is_drawn_recorded_and_written(tmp_path):
+    parser = ConfigParser(tiny_config(tmp_path / "saved") | {"seed": None}, run_id="s")
+    seed = parser["seed"]
+    assert type(seed) is int and 0 <= seed < 2**31
+    dirs = parser.make_run_dirs()
+    assert dirs.checkpoint_dir == tmp_path / "saved" / "models" / "Digits_CNN" / "s"
+    assert dirs.log_dir == tmp_path / "saved" / "log" / "Digits_CNN" / "s" and dirs.log_dir.is_dir()
+    assert json.loads((dirs.checkpoint_dir / "config.json").read_text()) == parser.config
+    assert parser.run_dirs == dirs
+
+
+def test_an_explicit_run_id_must_be_new(tmp_path):
+    config = tiny_config(tmp_path / "saved")
+    ConfigParser(config, run_id="exp").make_run_dirs()
+    with pytest.raises(UserError, match=r"run directory .*exp already exists; resume it with -r .*exp or choose "
+                                        r"another --run-id"):
+        ConfigParser(config, run_id="exp").make_run_dirs()
+
+
+def test_timestamp_run_ids_are_unique_within_one_second(tmp_path, monkeypatch):
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2024, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(parse_config, "datetime", Frozen)
+    config = tiny_config(tmp_path / "saved")
+    first, second = (ConfigParser(config).make_run_dirs() for _ in range(2))
+    assert first.checkpoint_dir.name == "0102_030405" and second.checkpoint_dir.name == "0102_030405_1"
+    assert second.log_dir.name == "0102_030405_1"
+    monkeypatch.undo()
+    a, b = (ConfigParser(config).make_run_dirs() for _ in range(2))  # real clock, as fast as it goes
+    assert a.checkpoint_dir != b.checkpoint_dir and a.checkpoint_dir.is_dir() and b.checkpoint_dir.is_dir()
+
+
+def test_resumed_run_reuses_its_directories(tmp_path, checkpoint):
+    run = tmp_path / "saved" / "models" / "Digits_CNN" / "r1"
+    run.mkdir(parents=True)
+    moved = run / checkpoint.name
+    checkpoint.rename(moved)
+    dirs = from_cli("-r", str(run)).make_run_dirs()
+    assert dirs.checkpoint_dir == run and dirs.log_dir == tmp_path / "saved" / "log" / "Digits_CNN" / "r1"
+
+
+# ---- the schema and the docs ----
+
+def test_schema_defaults_pass_their_own_types():
+    from utils.config_schema import REQUIRED, type_ok
+
+    for key, (types, default, meaning) in flat_keys().items():
+        assert default is REQUIRED or type_ok(default, types), key
+        assert meaning and "\n" not in meaning, key
+    assert "trainer.epochs" in flat_keys() and "lr_scheduler.interval" in flat_keys()
+    assert set(SCHEMA) >= {"name", "n_gpu", "arch", "data_loader", "optimizer", "loss", "metrics", "lr_scheduler",
+                           "trainer"}
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").is_file(), reason="no README.md")
+def test_readme_documents_every_config_key():
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key in flat_keys() if f"`{key}`" not in readme]
+    assert missing == [], f"document these keys in README.md: {missing}"

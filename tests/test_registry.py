@@ -1,0 +1,423 @@
+"""Tests for utils/registry.py, and every registered name built the way the config builds it."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+import types
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from parse_config import check_args
+from utils.errors import UserError
+from utils.registry import (ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, REGISTRIES, Registry,
+                            load_user_modules)
+
+from conftest import run_cli
+
+load_user_modules()
+
+
+# ---- the Registry object ----
+
+def test_register_plain_decorator_and_named():
+    reg = Registry("thing")
+
+    @reg.register
+    def first():
+        pass
+
+    @reg.register(name="renamed")
+    def second():
+        pass
+
+    reg.register(len)
+    assert reg.get("first", "x.type") is first
+    assert reg.get("renamed", "x.type") is second and "second" not in reg
+    assert reg.get("len", "x.type") is len
+    assert reg.names() == ["first", "renamed", "len"]
+
+
+def _spare():
+    pass
+
+
+def test_duplicate_name_raises_naming_both_places():
+    reg = Registry("thing")
+
+    def thing():
+        pass
+
+    reg.register(thing)
+    reg.register(thing)  # the same object again (a module imported twice) is fine
+    with pytest.raises(ValueError, match=r"thing name 'thing' is registered twice: .*"
+                                         r"test_duplicate_name_raises_naming_both_places.<locals>.thing .*"
+                                         r"test_registry\.py\) and .*_spare \(.*test_registry\.py\)"):
+        reg.register(_spare, name="thing")
+    assert reg.get("thing", "x") is thing
+
+
+def test_register_module_takes_only_public_objects_defined_there():
+    module = types.ModuleType("fake_models")
+    exec("from os.path import join\nimport math\nfrom collections import OrderedDict\nCONSTANT = 3\n"
+         "def build(): pass\ndef _helper(): pass\nclass Net: pass\nclass _Hidden: pass\n", vars(module))
+    reg = Registry("thing")
+    reg.register_module(module)
+    assert reg.names() == ["build", "Net"]
+    classes = Registry("thing")
+    classes.register_module(module, inspect.isclass)
+    assert classes.names() == ["Net"]
+
+
+def test_user_names_come_first_and_win_over_a_library_name():
+    reg = Registry("thing", [lambda: {"Zeta": 1, "Adam": 2}])
+    mine = object()
+    reg.register(mine, name="Adam")
+    assert reg.names() == ["Adam", "Zeta"]
+    assert reg.find("Adam") is mine and reg.find("Zeta") == 1
+    assert not reg.from_library(mine) and reg.from_library(1)
+
+
+def test_find_exact_then_unique_case_insensitive():
+    assert OPTIMIZERS.find("Adam") is torch.optim.Adam
+    assert OPTIMIZERS.find("adam") is torch.optim.Adam  # only Adam folds to "adam"
+    assert OPTIMIZERS.find("ADABELIEF").__name__ == "AdaBelief"
+    assert OPTIMIZERS.find("Adamm") is None
+    reg = Registry("thing", [lambda: {"Foo": 1, "FOO": 2}])
+    assert reg.find("FOO") == 2 and reg.find("foo") is None  # ambiguous: no guess
+    assert "Foo" in reg and "fOo" not in reg
+
+
+def test_unknown_name_names_path_nearest_names_and_how_to_list():
+    with pytest.raises(UserError, match=r"^optimizer\.type: unknown optimizer 'Adamm'\. Did you mean 'Adam'.*\? "
+                                        r"List them all with: python train.py --list optimizer$"):
+        OPTIMIZERS.get("Adamm", "optimizer.type")
+    with pytest.raises(UserError, match=r"Did you mean 'StepLR'"):  # case-insensitive nearest names
+        LR_SCHEDULERS.get("STEPRL", "lr_scheduler.type")
+    with pytest.raises(UserError, match=r"unknown metric 'zzz'\. List them all with: python train.py --list metric"):
+        METRICS.get("zzz", "metrics.0")
+
+
+def test_every_registry_kind_is_a_list_choice_of_train_py():
+    import train
+
+    choices = next(a.choices for a in train.build_parser([])._actions if a.dest == "list")
+    assert sorted(choices) == sorted(REGISTRIES)
+
+
+def test_list_optimizer_cli():
+    result = run_cli("train.py", "--list", "optimizer")
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.split()
+    assert "Adam" in names and "AdaBelief" in names and "SGD" in names
+    assert names == OPTIMIZERS.names()
+
+
+# ---- every registered name builds (STYLE 15) ----
+
+@pytest.fixture(scope="module")
+def digits_batch():
+    from data_loader.data_loaders import DigitsDataLoader
+
+    x, y = next(iter(DigitsDataLoader(batch_size=4, shuffle=False, validation_split=0)))
+    return x, y
+
+
+ARCH_INPUTS = {"MnistModel": (2, 1, 28, 28)}  # LeNet's fully connected layer is sized for 28x28 MNIST
+
+
+@pytest.mark.parametrize("name", ARCHS.names())
+def test_every_arch_builds_with_defaults_and_runs_forward(name, digits_batch):
+    model = ARCHS.get(name, "arch.type")()
+    x = torch.randn(ARCH_INPUTS[name]) if name in ARCH_INPUTS else digits_batch[0]
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (x.shape[0], 10) and torch.isfinite(out).all()
+    assert "Trainable parameters:" in str(model)
+
+
+def test_data_loaders_are_registered():
+    assert {"DigitsDataLoader", "MnistDataLoader"} <= set(DATA_LOADERS.names())
+
+
+USER_LOSSES = [n for n in LOSSES.names() if LOSSES.find(n).__module__ == "model.loss"]
+
+
+@pytest.mark.parametrize("name", USER_LOSSES)
+def test_every_loss_of_loss_py_computes(name, digits_batch):
+    output = torch.log_softmax(torch.randn(6, 10, requires_grad=True), dim=1)
+    target = torch.tensor([0, 1, 2, 3, 4, 5])
+    value = LOSSES.get(name, "loss")(output, target)
+    assert value.shape == () and torch.isfinite(value) and value > 0
+    value.backward()
+
+
+def test_loss_py_is_registered_along_with_torch_losses():
+    assert {"nll_loss", "cross_entropy"} <= set(USER_LOSSES)
+    assert LOSSES.find("CrossEntropyLoss") is nn.CrossEntropyLoss and LOSSES.from_library(nn.CrossEntropyLoss)
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_every_metric_computes(name):
+    output = torch.eye(10)[[0, 1, 2, 3]] + 0.01 * torch.arange(10)  # argmax = 0, 1, 2, 3
+    value = float(METRICS.get(name, "metrics.0")(output, torch.tensor([0, 1, 2, 9])))
+    assert 0.0 <= value <= 1.0
+    if name == "accuracy":
+        assert value == 0.75
+
+
+def test_top_k_acc_counts_targets_among_the_k_best():
+    output = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.5, 0.3, 0.2, 0.0]])
+    top_k_acc = METRICS.get("top_k_acc", "metrics.0")
+    assert float(top_k_acc(output, torch.tensor([2, 3]), k=3)) == 0.5
+    assert float(top_k_acc(output, torch.tensor([2, 3]), k=2)) == 0.0
+
+
+# ---- optimizers: every one steps with default args, except these ----
+
+def _einops_missing() -> bool:
+    return importlib.util.find_spec("einops") is None
+
+
+# name -> (exception, message pattern) with default args, on nn.Linear(4, 2)'s parameters and a plain step().
+# Each genuinely needs something a one-line config cannot give; test_optimizers_that_need_setup proves the setup.
+NEEDS_SETUP = {
+    # a closure passed to step()
+    "LBFGS": (TypeError, "closure"),
+    "AliG": (Exception, "requires closure"),
+    # required constructor arguments (check_args reports them; see test_required_optimizer_args_are_reported)
+    "BSAM": (TypeError, "num_data"),  # and a closure
+    "Ranger21": (TypeError, "num_iterations"),
+    # second-order: the backward pass must keep the graph (loss.backward(create_graph=True))
+    "AdaHessian": (RuntimeError, "does not require grad"),
+    "SophiaH": (RuntimeError, "does not require grad"),
+    # take the model itself instead of its parameters (LOMO/AdaLOMO also replace backward by fused_backward)
+    "AdaLOMO": (AttributeError, "named_parameters"),
+    "LOMO": (AttributeError, "parameters"),
+    "AdamMini": (AttributeError, "named_parameters"),
+    # Muon variants: parameter groups flagged with use_muon (matrices) or not (biases, heads)
+    "AdaGO": (RuntimeError, "__contains__"),
+    "AdaMuon": (RuntimeError, "__contains__"),
+    "MuonClip": (RuntimeError, "__contains__"),
+    "NorMuon": (RuntimeError, "__contains__"),
+    "DistributedMuon": (RuntimeError, "__contains__"),  # and an initialised torch.distributed process group
+    # only 2-D parameters (weight matrices, no biases)
+    "Muon": (ValueError, "2D"),
+    "SpectralSphere": (ValueError, "2D"),
+    # sparse gradients only (nn.Embedding(sparse=True))
+    "SparseAdam": (RuntimeError, "dense gradients"),
+}
+if _einops_missing():
+    NEEDS_SETUP["DeMo"] = (ImportError, "einops")  # an optional dependency of pytorch_optimizer
+
+
+def _loss(model: nn.Module) -> torch.Tensor:
+    return model(torch.linspace(-1, 1, 12).reshape(3, 4)).pow(2).sum()
+
+
+def _default_step(cls) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optimizer = cls(model.parameters())
+    _loss(model).backward()
+    optimizer.step()
+    return model
+
+
+OPTIMIZER_NAMES = OPTIMIZERS.names()
+
+
+def test_optimizer_registry_holds_torch_and_pytorch_optimizer():
+    assert len(OPTIMIZER_NAMES) > 100
+    assert {"SGD", "Adam", "AdamW", "LBFGS", "AdaBelief", "Lion", "Ranger21"} <= set(OPTIMIZER_NAMES)
+    assert set(NEEDS_SETUP) <= set(OPTIMIZER_NAMES), "an expected failure is no longer registered: update NEEDS_SETUP"
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_every_optimizer_steps_with_default_args(name):
+    cls = OPTIMIZERS.get(name, "optimizer.type")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name in NEEDS_SETUP:
+            error, pattern = NEEDS_SETUP[name]
+            with pytest.raises(error, match=pattern):
+                _default_step(cls)
+            return
+        model = _default_step(cls)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _closure_step(cls, **kwargs):
+    model = nn.Linear(4, 2)
+    optimizer = cls(model.parameters(), **kwargs)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = _loss(model)
+        loss.backward()
+        return loss
+
+    closure()
+    optimizer.step(closure)
+
+
+def _args_step(cls, **kwargs):
+    model = nn.Linear(4, 2)
+    optimizer = cls(model.parameters(), **kwargs)
+    _loss(model).backward()
+    optimizer.step()
+
+
+def _second_order_step(cls):
+    model = nn.Linear(4, 2)
+    optimizer = cls(model.parameters())
+    _loss(model).backward(create_graph=True)
+    optimizer.step()
+
+
+def _alig_step(cls):
+    model = nn.Linear(4, 2)
+    optimizer = cls(model.parameters(), max_lr=0.1)
+    loss = _loss(model)
+    loss.backward()
+    optimizer.step(lambda: float(loss))
+
+
+def _model_step(cls):
+    model = nn.Linear(4, 2)
+    optimizer = cls(model)
+    _loss(model).backward()
+    optimizer.step()
+
+
+def _fused_backward_step(cls):
+    model = nn.Linear(4, 2)
+    cls(model).fused_backward(_loss(model), lr=0.01)
+
+
+def _muon_groups_step(cls):
+    model = nn.Linear(4, 2)
+    optimizer = cls([{"params": [model.weight], "use_muon": True}, {"params": [model.bias], "use_muon": False}])
+    _loss(model).backward()
+    optimizer.step()
+
+
+def _matrix_step(cls, **kwargs):
+    model = nn.Linear(4, 2, bias=False)
+    optimizer = cls(model.parameters(), **kwargs)
+    _loss(model).backward()
+    optimizer.step()
+
+
+def _sparse_step(cls):
+    embedding = nn.Embedding(5, 2, sparse=True)
+    optimizer = cls(embedding.parameters())
+    embedding(torch.tensor([1, 3])).sum().backward()
+    optimizer.step()
+
+
+SETUPS = {
+    "LBFGS": _closure_step, "AliG": _alig_step, "BSAM": lambda cls: _closure_step(cls, num_data=3),
+    "Ranger21": lambda cls: _args_step(cls, num_iterations=10), "AdaHessian": _second_order_step,
+    "SophiaH": _second_order_step, "AdaLOMO": _fused_backward_step, "LOMO": _fused_backward_step,
+    "AdamMini": _model_step, "AdaGO": _muon_groups_step, "AdaMuon": _muon_groups_step,
+    "MuonClip": _muon_groups_step, "NorMuon": _muon_groups_step, "Muon": _matrix_step,
+    "SpectralSphere": lambda cls: _matrix_step(cls, solver_max_iterations=2), "SparseAdam": _sparse_step,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETUPS))
+def test_optimizers_that_need_setup_work_with_it(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        SETUPS[name](OPTIMIZERS.get(name, "optimizer.type"))
+
+
+def test_required_optimizer_args_are_reported():
+    assert check_args(OPTIMIZERS.find("Ranger21"), {}, "optimizer.args", 1) == [
+        "optimizer.args: Ranger21 needs the argument 'num_iterations'; add it to optimizer.args"]
+    assert check_args(OPTIMIZERS.find("BSAM"), {"num_data": 100}, "optimizer.args", 1) == []
+
+
+# ---- learning-rate schedulers ----
+
+# name -> values for exactly the arguments its signature requires (check_args must name these, no more)
+SCHEDULER_REQUIRED = {
+    "StepLR": {"step_size": 2},
+    "MultiStepLR": {"milestones": [1, 2]},
+    "ExponentialLR": {"gamma": 0.9},
+    "CosineAnnealingLR": {"T_max": 10},
+    "CosineAnnealingWarmRestarts": {"T_0": 5},
+    "CyclicLR": {"base_lr": 0.01, "max_lr": 0.1},
+    "OneCycleLR": {"max_lr": 0.1},  # and total_steps (or epochs and steps_per_epoch): see test_config
+    "CosineAnnealingWarmupRestarts": {"first_cycle_steps": 10},
+    "REXScheduler": {"total_steps": 10},
+    "get_chebyshev_schedule": {"num_epochs": 10},
+    "get_wsd_schedule": {"num_warmup_steps": 2, "num_stable_steps": 2, "num_decay_steps": 2},
+}
+SCHEDULER_EXTRA = {"OneCycleLR": {"total_steps": 10}}  # required at run time, though optional in the signature
+
+
+def test_schedulers_that_need_python_objects_are_not_offered():
+    names = set(LR_SCHEDULERS.names())
+    assert {"StepLR", "ReduceLROnPlateau", "OneCycleLR", "get_wsd_schedule"} <= names
+    assert not names & {"LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler"}
+    assert set(SCHEDULER_REQUIRED) <= names
+
+
+@pytest.mark.parametrize("name", LR_SCHEDULERS.names())
+def test_every_scheduler_builds_or_names_its_missing_args(name):
+    obj = LR_SCHEDULERS.get(name, "lr_scheduler.type")
+    required = SCHEDULER_REQUIRED.get(name, {})
+    problems = check_args(obj, {}, "lr_scheduler.args", 1)
+    assert problems == [f"lr_scheduler.args: {name} needs the argument {arg!r}; add it to lr_scheduler.args"
+                        for arg in required]
+    assert check_args(obj, required, "lr_scheduler.args", 1) == []
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = obj(optimizer, **required, **SCHEDULER_EXTRA.get(name, {}))
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step(1.0) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else scheduler.step()
+    assert all(group["lr"] >= 0 for group in optimizer.param_groups)
+    assert isinstance(scheduler.state_dict(), dict)  # checkpointable
+
+
+# ---- argument checks against the libraries' signatures ----
+
+def test_every_plain_default_passes_its_own_type_check():
+    """check_args must not reject the value an argument has by default (e.g. SGD's momentum=0 takes 0.9)."""
+    checked = 0
+    for registry in REGISTRIES.values():
+        for name in registry.names():
+            obj = registry.find(name)
+            try:
+                params = inspect.signature(obj).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            args = {p.name: p.default for p in params if type(p.default) in (int, float, bool, str, type(None))}
+            assert [p for p in check_args(obj, args, "x") if "expects" in p] == [], name
+            checked += len(args)
+    assert checked > 500
+
+
+@pytest.mark.parametrize("cls, args, problem", [
+    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}, None),
+    (torch.optim.SGD, {"lr": "fast"}, r"lr: SGD expects a number \(default 0.001\), got 'fast'"),
+    (torch.optim.SGD, {"momentum": True}, "momentum: SGD expects a number"),
+    (torch.optim.SGD, {"nesterov": 1}, "nesterov: SGD expects true or false"),
+    (torch.optim.Adam, {"lr": None}, "lr: Adam expects a number"),
+    (torch.optim.lr_scheduler.ReduceLROnPlateau, {"min_lr": 1e-6, "mode": "max"}, None),
+    (torch.optim.lr_scheduler.OneCycleLR, {"max_lr": 0.1, "total_steps": None}, None),
+    (torch.optim.lr_scheduler.StepLR, {"step_size": 2.5}, "step_size: StepLR expects an integer, got 2.5"),
+])
+def test_arg_types_follow_annotations(cls, args, problem):
+    problems = check_args(cls, args, "section.args", 1)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and re.search(problem, problems[0]), problems
