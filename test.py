@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 from pathlib import Path
 

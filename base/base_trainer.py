@@ -89,7 +89,7 @@ class BaseTrainer:
         """The epoch's values to the console/info.log, TensorBoard (epoch axis) and metrics.jsonl."""
         epoch = log["epoch"]
         for key, value in log.items():
-            self.logger.info("    %-15s: %s", key, value)
+            self.logger.info("    %-15s: %s", key, f"{value:.6g}" if isinstance(value, float) else value)
             if key in ("epoch", "epoch_time"):
                 continue
             tag = f"{key[4:]}/valid" if key.startswith("val_") else key if key == "lr" else f"{key}/train"

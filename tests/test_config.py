@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import parse_config
 import train
 from parse_config import (ConfigParser, apply_override, coerce, deep_merge, merge_changes, parse_overrides,
-                          read_json, validate, with_defaults)
+                          read_json, with_defaults)
+from utils.config_validation import validate
 from utils.config_schema import SCHEMA, flat_keys
 from utils.errors import UserError, run_cli as run_main
 from utils.registry import ARCHS, LOSSES, LR_SCHEDULERS, OPTIMIZERS, Registry

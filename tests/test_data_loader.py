@@ -1,6 +1,5 @@
 """Tests for base/base_data_loader.py and data_loader/data_loaders.py."""
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from parse_config import check_args
+from utils.config_validation import check_args
 from utils.errors import UserError
 from utils.registry import (ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, REGISTRIES, Registry,
                             load_user_modules)

@@ -220,3 +220,17 @@ def test_load_state_dict_restores_everything_state_dict_saves(tmp_path):
     assert fresh.lr_scheduler.state_dict() == trainer.lr_scheduler.state_dict()
     assert fresh.monitor.state_dict() == trainer.monitor.state_dict()
     assert fresh.current_lr() == trainer.current_lr()
+
+
+@pytest.mark.parametrize("name", ["LBFGS", "SGD", "Adam"])
+def test_optimizers_that_reevaluate_the_loss_train_too(tmp_path, name):
+    trainer = make_trainer(tmp_path, epochs=2)
+    trainer.optimizer = getattr(torch.optim, name)(trainer.model.parameters(), lr=0.1)
+    calls = []
+    step = trainer.train_step
+    trainer.train_step = lambda data, target: (calls.append(trainer.model.training), step(data, target))[1]
+    trainer.train()
+    losses = [e["val_loss"] for e in epochs_logged(tmp_path)]
+    assert losses[1] < losses[0]
+    training_calls = calls.count(True)
+    assert training_calls > 8 if name == "LBFGS" else training_calls == 8  # LBFGS re-evaluates; others once

@@ -107,10 +107,7 @@ class Trainer(BaseTrainer):
                    unit="samples", dynamic_ncols=True)
         for batch_idx, (data, target) in enumerate(self._epoch_batches(epoch)):
             data, target = to_device(data, self.device), to_device(target, self.device)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, output = self.train_step(data, target)
-            loss.backward()
-            self.optimizer.step()
+            loss, output = self._optimizer_step(data, target)
             if self.lr_scheduler is not None and self.scheduler_interval == "step":
                 self.lr_scheduler.step()
             self.global_step += 1
@@ -133,6 +130,24 @@ class Trainer(BaseTrainer):
             for name, param in self.model.named_parameters():
                 self.writer.add_histogram(name, param, epoch)
         return log
+
+    def _optimizer_step(self, data: Any, target: Any) -> tuple[torch.Tensor, Any]:
+        """zero_grad, train_step, backward and the optimizer step; returns the (last) loss and output.
+
+        The step gets a closure: most optimizers call it once, and those that must re-evaluate
+        the loss (LBFGS, ...) call it as often as they need.
+        """
+        result = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, output = self.train_step(data, target)
+            loss.backward()
+            result[:] = [loss, output]
+            return loss
+
+        self.optimizer.step(closure)
+        return result[0], result[1]
 
     def _epoch_batches(self, epoch: int) -> Iterable:
         """One pass over the data, or len_epoch batches of an endless cycle through it."""

@@ -37,7 +37,7 @@ SCHEMA: dict = {
         "epochs": (int, REQUIRED, "number of epochs to train (the last epoch number when resuming)"),
         "save_dir": (str, "saved/", "root of run outputs: models/ and log/ go under it"),
         "save_period": (int, 1, "write checkpoint-epoch<N>.pth every N epochs (and always at the last one)"),
-        "verbosity": (int, 2, "0 warnings only and no progress bars, 1 info, 2 debug"),
+        "verbosity": (int, 2, "console output: 0 warnings only and no progress bars, 1 info, 2 debug (info.log always gets info)"),
         "monitor": (str, "off", "'min <key>' or 'max <key>' (e.g. 'min val_loss') for model_best.pth and early stop, or 'off'"),
         "early_stop": (int, 0, "stop after this many epochs without improvement of the monitored value; 0 = never"),
         "tensorboard": (bool, True, "write TensorBoard event files to the run's log directory"),
