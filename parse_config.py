@@ -196,12 +196,11 @@ class ConfigParser:
     @classmethod
     def from_args(cls, args: Any, options: Sequence = (), overrides: Sequence[str] | None = None) -> "ConfigParser":
         """Build from parsed CLI args: config/resume/run_id, declared options, key=value overrides."""
-        from utils.checkpoint import load_checkpoint, resolve_checkpoint
+        from utils.checkpoint import find_checkpoint
 
         checkpoint, resume = None, None
         if getattr(args, "resume", None):
-            resume = resolve_checkpoint(args.resume)
-            checkpoint = load_checkpoint(resume)
+            resume, checkpoint = find_checkpoint(args.resume)
             config = checkpoint["config"]
             if args.config:
                 config = merge_changes(config, read_json(args.config))

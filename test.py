@@ -24,13 +24,12 @@ def main(argv: list[str] | None = None) -> dict:
     from logger import setup_logging
     from parse_config import ConfigParser
     from trainer import evaluate, loss_step
-    from utils.checkpoint import load_checkpoint, resolve_checkpoint
+    from utils.checkpoint import find_checkpoint
     from utils.registry import ARCHS, DATA_LOADERS
     from utils.util import prepare_device, write_json
 
     setup_logging(None)
-    path = resolve_checkpoint(args.resume)
-    checkpoint = load_checkpoint(path)
+    path, checkpoint = find_checkpoint(args.resume)
     config = ConfigParser(checkpoint["config"])
     data_loader = config.init_obj("data_loader", DATA_LOADERS, **test_split_args(DATA_LOADERS.get(
         config["data_loader"]["type"], "data_loader.type")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import signal
 
 from utils.errors import run_cli
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     from trainer import Trainer
     from trainer.trainer import logged_keys
     from utils.checkpoint import Checkpointer
+    from utils.interrupt import TrainingInterrupted
     from utils.monitor import Monitor
     from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, load_user_modules
     from utils.util import prepare_device, seed_everything
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler,
         scheduler_interval=(config["lr_scheduler"] or {}).get("interval", "epoch"),
         len_epoch=cfg_trainer["len_epoch"], log_step=cfg_trainer["log_step"], monitor=monitor,
-        checkpointer=Checkpointer(run.checkpoint_dir, cfg_trainer["save_period"]),
+        checkpointer=Checkpointer(run.checkpoint_dir, cfg_trainer["save_period"], cfg_trainer["keep_last"]),
+        save_every_steps=cfg_trainer["save_every_steps"], nonfinite_loss=cfg_trainer["nonfinite_loss"],
         writer=make_writer(run.log_dir, cfg_trainer["tensorboard"]),
         metrics_file=MetricsFile(run.log_dir / "metrics.jsonl"), config=config.config,
         progress=cfg_trainer["verbosity"] > 0, log_images=cfg_trainer["log_images"],
@@ -90,7 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     if config.checkpoint is not None:
         resume(trainer, config, logger)
-    trainer.train()
+    try:
+        trainer.train()
+    except TrainingInterrupted as stop:
+        logger.warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
+                       signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
+        raise SystemExit(stop.exit_code) from None
 
 
 def resume(trainer, config, logger) -> None:

@@ -20,20 +20,28 @@ class EpochSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the order of the next iteration."""
+        """Select the order of the next iteration (and start it from the beginning)."""
         self.epoch = epoch
+        self.start = 0
+
+    def skip(self, n: int) -> None:
+        """Start the next iteration (only) after the first n indices of the epoch's order: a mid-epoch resume."""
+        self.start = n
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(self.indices.tolist())
-        # An unseeded torch.initial_seed() can be close to 2**64, the largest seed a Generator takes.
-        generator = torch.Generator().manual_seed((self.seed + self.epoch) % 2**64)
-        return iter(self.indices[torch.randperm(len(self.indices), generator=generator)].tolist())
+        order = self.indices
+        if self.shuffle:
+            # An unseeded torch.initial_seed() can be close to 2**64, the largest seed a Generator takes.
+            generator = torch.Generator().manual_seed((self.seed + self.epoch) % 2**64)
+            order = order[torch.randperm(len(order), generator=generator)]
+        start, self.start = self.start, 0
+        return iter(order[start:].tolist())
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) - self.start
 
 
 class BaseDataLoader(DataLoader):
@@ -66,18 +74,23 @@ class BaseDataLoader(DataLoader):
             "num_workers": num_workers,
             "pin_memory": pin_memory,
         }
-        seed = torch.initial_seed() if seed is None else seed
-        super().__init__(sampler=EpochSampler(train_idx, shuffle, seed), **self.init_kwargs)
+        self.seed = torch.initial_seed() if seed is None else seed
+        # Our own generator for the workers' base seed: iterating never draws from the global torch
+        # RNG, so the model's random numbers (dropout) do not depend on when an iterator starts.
+        super().__init__(sampler=EpochSampler(train_idx, shuffle, self.seed), generator=torch.Generator(),
+                         **self.init_kwargs)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the training order of epoch (it depends only on the seed and epoch)."""
+        """Select the training order and worker seeds of epoch (they depend only on the seed and epoch)."""
         self.sampler.set_epoch(epoch)
+        self.generator.manual_seed((self.seed + epoch) % 2**64)
 
     def split_validation(self) -> DataLoader | None:
         """A DataLoader over the validation part in a fixed order, or None when there is none."""
         if self.valid_sampler is None:
             return None
-        return DataLoader(sampler=self.valid_sampler, **self.init_kwargs)
+        return DataLoader(sampler=self.valid_sampler, generator=torch.Generator().manual_seed(self.seed % 2**64),
+                          **self.init_kwargs)
 
 
 def _validation_size(split: Any, n: int) -> int:

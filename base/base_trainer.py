@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -11,7 +12,9 @@ from torch import nn
 from logger import MetricsFile, NullWriter
 from utils.checkpoint import Checkpointer, rng_state, set_rng_state, unwrap
 from utils.errors import UserError
+from utils.interrupt import SignalStop, StopRequested, TrainingInterrupted
 from utils.monitor import Monitor
+from utils.tracker import MetricTracker
 
 
 class BaseTrainer:
@@ -40,19 +43,27 @@ class BaseTrainer:
         self.epoch = 0  # the last completed epoch
         self.start_epoch = 1
         self.global_step = 0
+        self.batch_in_epoch = 0  # batches done in the epoch under way (0 at an epoch boundary)
+        self.train_tracker = MetricTracker()  # the epoch under way's sums, saved by a mid-epoch checkpoint
+        self.signals = SignalStop()
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (and validate); return the epoch's logged values."""
         raise NotImplementedError
 
     def train(self) -> None:
-        """Train from start_epoch to epochs, saving checkpoints and stopping early when told."""
-        try:
-            for epoch in range(self.start_epoch, self.epochs + 1):
-                if not self._run_epoch(epoch):
-                    break
-        finally:
-            self.writer.close()
+        """Train from start_epoch to epochs; on SIGINT/SIGTERM save and raise TrainingInterrupted."""
+        with self.signals:
+            try:
+                for epoch in range(self.start_epoch, self.epochs + 1):
+                    if not self._run_epoch(epoch):
+                        break
+                    if self.signals.requested:
+                        raise TrainingInterrupted(self.signals.requested, self.checkpointer and self.checkpointer.latest)
+            except StopRequested:  # raised by _train_epoch after a completed step
+                raise TrainingInterrupted(self.signals.requested, self.save_step_checkpoint()) from None
+            finally:
+                self.writer.close()
 
     def _run_epoch(self, epoch: int) -> bool:
         """Train, log and checkpoint one epoch; False when early stopping ends training."""
@@ -60,18 +71,26 @@ class BaseTrainer:
         log = {"epoch": epoch, **self._train_epoch(epoch), "lr": self.current_lr()}
         self._step_scheduler_after_epoch(log)
         log["epoch_time"] = time.perf_counter() - started
-        self.epoch = epoch
+        self.epoch, self.batch_in_epoch = epoch, 0
         improved = self.monitor.update(log)
         self._report(log)
         stop = self.monitor.should_stop
         if self.checkpointer is not None:
-            for path in self.checkpointer.save(self.state_dict(), epoch, is_best=improved,
-                                               is_last=stop or epoch == self.epochs):
+            last = stop or epoch == self.epochs or self.signals.requested is not None
+            for path in self.checkpointer.save(self.state_dict(), epoch, is_best=improved, is_last=last):
                 self.logger.info("Saved %s", path)
         if stop:
             self.logger.info("%s did not improve for %d epochs: training stops.",
                              self.monitor.key, self.monitor.patience)
         return not stop
+
+    def save_step_checkpoint(self) -> Path | None:
+        """Save the state after the current step, in the middle of an epoch."""
+        if self.checkpointer is None:
+            return None
+        path = self.checkpointer.save_step(self.state_dict(), self.global_step)
+        self.logger.info("Saved %s", path)
+        return path
 
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -104,6 +123,8 @@ class BaseTrainer:
             "arch": type(unwrap(self.model)).__name__,
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_tracker": self.train_tracker.state_dict() if self.batch_in_epoch else None,
             "state_dict": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
@@ -114,7 +135,7 @@ class BaseTrainer:
         }
 
     def load_state_dict(self, state: dict, load_optimizer: bool = True) -> None:
-        """Restore a checkpoint; training continues after its epoch."""
+        """Restore a checkpoint; training continues after its last step."""
         try:
             unwrap(self.model).load_state_dict(state["state_dict"])
         except RuntimeError as e:
@@ -129,6 +150,9 @@ class BaseTrainer:
         self.epoch = state["epoch"]
         self.start_epoch = state["epoch"] + 1
         self.global_step = state.get("global_step", 0)
+        self.batch_in_epoch = state.get("batch_in_epoch", 0)
+        if self.batch_in_epoch:
+            self.train_tracker.load_state_dict(state["epoch_tracker"])
         if "rng" in state:
             set_rng_state(state["rng"])
         self.metrics_file.truncate_after(self.epoch)

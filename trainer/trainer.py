@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from typing import Any, Callable, Iterable, Iterator
 
@@ -10,7 +11,9 @@ from torch import nn
 from tqdm import tqdm
 
 from base import BaseTrainer
-from utils.tracker import MetricTracker
+from utils.errors import UserError
+from utils.interrupt import StopRequested
+from utils.tracker import MetricTracker, NonFiniteGuard
 
 Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
 
@@ -72,20 +75,23 @@ class Trainer(BaseTrainer):
 
     def __init__(self, model: nn.Module, criterion: Callable, metric_ftns: dict[str, Callable],
                  optimizer: torch.optim.Optimizer, *, data_loader: Any, valid_data_loader: Any = None,
-                 len_epoch: int | None = None, log_step: int = 50, progress: bool = True,
-                 log_images: bool = False, log_histograms: bool = False, **kwargs: Any):
+                 len_epoch: int | None = None, log_step: int = 50, save_every_steps: int | None = None,
+                 nonfinite_loss: str = "stop", progress: bool = True, log_images: bool = False,
+                 log_histograms: bool = False, **kwargs: Any):
         super().__init__(model, criterion, metric_ftns, optimizer, **kwargs)
         self.data_loader = data_loader
         self.valid_data_loader = valid_data_loader
         self.iteration_based = len_epoch is not None
-        self.len_epoch = len_epoch if self.iteration_based else len(data_loader)
-        self._cycle: Iterator | None = None
+        self.batches_per_pass = len(data_loader)
+        self.len_epoch = len_epoch if self.iteration_based else self.batches_per_pass
         self.log_step = log_step
+        self.save_every_steps = save_every_steps
+        self.skip_nonfinite = nonfinite_loss == "skip"
         self.progress = progress
         self.log_images = log_images
         self.log_histograms = log_histograms
+        self.guard = NonFiniteGuard()
         self.monitor.check_keys(logged_keys(metric_ftns, valid_data_loader is not None))
-
 
     def train_step(self, data: Any, target: Any) -> tuple[torch.Tensor, Any]:
         """Forward one batch and return (loss, output); override for a custom loss computation.
@@ -101,26 +107,44 @@ class Trainer(BaseTrainer):
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        tracker = MetricTracker()
+        if not self.batch_in_epoch:  # else: resuming mid-epoch with the saved partial sums
+            self.train_tracker.reset()
+        tracker, skipped = self.train_tracker, 0
+        self.guard.reset(self.global_step)
         samples, started = 0, time.perf_counter()
         bar = tqdm(total=self._epoch_samples(), desc=f"Epoch {epoch}", disable=not self.progress, leave=False,
                    unit="samples", dynamic_ncols=True)
-        for batch_idx, (data, target) in enumerate(self._epoch_batches(epoch)):
+        for data, target in self._epoch_batches(epoch):
             data, target = to_device(data, self.device), to_device(target, self.device)
-            loss, output = self._optimizer_step(data, target)
+            loss, output, finite = self._optimizer_step(data, target)
             if self.lr_scheduler is not None and self.scheduler_interval == "step":
                 self.lr_scheduler.step()
             self.global_step += 1
+            self.batch_in_epoch += 1
             n = batch_size_of(target)
             samples += n
-            track(tracker, self.metric_ftns, loss, output, target)
+            if finite:
+                track(tracker, self.metric_ftns, loss, output, target)
+                self.guard.update(loss)
+            else:
+                skipped += 1
             if self.global_step % self.log_step == 0:
-                self._log_step(loss, tracker, bar)
-            if batch_idx == 0 and self.log_images:
+                self._log_step(loss, tracker, bar, epoch)
+            if self.batch_in_epoch == 1 and self.log_images:
                 self._log_images(data, epoch)
             bar.update(n)
+            if self.save_every_steps and self.global_step % self.save_every_steps == 0:
+                self._check_finite(epoch)
+                self.save_step_checkpoint()
+            if self.signals.requested:
+                self._check_finite(epoch)
+                raise StopRequested
         bar.close()
         log = tracker.result()
+        if not math.isfinite(log.get("loss", 0.0)):
+            self._check_finite(epoch)
+        if skipped:
+            self.logger.warning("Epoch %d: skipped %d batch(es) with a non-finite loss.", epoch, skipped)
         log["samples_per_sec"] = samples / (time.perf_counter() - started)
         if self.valid_data_loader is not None:
             valid = evaluate(self.model, self.valid_data_loader, self.eval_step, self.metric_ftns, self.device,
@@ -131,8 +155,9 @@ class Trainer(BaseTrainer):
                 self.writer.add_histogram(name, param, epoch)
         return log
 
-    def _optimizer_step(self, data: Any, target: Any) -> tuple[torch.Tensor, Any]:
-        """zero_grad, train_step, backward and the optimizer step; returns the (last) loss and output.
+    def _optimizer_step(self, data: Any, target: Any) -> tuple[torch.Tensor, Any, bool]:
+        """zero_grad, train_step, backward and the optimizer step; returns the (last) loss, output and
+        whether the step was taken (False only when skipping a non-finite loss).
 
         The step gets a closure: most optimizers call it once, and those that must re-evaluate
         the loss (LBFGS, ...) call it as often as they need.
@@ -142,21 +167,40 @@ class Trainer(BaseTrainer):
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
             loss, output = self.train_step(data, target)
-            loss.backward()
-            result[:] = [loss, output]
+            finite = not self.skip_nonfinite or bool(torch.isfinite(loss))  # a host sync only when skipping
+            if finite:
+                loss.backward()  # else no gradients: the optimizer leaves every parameter as it is
+            result[:] = [loss, output, finite]
             return loss
 
         self.optimizer.step(closure)
-        return result[0], result[1]
+        return result[0], result[1], result[2]
+
+    def _check_finite(self, epoch: int) -> None:
+        """Stop with a clear message when a loss since the epoch began was NaN or infinite."""
+        bad = self.guard.first_bad_step()
+        if bad is not None:
+            latest = self.checkpointer.latest if self.checkpointer else None
+            raise UserError(
+                f"the training loss became NaN or infinite at epoch {epoch}, step {bad} (global); training "
+                f"stopped without saving, so the newest valid checkpoint is {latest or 'none'}. Lower "
+                f"optimizer.args.lr or check the data, or set trainer.nonfinite_loss=\"skip\" to skip such batches")
 
     def _epoch_batches(self, epoch: int) -> Iterable:
-        """One pass over the data, or len_epoch batches of an endless cycle through it."""
-        if not self.iteration_based:
-            _set_epoch(self.data_loader, epoch)
-            return self.data_loader
-        if self._cycle is None:
-            self._cycle = self._endless()
-        return itertools.islice(self._cycle, self.len_epoch)
+        """One pass over the data (from batch_in_epoch on), or len_epoch batches of an endless cycle."""
+        if self.iteration_based:
+            return itertools.islice(self._endless(self.global_step), self.len_epoch - self.batch_in_epoch)
+        _set_epoch(self.data_loader, epoch)
+        _skip(self.data_loader, self.batch_in_epoch)
+        return self.data_loader
+
+    def _endless(self, position: int) -> Iterator:
+        """Batches of passes 1, 2, ... over the data, starting after `position` batches (by index)."""
+        passes, offset = divmod(position, self.batches_per_pass)
+        for n in itertools.count(passes + 1):
+            _set_epoch(self.data_loader, n)
+            _skip(self.data_loader, offset if n == passes + 1 else 0)
+            yield from self.data_loader
 
     def _epoch_samples(self) -> int | None:
         """Samples in one epoch, for the progress bar (None when unknown)."""
@@ -166,14 +210,11 @@ class Trainer(BaseTrainer):
         batch_size = getattr(self.data_loader, "batch_size", None)
         return self.len_epoch * batch_size if batch_size else None
 
-    def _endless(self) -> Iterator:
-        for n in itertools.count(1):
-            _set_epoch(self.data_loader, n)
-            yield from self.data_loader
-
-    def _log_step(self, loss: torch.Tensor, tracker: MetricTracker, bar: tqdm) -> None:
+    def _log_step(self, loss: torch.Tensor, tracker: MetricTracker, bar: tqdm, epoch: int) -> None:
         # the one host sync in the loop, every log_step steps: this step's loss and the epoch's running mean
         value, running = torch.stack([loss.detach().float(), torch.as_tensor(tracker.running("loss"))]).tolist()
+        if not math.isfinite(running):
+            self._check_finite(epoch)
         self.writer.add_scalar("loss/train_step", value, self.global_step)
         bar.set_postfix(loss=f"{running:.4f}", refresh=False)
 
@@ -185,8 +226,20 @@ class Trainer(BaseTrainer):
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
-    """Tell an epoch-aware sampler which epoch starts (fixes its shuffle order)."""
-    for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+    """Tell an epoch-aware loader or sampler which epoch starts (fixes its shuffle order)."""
+    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
             return
+
+
+def _skip(loader: Any, batches: int) -> None:
+    """Make the loader's next pass start after `batches` batches, by index (nothing is loaded)."""
+    if not batches:
+        return
+    sampler = getattr(loader, "sampler", None)
+    if not hasattr(sampler, "skip"):
+        raise UserError(f"cannot resume in the middle of an epoch: the data loader's sampler "
+                        f"({type(sampler).__name__}) cannot skip samples; use a BaseDataLoader, or resume "
+                        f"from a checkpoint-epoch<N>.pth")
+    sampler.skip(batches * loader.batch_size)

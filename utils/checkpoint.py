@@ -6,6 +6,7 @@ Files are written to a temporary name in the same directory, fsynced, then renam
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
@@ -20,7 +21,7 @@ from torch import nn
 from parse_config import RunDirs
 from utils.errors import UserError
 
-CHECKPOINT_RE = re.compile(r"checkpoint-epoch(\d+)\.pth$")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)\.pth$")
 BEST = "model_best.pth"
 LATEST = "latest"  # a small text file holding the newest checkpoint's file name
 
@@ -105,26 +106,29 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def checkpoints_in(directory: Path) -> list[Path]:
-    """checkpoint-epoch<N>.pth files in directory, newest epoch first."""
-    found = [(int(m.group(1)), p) for p in directory.glob("checkpoint-epoch*.pth")
-             if (m := CHECKPOINT_RE.search(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
+    """checkpoint-epoch<N>.pth and checkpoint-step<N>.pth files in directory, newest first."""
+    found = [p for p in directory.glob("checkpoint-*.pth") if CHECKPOINT_RE.search(p.name)]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or a run directory's newest checkpoint (its `latest` pointer first)."""
+def find_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """Load a checkpoint file, or a run directory's newest valid one: its `latest` pointer first, then
+    the others newest first; a truncated or corrupt file there is reported and skipped."""
     path = Path(path)
     if not path.is_dir():
-        if not path.exists():
-            raise UserError(f"checkpoint {path} not found; give a checkpoint file or a run directory to -r")
-        return path
+        return path, load_checkpoint(path)
     pointer = path / LATEST
-    if pointer.is_file() and (path / pointer.read_text().strip()).is_file():
-        return path / pointer.read_text().strip()
-    found = checkpoints_in(path)
-    if not found:
+    named = [path / pointer.read_text().strip()] if pointer.is_file() else []
+    candidates = list(dict.fromkeys(p for p in named + checkpoints_in(path) if p.is_file()))
+    if not candidates:
         raise UserError(f"run directory {path} holds no checkpoint-epoch<N>.pth; nothing to resume")
-    return found[0]
+    for candidate in candidates:
+        try:
+            return candidate, load_checkpoint(candidate)
+        except UserError as e:
+            logging.getLogger("train").warning("Skipping %s", e)
+    raise UserError(f"run directory {path}: none of its {len(candidates)} checkpoints can be read; see the "
+                    f"warnings above")
 
 
 def run_dirs_of(checkpoint: Path) -> RunDirs:
@@ -136,21 +140,35 @@ def run_dirs_of(checkpoint: Path) -> RunDirs:
 
 
 class Checkpointer:
-    """Decides which checkpoint files an epoch writes, and writes them safely."""
+    """Decides which checkpoint files to write, writes them safely, and keeps the newest keep_last."""
 
-    def __init__(self, directory: Path, save_period: int = 1):
+    def __init__(self, directory: Path, save_period: int = 1, keep_last: int | None = None):
         self.directory = Path(directory)
         self.save_period = save_period
+        self.keep_last = keep_last
+        pointer = self.directory / LATEST
+        self.latest: Path | None = self.directory / pointer.read_text().strip() if pointer.is_file() else None
 
     def save(self, state: dict, epoch: int, *, is_best: bool, is_last: bool) -> list[Path]:
         """Write checkpoint-epoch<N>.pth every save_period epochs and at the last; model_best.pth on improvement."""
         written = []
         if epoch % self.save_period == 0 or is_last:
-            path = self.directory / f"checkpoint-epoch{epoch}.pth"
-            atomic_save(state, path)
-            write_text_atomic(self.directory / LATEST, path.name + "\n")
-            written.append(path)
+            written.append(self._write(state, f"checkpoint-epoch{epoch}.pth"))
         if is_best:
             atomic_save(state, self.directory / BEST)
             written.append(self.directory / BEST)
         return written
+
+    def save_step(self, state: dict, global_step: int) -> Path:
+        """Write checkpoint-step<N>.pth: the state after global step N, in the middle of an epoch."""
+        return self._write(state, f"checkpoint-step{global_step}.pth")
+
+    def _write(self, state: dict, name: str) -> Path:
+        path = self.directory / name
+        atomic_save(state, path)
+        write_text_atomic(self.directory / LATEST, name + "\n")
+        self.latest = path
+        if self.keep_last:  # only now that the new file is in place
+            for old in checkpoints_in(self.directory)[self.keep_last:]:
+                old.unlink(missing_ok=True)
+        return path

@@ -45,6 +45,9 @@ SCHEMA: dict = {
         "log_step": (int, 50, "log the training loss to TensorBoard and the progress bar every N steps"),
         "log_images": (bool, False, "add a grid of the first input batch to TensorBoard each epoch (costly)"),
         "log_histograms": (bool, False, "add weight histograms to TensorBoard each epoch (costly)"),
+        "save_every_steps": ((int, NONE), None, "also write checkpoint-step<N>.pth every N optimizer steps, mid-epoch; null = never"),
+        "keep_last": ((int, NONE), None, "keep only the newest N checkpoint-*.pth files (model_best.pth is kept); null = keep all"),
+        "nonfinite_loss": (str, "stop", "a NaN/inf training loss: 'stop' (nothing is saved after it) or 'skip' the batch (one host sync per step)"),
     },
     "extra": (dict, {}, "free-form settings for your own code; never validated"),
 }

@@ -147,10 +147,12 @@ def validate(config: dict) -> list[str]:
     if words != ["off"] and (len(words) != 2 or words[0] not in ("min", "max")):
         problems.append(f"trainer.monitor must be 'min <key>', 'max <key>' or 'off', got {trainer['monitor']!r}")
     number = {k: v for k, v in trainer.items() if type_ok(v, int)}  # mistyped ones are reported already
-    for key in ("epochs", "save_period", "log_step", "len_epoch"):
+    for key in ("epochs", "save_period", "log_step", "len_epoch", "save_every_steps", "keep_last"):
         if key in number and number[key] < 1:
-            problems.append(f"trainer.{key} must be at least 1{' or null' if key == 'len_epoch' else ''}, "
-                            f"got {number[key]}")
+            optional = " or null" if key in ("len_epoch", "save_every_steps", "keep_last") else ""
+            problems.append(f"trainer.{key} must be at least 1{optional}, got {number[key]}")
+    if trainer.get("nonfinite_loss", "stop") not in ("stop", "skip"):
+        problems.append(f"trainer.nonfinite_loss must be 'stop' or 'skip', got {trainer['nonfinite_loss']!r}")
     if number.get("verbosity", 0) not in (0, 1, 2):
         problems.append(f"trainer.verbosity must be 0, 1 or 2, got {number['verbosity']}")
     if number.get("early_stop", 0) < 0:

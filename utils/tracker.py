@@ -34,3 +34,39 @@ class MetricTracker:
         device = self._sums[tensors[0]].device if tensors else None
         read = dict(zip(tensors, torch.stack([self._sums[k].to(device) for k in tensors]).tolist())) if tensors else {}
         return {k: float(read.get(k, self._sums[k])) / self._counts[k] for k in keys}
+
+    def state_dict(self) -> dict:
+        """The partial sums (for a checkpoint taken in the middle of an epoch)."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sums, self._counts = dict(state["sums"]), dict(state["counts"])
+
+
+class NonFiniteGuard:
+    """Remembers, on the device, the first step whose loss was NaN or infinite; read only when asked."""
+
+    def __init__(self):
+        self._first: torch.Tensor | None = None  # steps counted from the last reset; -1: none bad
+        self._count: torch.Tensor | None = None
+        self.base_step = 0
+
+    def reset(self, base_step: int) -> None:
+        self._first = self._count = None
+        self.base_step = base_step
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Record one step's loss (device operations only, no host sync)."""
+        if self._first is None:
+            self._first = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self._count = torch.zeros((), dtype=torch.int64, device=loss.device)
+        self._count += 1
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._first = torch.where(bad & (self._first < 0), self._count, self._first)
+
+    def first_bad_step(self) -> int | None:
+        """The global step of the first non-finite loss since reset, or None (one host sync)."""
+        if self._first is None:
+            return None
+        first = int(self._first.item())
+        return None if first < 0 else self.base_step + first

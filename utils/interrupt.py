@@ -1,0 +1,47 @@
+"""Graceful stop on SIGINT/SIGTERM: the first signal asks the loop to stop after the current step,
+a second one exits at once without touching any file."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+
+
+class StopRequested(Exception):
+    """Raised inside the training loop, after a completed step, when a stop signal arrived."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving `checkpoint`; the process should exit with `exit_code`."""
+
+    def __init__(self, signum: int, checkpoint: object):
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {checkpoint}")
+
+
+class SignalStop:
+    """Context manager: while active, SIGINT/SIGTERM set `requested` instead of killing the process."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            os._exit(128 + signum)  # a second signal: leave now, write nothing
+        self.requested = signum
+
+    def __enter__(self) -> "SignalStop":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
