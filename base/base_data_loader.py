@@ -44,7 +44,26 @@ class EpochSampler(Sampler[int]):
         return len(self.indices) - self.start
 
 
-class BaseDataLoader(DataLoader):
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose order and worker seeds depend only on (seed, epoch): call set_epoch each epoch.
+
+    It has its own generator, so iterating never draws from the global torch RNG and the model's
+    random numbers (dropout) do not depend on when an iterator starts.
+    """
+
+    def __init__(self, *args: Any, seed: int, **kwargs: Any):
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order and the workers' seeds of epoch."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        self.generator.manual_seed((self.seed + epoch) % 2**64)
+
+
+class BaseDataLoader(EpochDataLoader):
     """A training DataLoader that holds back a fixed validation part (see split_validation)."""
 
     def __init__(
@@ -74,23 +93,14 @@ class BaseDataLoader(DataLoader):
             "num_workers": num_workers,
             "pin_memory": pin_memory,
         }
-        self.seed = torch.initial_seed() if seed is None else seed
-        # Our own generator for the workers' base seed: iterating never draws from the global torch
-        # RNG, so the model's random numbers (dropout) do not depend on when an iterator starts.
-        super().__init__(sampler=EpochSampler(train_idx, shuffle, self.seed), generator=torch.Generator(),
-                         **self.init_kwargs)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the training order and worker seeds of epoch (they depend only on the seed and epoch)."""
-        self.sampler.set_epoch(epoch)
-        self.generator.manual_seed((self.seed + epoch) % 2**64)
+        seed = torch.initial_seed() if seed is None else seed
+        super().__init__(sampler=EpochSampler(train_idx, shuffle, seed), seed=seed, **self.init_kwargs)
 
     def split_validation(self) -> DataLoader | None:
         """A DataLoader over the validation part in a fixed order, or None when there is none."""
         if self.valid_sampler is None:
             return None
-        return DataLoader(sampler=self.valid_sampler, generator=torch.Generator().manual_seed(self.seed % 2**64),
-                          **self.init_kwargs)
+        return EpochDataLoader(sampler=self.valid_sampler, seed=self.seed, **self.init_kwargs)
 
 
 def _validation_size(split: Any, n: int) -> int:

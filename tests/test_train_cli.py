@@ -259,3 +259,11 @@ def test_help_lists_every_option():
 
 def test_root_is_the_repository():
     assert (ROOT / "train.py").is_file()
+
+
+def test_resume_with_a_changed_dataset_or_seed_warns_with_the_differing_keys(tmp_path, write_config):
+    train.main(["-c", str(write_config()), "--run-id", "w", "trainer.epochs=1"])
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "w")
+    train.main(["-r", str(ckpt_dir), "seed=5", "data_loader.args.validation_split=0.2", "trainer.epochs=2"])
+    log = (log_dir / "info.log").read_text()
+    assert "settings that differ from the checkpoint's: data_loader.args.validation_split, seed" in log

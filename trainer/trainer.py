@@ -147,6 +147,7 @@ class Trainer(BaseTrainer):
             self.logger.warning("Epoch %d: skipped %d batch(es) with a non-finite loss.", epoch, skipped)
         log["samples_per_sec"] = samples / (time.perf_counter() - started)
         if self.valid_data_loader is not None:
+            _set_epoch(self.valid_data_loader, epoch)
             valid = evaluate(self.model, self.valid_data_loader, self.eval_step, self.metric_ftns, self.device,
                              progress=self.progress, desc=f"Valid {epoch}")
             log.update({f"val_{k}": v for k, v in valid.items()})

@@ -1,0 +1,160 @@
+"""Real processes stopped at random moments (SIGTERM, kill -9), then resumed from the run directory.
+
+The moments are random; the assertions hold whatever the moment: the resumed run ends bit-identical
+to a straight run, and the run directory always holds a valid checkpoint to resume from.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli, run_dir, tiny_config
+
+DELAYS = random.Random(2026)  # fixed per run of the suite; the assertions do not depend on them
+
+
+def config_file(tmp_path: Path, save_dir: Path | None = None, **trainer) -> Path:
+    config = tiny_config(save_dir or tmp_path / "saved", epochs=3, **trainer)
+    config["data_loader"]["args"]["batch_size"] = 16  # 77 steps per epoch: signals land mid-epoch
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def start(config: Path, run_id: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-c", str(config), "--run-id", run_id],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def final_state(ckpt_dir: Path) -> dict:
+    return torch.load(ckpt_dir / "checkpoint-epoch3.pth", weights_only=True)
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for i, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][i][name]), (i, name)
+    assert a["lr_scheduler"] == b["lr_scheduler"] and a["monitor"] == b["monitor"]
+    assert a["global_step"] == b["global_step"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run every interrupted one is compared with."""
+    tmp_path = tmp_path_factory.mktemp("straight")
+    result = run_cli("train.py", "-c", str(config_file(tmp_path)), "--run-id", "straight")
+    assert result.returncode == 0, result.stderr
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "straight")
+    return final_state(ckpt_dir), metrics(log_dir)
+
+
+def metrics(log_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("epoch_time", "samples_per_sec")} for r in rows]
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_sigterm_at_a_random_moment_then_resume_is_bit_identical(tmp_path, straight, round_):
+    config = config_file(tmp_path)
+    process = start(config, "run")
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "run")
+    wait_for(log_dir / "metrics.jsonl", process)  # epoch 1 is done: training is under way
+    time.sleep(DELAYS.uniform(0.0, 1.0))
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    if process.returncode == 0:  # it finished before the signal arrived: nothing to resume
+        pytest.skip("the run finished before the signal")
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert f"python train.py -r {ckpt_dir}" in out + err
+    result = run_cli("train.py", "-r", str(ckpt_dir))
+    assert result.returncode == 0, result.stderr
+    assert_identical(straight[0], final_state(ckpt_dir))
+    assert metrics(log_dir) == straight[1]
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_kill_9_at_a_random_moment_then_resume_from_the_run_directory(tmp_path, straight, round_):
+    config = config_file(tmp_path, save_every_steps=10)
+    process = start(config, "run")
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "run")
+    wait_for(ckpt_dir / "latest", process)  # at least one checkpoint exists
+    time.sleep(DELAYS.uniform(0.0, 1.5))
+    process.kill()
+    process.communicate(timeout=60)
+    result = run_cli("train.py", "-r", str(ckpt_dir), "trainer.save_every_steps=null")
+    assert result.returncode == 0, result.stderr
+    assert_identical(straight[0], final_state(ckpt_dir))
+    assert metrics(log_dir) == straight[1]
+
+
+def test_a_second_signal_exits_at_once_without_touching_files(tmp_path):
+    """While a (slow) step runs, one signal asks for a save after it; a second one leaves immediately."""
+    driver = tmp_path / "slow.py"
+    driver.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        import torch
+        from torch.utils.data import TensorDataset
+        from base import BaseDataLoader
+        from trainer import Trainer
+        from utils.checkpoint import Checkpointer
+
+        class Slow(Trainer):
+            def train_step(self, data, target):
+                print("step", flush=True)
+                time.sleep(3)
+                return super().train_step(data, target)
+
+        model = torch.nn.Linear(2, 1)
+        loader = BaseDataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), 4, True, 0, 0)
+        Slow(model, torch.nn.functional.mse_loss, {{}}, torch.optim.SGD(model.parameters(), lr=0.1),
+             device=torch.device("cpu"), epochs=1, data_loader=loader, progress=False,
+             checkpointer=Checkpointer({str(tmp_path)!r})).train()
+    """))
+    process = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "step"
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.py"]  # no checkpoint, no temporary file
+
+
+def test_an_unwritable_save_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the save directory should go")
+    config = config_file(tmp_path, blocker / "saved")
+    result = run_cli("train.py", "-c", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot create run directory {blocker}/saved/models" in result.stderr
+    assert "check trainer.save_dir" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_save_directory_is_a_clear_error(tmp_path):
+    save = tmp_path / "ro"
+    save.mkdir()
+    save.chmod(0o500)
+    result = run_cli("train.py", "-c", str(config_file(tmp_path, save)))
+    assert result.returncode == 2 and "cannot create run directory" in result.stderr
