@@ -1,11 +1,23 @@
-"""Registers the public classes and functions of model.py, loss.py and metric.py by name."""
+"""Registers models, losses and metrics by name.
+
+The user's files register every public class or function they define: model.py (archs), loss.py,
+metric.py. The model zoo modules register what their __all__ lists: cnn.py and builders.py (archs),
+zoo_losses.py (losses).
+"""
 import inspect
 
 from torch import nn
 
-from model import loss, metric, model
+from model import builders, cnn, loss, metric, model, zoo_losses
 from utils.registry import ARCHS, LOSSES, METRICS
 
-ARCHS.register_module(model, lambda obj: inspect.isclass(obj) and issubclass(obj, nn.Module))
+
+def _is_module_class(obj) -> bool:
+    return inspect.isclass(obj) and issubclass(obj, nn.Module)
+
+
+for module in (model, cnn, builders):
+    ARCHS.register_module(module, _is_module_class)
 LOSSES.register_module(loss)
+LOSSES.register_module(zoo_losses)
 METRICS.register_module(metric)

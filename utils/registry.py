@@ -40,9 +40,14 @@ class Registry:
         return obj
 
     def register_module(self, module: ModuleType, predicate: Callable[[Any], bool] = callable) -> None:
-        """Register every public object defined in module (not imported into it) that passes predicate."""
+        """Register the names in module.__all__, else every public object defined in module (not imported
+        into it), that pass predicate."""
+        names = getattr(module, "__all__", None)
         for name, obj in vars(module).items():
-            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            if names is not None:
+                if name not in names:
+                    continue
+            elif name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
                 continue
             if predicate(obj):
                 self.register(obj, name=name)
