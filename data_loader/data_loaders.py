@@ -25,7 +25,11 @@ class DigitsDataLoader(BaseDataLoader):
         validation_split: float | int = 0.1,
         num_workers: int = 0,
         training: bool = True,
+        target: str = "label",
     ):
+        """target: "label" (the digit, for classification) or "image" (the input itself, for autoencoders)."""
+        if target not in ("label", "image"):
+            raise UserError(f"data_loader.args.target must be 'label' or 'image', got {target!r}")
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
@@ -36,7 +40,8 @@ class DigitsDataLoader(BaseDataLoader):
         mean, std = x_train.mean(), x_train.std()
         x, y = (x_train, y_train) if training else (x_test, y_test)
         images = torch.as_tensor((x - mean) / std, dtype=torch.float32).reshape(-1, 1, 8, 8)
-        self.dataset = TensorDataset(images, torch.as_tensor(y, dtype=torch.int64))
+        labels = torch.as_tensor(y, dtype=torch.int64)
+        self.dataset = TensorDataset(images, labels if target == "label" else images)
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers)
 
 

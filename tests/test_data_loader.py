@@ -205,3 +205,11 @@ def test_mnist_needs_all_four_files_even_for_one_split(mnist_dir):
     (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()  # torchvision checks all four
     with pytest.raises(UserError, match=r"train-images-idx3-ubyte, train-labels-idx1-ubyte"):
         MnistDataLoader(data_dir=root, batch_size=4, training=True, download=False)
+
+
+def test_digits_image_target_for_autoencoders():
+    loader = DigitsDataLoader(batch_size=8, target="image", validation_split=0.0)
+    data, target = next(iter(loader))
+    assert torch.equal(data, target) and data.shape == (8, 1, 8, 8)
+    with pytest.raises(UserError, match="target must be 'label' or 'image'"):
+        DigitsDataLoader(target="pixels")
