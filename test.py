@@ -13,7 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the test split.")
     parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
     parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES), or cpu")
-    parser.add_argument("--out", help="where to write the results as JSON (default: test_results.json beside the checkpoint)")
+    parser.add_argument("--out", help="where to write the results as JSON "
+                                      "(default: test_results.json beside the checkpoint)")
     return parser
 
 

@@ -39,8 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser(OPTIONS).parse_intermixed_args(argv)
     if args.device and args.device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device  # before anything initialises CUDA
-    import torch
-
     from logger import MetricsFile, get_logger, make_writer, setup_logging
     from parse_config import ConfigParser
     from trainer import Trainer
@@ -63,9 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     data_loader = config.init_obj("data_loader", DATA_LOADERS)
     valid_data_loader = data_loader.split_validation()
     device, device_ids = prepare_device(config["n_gpu"], force_cpu=args.device == "cpu")
-    model = config.init_obj("arch", ARCHS).to(device)
-    if len(device_ids) > 1:
-        model = torch.nn.DataParallel(model, device_ids=device_ids)
+    model = place_model(config.init_obj("arch", ARCHS), device, device_ids, cfg_trainer)
     criterion, metrics = config.build_loss(), config.build_metrics()
     optimizer = config.init_obj("optimizer", OPTIMIZERS, [p for p in model.parameters() if p.requires_grad])
     lr_scheduler = config.init_obj("lr_scheduler", LR_SCHEDULERS, optimizer) if config["lr_scheduler"] else None
@@ -88,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         save_every_steps=cfg_trainer["save_every_steps"], nonfinite_loss=cfg_trainer["nonfinite_loss"],
         writer=make_writer(run.log_dir, cfg_trainer["tensorboard"]),
         metrics_file=MetricsFile(run.log_dir / "metrics.jsonl"), config=config.config,
-        progress=cfg_trainer["verbosity"] > 0, log_images=cfg_trainer["log_images"],
+        channels_last=cfg_trainer["channels_last"], progress=cfg_trainer["verbosity"] > 0,
+        log_images=cfg_trainer["log_images"],
         log_histograms=cfg_trainer["log_histograms"], logger=get_logger("trainer", cfg_trainer["verbosity"]),
     )
     if config.checkpoint is not None:
@@ -99,6 +96,16 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
                        signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
         raise SystemExit(stop.exit_code) from None
+
+
+def place_model(model, device, device_ids: list[int], cfg_trainer: dict):
+    """The model on its device, in channels_last if asked, compiled if asked, in DataParallel on several GPUs."""
+    import torch
+
+    model = model.to(device, memory_format=torch.channels_last) if cfg_trainer["channels_last"] else model.to(device)
+    if cfg_trainer["compile"] is not False:
+        model = torch.compile(model, **(cfg_trainer["compile"] if isinstance(cfg_trainer["compile"], dict) else {}))
+    return torch.nn.DataParallel(model, device_ids=device_ids) if len(device_ids) > 1 else model
 
 
 def resume(trainer, config, logger) -> None:

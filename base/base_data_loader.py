@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
 from utils.errors import UserError
@@ -31,14 +31,18 @@ class EpochSampler(Sampler[int]):
         """Start the next iteration (only) after the first n indices of the epoch's order: a mid-epoch resume."""
         self.start = n
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_order(self) -> torch.Tensor:
+        """The indices of the next iteration, as a tensor (after any skip, which it uses up)."""
         order = self.indices
         if self.shuffle:
             # An unseeded torch.initial_seed() can be close to 2**64, the largest seed a Generator takes.
             generator = torch.Generator().manual_seed((self.seed + self.epoch) % 2**64)
             order = order[torch.randperm(len(order), generator=generator)]
         start, self.start = self.start, 0
-        return iter(order[start:].tolist())
+        return order[start:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order().tolist())
 
     def __len__(self) -> int:
         return len(self.indices) - self.start
@@ -51,10 +55,27 @@ class EpochDataLoader(DataLoader):
     random numbers (dropout) do not depend on when an iterator starts.
     """
 
-    def __init__(self, *args: Any, seed: int, **kwargs: Any):
-        super().__init__(*args, generator=torch.Generator(), **kwargs)
+    def __init__(self, dataset: Dataset, *, seed: int, **kwargs: Any):
+        super().__init__(dataset, generator=torch.Generator(), **kwargs)
         self.seed = seed
         self.set_epoch(0)
+        # Tensors in memory are served a batch at a time by index slicing, not per sample + collate.
+        self.in_memory = (isinstance(dataset, TensorDataset) and isinstance(self.sampler, EpochSampler)
+                          and self.collate_fn is default_collate)
+
+    def __iter__(self) -> Iterator:
+        return self._slices() if self.in_memory else super().__iter__()
+
+    def _slices(self) -> Iterator[list[torch.Tensor]]:
+        """Batches gathered from the dataset's tensors, in the sampler's order (what collate would give)."""
+        order = self.sampler.epoch_order()
+        pin = self.pin_memory and torch.cuda.is_available()
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            if self.drop_last and len(index) < self.batch_size:
+                return
+            batch = [t[index] for t in self.dataset.tensors]
+            yield [b.pin_memory() for b in batch] if pin else batch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order and the workers' seeds of epoch."""
@@ -76,6 +97,7 @@ class BaseDataLoader(EpochDataLoader):
         collate_fn: Callable = default_collate,
         pin_memory: bool = False,
         seed: int | None = None,
+        persistent_workers: bool = False,
     ):
         self.validation_split = validation_split
         self.shuffle = shuffle
@@ -92,6 +114,7 @@ class BaseDataLoader(EpochDataLoader):
             "collate_fn": collate_fn,
             "num_workers": num_workers,
             "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
         }
         seed = torch.initial_seed() if seed is None else seed
         super().__init__(sampler=EpochSampler(train_idx, shuffle, seed), seed=seed, **self.init_kwargs)

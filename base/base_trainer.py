@@ -59,7 +59,8 @@ class BaseTrainer:
                     if not self._run_epoch(epoch):
                         break
                     if self.signals.requested:
-                        raise TrainingInterrupted(self.signals.requested, self.checkpointer and self.checkpointer.latest)
+                        latest = self.checkpointer.latest if self.checkpointer else None
+                        raise TrainingInterrupted(self.signals.requested, latest)
             except StopRequested:  # raised by _train_epoch after a completed step
                 raise TrainingInterrupted(self.signals.requested, self.save_step_checkpoint()) from None
             finally:

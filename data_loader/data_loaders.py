@@ -58,12 +58,11 @@ class MnistDataLoader(BaseDataLoader):
         training: bool = True,
         download: bool = True,
     ):
-        from torchvision import datasets, transforms
+        from torchvision import datasets
 
-        trsfm = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
         self.data_dir = data_dir
         try:
-            self.dataset = datasets.MNIST(self.data_dir, train=training, download=download, transform=trsfm)
+            mnist = datasets.MNIST(self.data_dir, train=training, download=download)
         except (RuntimeError, OSError) as e:  # "Dataset not found", or a failed download (URLError is an OSError)
             raw = os.path.join(data_dir, "MNIST", "raw")
             if all(os.path.isfile(os.path.join(raw, f)) for f in _MNIST_FILES):
@@ -74,4 +73,8 @@ class MnistDataLoader(BaseDataLoader):
                 f"{', '.join(_MNIST_FILES)} there (gunzipped: torchvision extracts the .gz files only when "
                 "downloading), or set data_loader.args.download=true on a machine with a network connection"
             ) from e
+        # Kept in memory and normalised once, exactly as ToTensor + Normalize((0.1307,), (0.3081,)) would
+        # per sample; batches are then sliced from the tensors.
+        images = mnist.data.unsqueeze(1).float().div(255).sub(0.1307).div(0.3081)
+        self.dataset = TensorDataset(images, mnist.targets)
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers)

@@ -18,14 +18,17 @@ from utils.tracker import MetricTracker, NonFiniteGuard
 Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move a tensor, or tensors nested in lists/tuples/dicts, to device without blocking."""
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move a tensor, or tensors nested in lists/tuples/dicts, to device without blocking (from pinned
+    memory the copy overlaps with compute); 4-D tensors in channels_last format when asked."""
     if isinstance(batch, torch.Tensor):
+        if channels_last and batch.dim() == 4:
+            return batch.to(device, memory_format=torch.channels_last, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device, channels_last) for b in batch)
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
     return batch
 
 
@@ -76,7 +79,8 @@ class Trainer(BaseTrainer):
     def __init__(self, model: nn.Module, criterion: Callable, metric_ftns: dict[str, Callable],
                  optimizer: torch.optim.Optimizer, *, data_loader: Any, valid_data_loader: Any = None,
                  len_epoch: int | None = None, log_step: int = 50, save_every_steps: int | None = None,
-                 nonfinite_loss: str = "stop", progress: bool = True, log_images: bool = False,
+                 nonfinite_loss: str = "stop", channels_last: bool = False, progress: bool = True,
+                 log_images: bool = False,
                  log_histograms: bool = False, **kwargs: Any):
         super().__init__(model, criterion, metric_ftns, optimizer, **kwargs)
         self.data_loader = data_loader
@@ -87,6 +91,7 @@ class Trainer(BaseTrainer):
         self.log_step = log_step
         self.save_every_steps = save_every_steps
         self.skip_nonfinite = nonfinite_loss == "skip"
+        self.channels_last = channels_last
         self.progress = progress
         self.log_images = log_images
         self.log_histograms = log_histograms
@@ -115,7 +120,7 @@ class Trainer(BaseTrainer):
         bar = tqdm(total=self._epoch_samples(), desc=f"Epoch {epoch}", disable=not self.progress, leave=False,
                    unit="samples", dynamic_ncols=True)
         for data, target in self._epoch_batches(epoch):
-            data, target = to_device(data, self.device), to_device(target, self.device)
+            data, target = to_device(data, self.device, self.channels_last), to_device(target, self.device)
             loss, output, finite = self._optimizer_step(data, target)
             if self.lr_scheduler is not None and self.scheduler_interval == "step":
                 self.lr_scheduler.step()

@@ -47,6 +47,8 @@ SCHEMA: dict = {
         "log_histograms": (bool, False, "add weight histograms to TensorBoard each epoch (costly)"),
         "save_every_steps": ((int, NONE), None, "also write checkpoint-step<N>.pth every N optimizer steps, mid-epoch; null = never"),
         "keep_last": ((int, NONE), None, "keep only the newest N checkpoint-*.pth files (model_best.pth is kept); null = keep all"),
+        "compile": ((bool, dict), False, "torch.compile the model: true, or an object of torch.compile arguments (e.g. {\"mode\": \"max-autotune\"})"),
+        "channels_last": (bool, False, "use the channels_last memory format for the model and 4-D inputs (faster convolutions on recent GPUs)"),
         "nonfinite_loss": (str, "stop", "a NaN/inf training loss: 'stop' (nothing is saved after it) or 'skip' the batch (one host sync per step)"),
     },
     "extra": (dict, {}, "free-form settings for your own code; never validated"),

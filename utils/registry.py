@@ -23,7 +23,7 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Any] = {}
         self._providers = list(providers)
-        self._provided: dict[str, Any] | None = None
+        self._loaded: list[dict] = []  # the providers called so far, in order
 
     def register(self, obj: Any = None, *, name: str | None = None):
         """Register obj under name (default: its __name__); usable as a decorator."""
@@ -55,16 +55,21 @@ class Registry:
     def add_provider(self, provider: Provider) -> None:
         """Add a lazily called source of names; earlier providers win on a shared name."""
         self._providers.append(provider)
-        self._provided = None
+
+    def _sources(self):
+        """Each provider's names, calling (importing) a provider only when the ones before it did not answer."""
+        for i, provider in enumerate(self._providers):
+            if i == len(self._loaded):
+                self._loaded.append(provider())
+            yield self._loaded[i]
 
     def _library(self) -> dict[str, Any]:
-        if self._provided is None:
-            provided: dict[str, Any] = {}
-            for provider in self._providers:
-                for name, obj in provider().items():
-                    provided.setdefault(name, obj)
-            self._provided = provided
-        return self._provided
+        """Every library name (calls every provider); earlier providers win."""
+        provided: dict[str, Any] = {}
+        for source in self._sources():
+            for name, obj in source.items():
+                provided.setdefault(name, obj)
+        return provided
 
     def names(self) -> list[str]:
         """All names: the user's first, then the libraries'."""
@@ -74,17 +79,18 @@ class Registry:
         """The object for name (exact, else a unique case-insensitive match), or None."""
         if name in self._entries:
             return self._entries[name]
-        library = self._library()
-        if name in library:
-            return library[name]
+        for source in self._sources():
+            if name in source:
+                return source[name]
         folded = [n for n in self.names() if n.lower() == name.lower()]
         if len(folded) == 1:
-            return self._entries.get(folded[0], library.get(folded[0]))
+            return self._entries.get(folded[0], self._library().get(folded[0]))
         return None
 
     def from_library(self, obj: Any) -> bool:
         """Whether obj comes from a library provider rather than from a registration of the user's."""
-        return all(obj is not o for o in self._entries.values()) and any(obj is o for o in self._library().values())
+        return (all(obj is not o for o in self._entries.values())
+                and any(obj is o for source in self._loaded for o in source.values()))
 
     def __contains__(self, name: str) -> bool:
         return self.find(name) is not None
@@ -177,11 +183,24 @@ def _torch_losses() -> dict:
     }
 
 
+def _pytorch_optimizer_losses() -> dict:
+    import pytorch_optimizer
+    from pytorch_optimizer.loss import LOSS_FUNCTIONS
+
+    # get_supported_loss_functions() gives lower-case keys; LOSS_FUNCTIONS maps them to the classes.
+    found = {}
+    for key in pytorch_optimizer.get_supported_loss_functions():
+        cls = LOSS_FUNCTIONS.get(key)
+        if inspect.isclass(cls):
+            found.setdefault(cls.__name__, cls)
+    return found
+
+
 ARCHS = Registry("arch")
 DATA_LOADERS = Registry("data_loader")
 OPTIMIZERS = Registry("optimizer", [_torch_optimizers, _pytorch_optimizer_optimizers])
 LR_SCHEDULERS = Registry("lr_scheduler", [_torch_schedulers, _pytorch_optimizer_schedulers])
-LOSSES = Registry("loss", [_torch_losses])
+LOSSES = Registry("loss", [_torch_losses, _pytorch_optimizer_losses])  # torch.nn wins a shared name (BCELoss)
 METRICS = Registry("metric")
 
 REGISTRIES = {r.kind: r for r in (ARCHS, DATA_LOADERS, OPTIMIZERS, LR_SCHEDULERS, LOSSES, METRICS)}
