@@ -39,15 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser(OPTIONS).parse_intermixed_args(argv)
     if args.device and args.device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device  # before anything initialises CUDA
-    from logger import MetricsFile, get_logger, make_writer, setup_logging
+    from logger import setup_logging
     from parse_config import ConfigParser
-    from trainer import Trainer
-    from trainer.trainer import logged_keys
-    from utils.checkpoint import Checkpointer
-    from utils.interrupt import TrainingInterrupted
-    from utils.monitor import Monitor
-    from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, load_user_modules
-    from utils.util import prepare_device, seed_everything
+    from utils import distributed
+    from utils.registry import REGISTRIES, load_user_modules
 
     setup_logging(None)  # console only until the run directory exists (and no handler of an earlier run)
     if args.list:
@@ -56,12 +51,35 @@ def main(argv: list[str] | None = None) -> None:
         return
     config = ConfigParser.from_args(args, OPTIONS)
     cfg_trainer = config["trainer"]
-    seed_everything(config["seed"])
+    ctx = distributed.init(cfg_trainer["dist_backend"], cfg_trainer["dist_timeout"])
+    try:
+        _train(args, config, ctx)
+    finally:
+        distributed.shutdown()
 
+
+def _train(args, config, ctx) -> None:
+    """Build everything in dependency order, then train (under torchrun: this rank's part)."""
+    from logger import MetricsFile, get_logger, make_writer, setup_logging
+    from trainer import Trainer
+    from trainer.trainer import logged_keys
+    from utils import distributed
+    from utils.checkpoint import Checkpointer
+    from utils.interrupt import TrainingInterrupted
+    from utils.monitor import Monitor
+    from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS
+    from utils.util import prepare_device, seed_everything
+
+    cfg_trainer = config["trainer"]
+    seed_everything(config["seed"])
     data_loader = config.init_obj("data_loader", DATA_LOADERS)
     valid_data_loader = data_loader.split_validation()
-    device, device_ids = prepare_device(config["n_gpu"], force_cpu=args.device == "cpu")
-    model = place_model(config.init_obj("arch", ARCHS), device, device_ids, cfg_trainer)
+    if ctx.enabled:
+        device, device_ids = distributed.device_of(ctx, config["n_gpu"]), []
+        shard(data_loader, valid_data_loader, ctx)
+    else:
+        device, device_ids = prepare_device(config["n_gpu"], force_cpu=args.device == "cpu")
+    model = place_model(config.init_obj("arch", ARCHS), device, device_ids, cfg_trainer, ctx)
     criterion, metrics = config.build_loss(), config.build_metrics()
     optimizer = config.init_obj("optimizer", OPTIMIZERS, [p for p in model.parameters() if p.requires_grad])
     lr_scheduler = config.init_obj("lr_scheduler", LR_SCHEDULERS, optimizer) if config["lr_scheduler"] else None
@@ -71,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         print_summary(model, data_loader, device)
         return
 
-    run = config.make_run_dirs()
-    setup_logging(run.log_dir, verbosity=cfg_trainer["verbosity"])
+    run = distributed.broadcast(config.make_run_dirs() if ctx.is_main else None)  # chosen once, by rank 0
+    writes = ctx.is_main  # only rank 0 writes logs, event files, metrics.jsonl and checkpoints
+    setup_logging(run.log_dir if writes else None, verbosity=cfg_trainer["verbosity"] if writes else 0)
     logger = get_logger("train", cfg_trainer["verbosity"])
     logger.info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
     trainer = Trainer(
@@ -80,13 +99,16 @@ def main(argv: list[str] | None = None) -> None:
         data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler,
         scheduler_interval=(config["lr_scheduler"] or {}).get("interval", "epoch"),
         len_epoch=cfg_trainer["len_epoch"], log_step=cfg_trainer["log_step"], monitor=monitor,
-        checkpointer=Checkpointer(run.checkpoint_dir, cfg_trainer["save_period"], cfg_trainer["keep_last"]),
+        checkpointer=Checkpointer(run.checkpoint_dir, cfg_trainer["save_period"], cfg_trainer["keep_last"])
+        if writes else None,
         save_every_steps=cfg_trainer["save_every_steps"], nonfinite_loss=cfg_trainer["nonfinite_loss"],
-        writer=make_writer(run.log_dir, cfg_trainer["tensorboard"]),
-        metrics_file=MetricsFile(run.log_dir / "metrics.jsonl"), config=config.config,
-        channels_last=cfg_trainer["channels_last"], progress=cfg_trainer["verbosity"] > 0,
-        log_images=cfg_trainer["log_images"],
+        writer=make_writer(run.log_dir, cfg_trainer["tensorboard"] and writes),
+        metrics_file=MetricsFile(run.log_dir / "metrics.jsonl" if writes else None), config=config.config,
+        channels_last=cfg_trainer["channels_last"], amp=cfg_trainer["amp"],
+        accumulate_steps=cfg_trainer["accumulate_steps"], clip_grad_norm=cfg_trainer["clip_grad_norm"],
+        progress=cfg_trainer["verbosity"] > 0 and writes, log_images=cfg_trainer["log_images"],
         log_histograms=cfg_trainer["log_histograms"], logger=get_logger("trainer", cfg_trainer["verbosity"]),
+        dist=ctx,
     )
     if config.checkpoint is not None:
         resume(trainer, config, logger)
@@ -98,13 +120,37 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(stop.exit_code) from None
 
 
-def place_model(model, device, device_ids: list[int], cfg_trainer: dict):
-    """The model on its device, in channels_last if asked, compiled if asked, in DataParallel on several GPUs."""
+def shard(data_loader, valid_data_loader, ctx) -> None:
+    """Give each rank its share of every batch, for training and validation."""
+    from utils.errors import UserError
+
+    for loader in (data_loader, valid_data_loader):
+        if loader is None:
+            continue
+        if not hasattr(loader, "shard"):
+            raise UserError(f"data_loader.type: {type(loader).__name__} cannot be split between torchrun's "
+                            f"processes; derive it from base.BaseDataLoader")
+        loader.shard(ctx.rank, ctx.world_size)
+
+
+def place_model(model, device, device_ids: list[int], cfg_trainer: dict, ctx):
+    """The model on its device (channels_last, compiled if asked), in DDP under torchrun, in DataParallel
+    on several GPUs otherwise."""
     import torch
+
+    from utils.errors import UserError
 
     model = model.to(device, memory_format=torch.channels_last) if cfg_trainer["channels_last"] else model.to(device)
     if cfg_trainer["compile"] is not False:
         model = torch.compile(model, **(cfg_trainer["compile"] if isinstance(cfg_trainer["compile"], dict) else {}))
+    if ctx.enabled:
+        if cfg_trainer["sync_batchnorm"]:
+            if device.type != "cuda":
+                raise UserError("trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on the CPU); "
+                                "set it to false")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                         else None)
     return torch.nn.DataParallel(model, device_ids=device_ids) if len(device_ids) > 1 else model
 
 

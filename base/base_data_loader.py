@@ -21,6 +21,11 @@ class EpochSampler(Sampler[int]):
         self.seed = seed
         self.epoch = 0
         self.start = 0
+        self.rank, self.world_size, self.batch_size = 0, 1, 1
+
+    def shard(self, rank: int, world_size: int, batch_size: int) -> None:
+        """Serve only this rank's part of each global batch of world_size * batch_size samples."""
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order of the next iteration (and start it from the beginning)."""
@@ -38,13 +43,25 @@ class EpochSampler(Sampler[int]):
             # An unseeded torch.initial_seed() can be close to 2**64, the largest seed a Generator takes.
             generator = torch.Generator().manual_seed((self.seed + self.epoch) % 2**64)
             order = order[torch.randperm(len(order), generator=generator)]
+        if self.world_size > 1:
+            order = self._rank_part(order)
         start, self.start = self.start, 0
         return order[start:]
+
+    def _rank_part(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's share of every global batch: all ranks take the same number of steps and no sample
+        is repeated; fewer than world_size samples left at the end of an epoch are dropped."""
+        size = self.batch_size * self.world_size
+        keep = len(order) if len(order) % size >= self.world_size else len(order) // size * size
+        return torch.cat([c.tensor_split(self.world_size)[self.rank] for c in order[:keep].split(size)]
+                         or [order[:0]])
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_order().tolist())
 
     def __len__(self) -> int:
+        if self.world_size > 1:
+            return len(self._rank_part(self.indices)) - self.start
         return len(self.indices) - self.start
 
 
@@ -76,6 +93,10 @@ class EpochDataLoader(DataLoader):
                 return
             batch = [t[index] for t in self.dataset.tensors]
             yield [b.pin_memory() for b in batch] if pin else batch
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Serve this rank's share of every global batch (DistributedDataParallel)."""
+        self.sampler.shard(rank, world_size, self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order and the workers' seeds of epoch."""

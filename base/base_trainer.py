@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +12,7 @@ from torch import nn
 
 from logger import MetricsFile, NullWriter
 from utils.checkpoint import Checkpointer, rng_state, set_rng_state, unwrap
+from utils.distributed import SINGLE, Dist, any_rank
 from utils.errors import UserError
 from utils.interrupt import SignalStop, StopRequested, TrainingInterrupted
 from utils.monitor import Monitor
@@ -25,7 +27,7 @@ class BaseTrainer:
                  monitor: Monitor | None = None, checkpointer: Checkpointer | None = None,
                  writer: NullWriter | None = None, metrics_file: MetricsFile | None = None,
                  lr_scheduler: Any = None, scheduler_interval: str = "epoch",
-                 config: dict | None = None, logger: logging.Logger | None = None):
+                 config: dict | None = None, logger: logging.Logger | None = None, dist: Dist = SINGLE):
         self.model = model
         self.criterion = criterion
         self.metric_ftns = metric_ftns
@@ -40,6 +42,7 @@ class BaseTrainer:
         self.scheduler_interval = scheduler_interval
         self.config = config or {}
         self.logger = logger or logging.getLogger("trainer")
+        self.dist = dist  # under torchrun: this rank; metrics are reduced over ranks, rank 0 writes
         self.epoch = 0  # the last completed epoch
         self.start_epoch = 1
         self.global_step = 0
@@ -58,13 +61,17 @@ class BaseTrainer:
                 for epoch in range(self.start_epoch, self.epochs + 1):
                     if not self._run_epoch(epoch):
                         break
-                    if self.signals.requested:
+                    if any_rank(self.signals.requested is not None, self.device):
                         latest = self.checkpointer.latest if self.checkpointer else None
-                        raise TrainingInterrupted(self.signals.requested, latest)
+                        raise TrainingInterrupted(self._signum(), latest)
             except StopRequested:  # raised by _train_epoch after a completed step
-                raise TrainingInterrupted(self.signals.requested, self.save_step_checkpoint()) from None
+                raise TrainingInterrupted(self._signum(), self.save_step_checkpoint()) from None
             finally:
                 self.writer.close()
+
+    def _signum(self) -> int:
+        """The signal that stopped training (under DDP another rank may have received it)."""
+        return self.signals.requested or signal.SIGTERM
 
     def _run_epoch(self, epoch: int) -> bool:
         """Train, log and checkpoint one epoch; False when early stopping ends training."""
@@ -86,10 +93,11 @@ class BaseTrainer:
         return not stop
 
     def save_step_checkpoint(self) -> Path | None:
-        """Save the state after the current step, in the middle of an epoch."""
+        """Save the state after the current step, in the middle of an epoch (every rank calls it; rank 0 writes)."""
+        state = self.state_dict()  # under DDP a collective: every rank takes part
         if self.checkpointer is None:
             return None
-        path = self.checkpointer.save_step(self.state_dict(), self.global_step)
+        path = self.checkpointer.save_step(state, self.global_step)
         self.logger.info("Saved %s", path)
         return path
 
@@ -125,7 +133,7 @@ class BaseTrainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch,
-            "epoch_tracker": self.train_tracker.state_dict() if self.batch_in_epoch else None,
+            "epoch_tracker": self.train_tracker.state_dict(self.dist.enabled) if self.batch_in_epoch else None,
             "state_dict": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
@@ -152,7 +160,7 @@ class BaseTrainer:
         self.start_epoch = state["epoch"] + 1
         self.global_step = state.get("global_step", 0)
         self.batch_in_epoch = state.get("batch_in_epoch", 0)
-        if self.batch_in_epoch:
+        if self.batch_in_epoch and self.dist.is_main:  # the saved sums are every rank's: rank 0 carries them
             self.train_tracker.load_state_dict(state["epoch_tracker"])
         if "rng" in state:
             set_rng_state(state["rng"])

@@ -28,11 +28,12 @@ class MnistModel(BaseModel):
 class DigitsModel(BaseModel):
     """A small CNN for scikit-learn's 8x8 digits (log-probabilities out, for nll_loss)."""
 
-    def __init__(self, num_classes: int = 10, channels: int = 32, dropout: float = 0.25):
+    def __init__(self, num_classes: int = 10, channels: int = 32, dropout: float = 0.25, batchnorm: bool = True):
         super().__init__()
+        norm = nn.BatchNorm2d if batchnorm else lambda c: nn.Identity()
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.BatchNorm2d(2 * channels), nn.ReLU(),
+            nn.Conv2d(1, channels, 3, padding=1), norm(channels), nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1), norm(2 * channels), nn.ReLU(),
             nn.MaxPool2d(2),  # 8x8 -> 4x4
         )
         self.head = nn.Sequential(

@@ -25,13 +25,14 @@ def mse(output, target):
 
 
 def make_trainer(tmp_path: Path, *, lr: float = 0.1, epochs: int = 3, monitor: str = "min val_loss",
-                 patience: int = 0, save_period: int = 1, cls: type = Trainer, scheduler=None, **kwargs) -> Trainer:
+                 patience: int = 0, save_period: int = 1, cls: type = Trainer, scheduler=None,
+                 optimizer: type = torch.optim.SGD, **kwargs) -> Trainer:
     torch.manual_seed(0)
     x = torch.randn(N, 3)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
     loader = BaseDataLoader(TensorDataset(x, y), BATCH, True, 0.2, 0, seed=0)
     model = nn.Linear(3, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = optimizer(model.parameters(), lr=lr)
     lr_scheduler = scheduler(optimizer) if scheduler else None
     return cls(model, mse, {}, optimizer, device=torch.device("cpu"), epochs=epochs,
                data_loader=loader, valid_data_loader=loader.split_validation(), progress=False,
@@ -224,8 +225,7 @@ def test_load_state_dict_restores_everything_state_dict_saves(tmp_path):
 
 @pytest.mark.parametrize("name", ["LBFGS", "SGD", "Adam"])
 def test_optimizers_that_reevaluate_the_loss_train_too(tmp_path, name):
-    trainer = make_trainer(tmp_path, epochs=2)
-    trainer.optimizer = getattr(torch.optim, name)(trainer.model.parameters(), lr=0.1)
+    trainer = make_trainer(tmp_path, epochs=2, optimizer=getattr(torch.optim, name))
     calls = []
     step = trainer.train_step
     trainer.train_step = lambda data, target: (calls.append(trainer.model.training), step(data, target))[1]

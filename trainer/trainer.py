@@ -13,6 +13,8 @@ from tqdm import tqdm
 from base import BaseTrainer
 from utils.errors import UserError
 from utils.interrupt import StopRequested
+from trainer.step import Stepper
+from utils.distributed import any_rank
 from utils.tracker import MetricTracker, NonFiniteGuard
 
 Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
@@ -62,15 +64,16 @@ def loss_step(model: nn.Module, criterion: Callable) -> Step:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, step: Step, metric_ftns: dict[str, Callable],
-             device: torch.device, progress: bool = False, desc: str = "valid") -> dict[str, float]:
-    """Sample-weighted loss and metrics of model over loader, read from the device once."""
+             device: torch.device, progress: bool = False, desc: str = "valid",
+             across_ranks: bool = False) -> dict[str, float]:
+    """Sample-weighted loss and metrics of model over loader (and over every rank's share), read once."""
     model.eval()
     tracker = MetricTracker()
     for data, target in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         data, target = to_device(data, device), to_device(target, device)
         loss, output = step(data, target)
         track(tracker, metric_ftns, loss, output, target)
-    return tracker.result()
+    return tracker.result(across_ranks)
 
 
 class Trainer(BaseTrainer):
@@ -79,10 +82,12 @@ class Trainer(BaseTrainer):
     def __init__(self, model: nn.Module, criterion: Callable, metric_ftns: dict[str, Callable],
                  optimizer: torch.optim.Optimizer, *, data_loader: Any, valid_data_loader: Any = None,
                  len_epoch: int | None = None, log_step: int = 50, save_every_steps: int | None = None,
-                 nonfinite_loss: str = "stop", channels_last: bool = False, progress: bool = True,
-                 log_images: bool = False,
-                 log_histograms: bool = False, **kwargs: Any):
+                 nonfinite_loss: str = "stop", channels_last: bool = False, amp: str | None = None,
+                 accumulate_steps: int = 1, clip_grad_norm: float | None = None, progress: bool = True,
+                 log_images: bool = False, log_histograms: bool = False, **kwargs: Any):
         super().__init__(model, criterion, metric_ftns, optimizer, **kwargs)
+        self.stepper = Stepper(model, optimizer, self.device, amp=amp, accumulate_steps=accumulate_steps,
+                               clip_grad_norm=clip_grad_norm, skip_nonfinite=nonfinite_loss == "skip")
         self.data_loader = data_loader
         self.valid_data_loader = valid_data_loader
         self.iteration_based = len_epoch is not None
@@ -90,7 +95,6 @@ class Trainer(BaseTrainer):
         self.len_epoch = len_epoch if self.iteration_based else self.batches_per_pass
         self.log_step = log_step
         self.save_every_steps = save_every_steps
-        self.skip_nonfinite = nonfinite_loss == "skip"
         self.channels_last = channels_last
         self.progress = progress
         self.log_images = log_images
@@ -121,8 +125,10 @@ class Trainer(BaseTrainer):
                    unit="samples", dynamic_ncols=True)
         for data, target in self._epoch_batches(epoch):
             data, target = to_device(data, self.device, self.channels_last), to_device(target, self.device)
-            loss, output, finite = self._optimizer_step(data, target)
-            if self.lr_scheduler is not None and self.scheduler_interval == "step":
+            micro, group = self._accumulation_position()
+            loss, output, finite = self.stepper.step(lambda: self.train_step(data, target), micro, group)
+            stepped = micro == group - 1  # an optimizer step was taken: a point where state can be saved
+            if stepped and self.lr_scheduler is not None and self.scheduler_interval == "step":
                 self.lr_scheduler.step()
             self.global_step += 1
             self.batch_in_epoch += 1
@@ -133,54 +139,54 @@ class Trainer(BaseTrainer):
                 self.guard.update(loss)
             else:
                 skipped += 1
-            if self.global_step % self.log_step == 0:
+            log_now = self.global_step % self.log_step == 0
+            if log_now:
                 self._log_step(loss, tracker, bar, epoch)
             if self.batch_in_epoch == 1 and self.log_images:
                 self._log_images(data, epoch)
             bar.update(n)
-            if self.save_every_steps and self.global_step % self.save_every_steps == 0:
+            if stepped and self.save_every_steps and self.global_step % self.save_every_steps == 0:
                 self._check_finite(epoch)
                 self.save_step_checkpoint()
-            if self.signals.requested:
+            if stepped and self._stop_requested(at_sync_point=log_now):
                 self._check_finite(epoch)
                 raise StopRequested
         bar.close()
-        log = tracker.result()
+        log = tracker.result(across_ranks=self.dist.enabled)
         if not math.isfinite(log.get("loss", 0.0)):
             self._check_finite(epoch)
         if skipped:
             self.logger.warning("Epoch %d: skipped %d batch(es) with a non-finite loss.", epoch, skipped)
-        log["samples_per_sec"] = samples / (time.perf_counter() - started)
+        log["samples_per_sec"] = samples * self.dist.world_size / (time.perf_counter() - started)  # the job's
         if self.valid_data_loader is not None:
             _set_epoch(self.valid_data_loader, epoch)
-            valid = evaluate(self.model, self.valid_data_loader, self.eval_step, self.metric_ftns, self.device,
-                             progress=self.progress, desc=f"Valid {epoch}")
+            with self.stepper.autocast():
+                valid = evaluate(self.model, self.valid_data_loader, self.eval_step, self.metric_ftns, self.device,
+                                 progress=self.progress, desc=f"Valid {epoch}", across_ranks=self.dist.enabled)
             log.update({f"val_{k}": v for k, v in valid.items()})
         if self.log_histograms:
             for name, param in self.model.named_parameters():
                 self.writer.add_histogram(name, param, epoch)
         return log
 
-    def _optimizer_step(self, data: Any, target: Any) -> tuple[torch.Tensor, Any, bool]:
-        """zero_grad, train_step, backward and the optimizer step; returns the (last) loss, output and
-        whether the step was taken (False only when skipping a non-finite loss).
+    def _accumulation_position(self) -> tuple[int, int]:
+        """(this batch's place in its accumulation group, the group's size: smaller at the end of an epoch)."""
+        k = self.stepper.accumulate_steps
+        micro = self.batch_in_epoch % k
+        return micro, min(k, self.len_epoch - (self.batch_in_epoch - micro))
 
-        The step gets a closure: most optimizers call it once, and those that must re-evaluate
-        the loss (LBFGS, ...) call it as often as they need.
-        """
-        result = []
+    def _stop_requested(self, at_sync_point: bool) -> bool:
+        """Whether a stop signal arrived; under DDP every rank agrees, at the log_step sync points only."""
+        if not self.dist.enabled:
+            return self.signals.requested is not None
+        return at_sync_point and any_rank(self.signals.requested is not None, self.device)
 
-        def closure() -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, output = self.train_step(data, target)
-            finite = not self.skip_nonfinite or bool(torch.isfinite(loss))  # a host sync only when skipping
-            if finite:
-                loss.backward()  # else no gradients: the optimizer leaves every parameter as it is
-            result[:] = [loss, output, finite]
-            return loss
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "scaler": self.stepper.state_dict()}
 
-        self.optimizer.step(closure)
-        return result[0], result[1], result[2]
+    def load_state_dict(self, state: dict, load_optimizer: bool = True) -> None:
+        super().load_state_dict(state, load_optimizer)
+        self.stepper.load_state_dict(state.get("scaler"))
 
     def _check_finite(self, epoch: int) -> None:
         """Stop with a clear message when a loss since the epoch began was NaN or infinite."""

@@ -151,6 +151,12 @@ def validate(config: dict) -> list[str]:
         if key in number and number[key] < 1:
             optional = " or null" if key in ("len_epoch", "save_every_steps", "keep_last") else ""
             problems.append(f"trainer.{key} must be at least 1{optional}, got {number[key]}")
+    if trainer.get("amp") not in (None, "bf16", "fp16"):
+        problems.append(f"trainer.amp must be 'bf16', 'fp16' or null, got {trainer['amp']!r}")
+    if number.get("accumulate_steps", 1) < 1 or number.get("dist_timeout", 1) < 1:
+        problems.append("trainer.accumulate_steps and trainer.dist_timeout must be at least 1")
+    if isinstance(trainer.get("clip_grad_norm"), (int, float)) and trainer["clip_grad_norm"] <= 0:
+        problems.append(f"trainer.clip_grad_norm must be positive or null, got {trainer['clip_grad_norm']}")
     if trainer.get("nonfinite_loss", "stop") not in ("stop", "skip"):
         problems.append(f"trainer.nonfinite_loss must be 'stop' or 'skip', got {trainer['nonfinite_loss']!r}")
     if number.get("verbosity", 0) not in (0, 1, 2):

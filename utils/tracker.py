@@ -5,6 +5,8 @@ from typing import Any
 
 import torch
 
+from utils.distributed import all_reduce_sum
+
 
 class MetricTracker:
     """Sums value * n per key; tensors stay on their device until result() reads them all at once."""
@@ -27,17 +29,27 @@ class MetricTracker:
         """The weighted mean of key so far, left on the device (no sync)."""
         return self._sums[key] / self._counts[key]
 
-    def result(self) -> dict[str, float]:
-        """{key: weighted mean} with one host sync for all tensor values."""
+    def result(self, across_ranks: bool = False) -> dict[str, float]:
+        """{key: weighted mean} with one host sync; across_ranks sums every rank's sums and counts first."""
         keys = list(self._sums)
-        tensors = [k for k in keys if isinstance(self._sums[k], torch.Tensor)]
-        device = self._sums[tensors[0]].device if tensors else None
-        read = dict(zip(tensors, torch.stack([self._sums[k].to(device) for k in tensors]).tolist())) if tensors else {}
-        return {k: float(read.get(k, self._sums[k])) / self._counts[k] for k in keys}
+        if not keys:
+            return {}
+        device = next((v.device for v in self._sums.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        sums = torch.stack([torch.as_tensor(self._sums[k], dtype=torch.float32, device=device) for k in keys])
+        counts = torch.tensor([self._counts[k] for k in keys], dtype=torch.float32, device=device)
+        if across_ranks:
+            both = all_reduce_sum(torch.cat([sums, counts]))
+            sums, counts = both[:len(keys)], both[len(keys):]
+        return dict(zip(keys, (sums / counts).tolist()))
 
-    def state_dict(self) -> dict:
-        """The partial sums (for a checkpoint taken in the middle of an epoch)."""
-        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+    def state_dict(self, across_ranks: bool = False) -> dict:
+        """The partial sums (for a checkpoint taken in the middle of an epoch), summed over ranks if asked."""
+        if not across_ranks or not self._sums:
+            return {"sums": dict(self._sums), "counts": dict(self._counts)}
+        keys = list(self._sums)
+        sums = all_reduce_sum(torch.stack([torch.as_tensor(self._sums[k], dtype=torch.float32) for k in keys]))
+        counts = all_reduce_sum(torch.tensor([self._counts[k] for k in keys], dtype=torch.float64))
+        return {"sums": dict(zip(keys, sums)), "counts": {k: int(c) for k, c in zip(keys, counts.tolist())}}
 
     def load_state_dict(self, state: dict) -> None:
         self._sums, self._counts = dict(state["sums"]), dict(state["counts"])
