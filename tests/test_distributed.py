@@ -158,3 +158,19 @@ def test_lbfgs_with_accumulation_is_refused_clearly(tmp_path):
         loader = BaseDataLoader(TensorDataset(torch.randn(8, 5), torch.randn(8, 1)), 4, False, 0, 0)
         Trainer(model, nn.functional.mse_loss, {}, torch.optim.LBFGS(model.parameters()), device=torch.device("cpu"),
                 epochs=1, data_loader=loader, accumulate_steps=2)
+
+
+def test_early_stop_stops_every_rank(tmp_path):
+    # 'max lr' never improves after epoch 1: patience 1 stops after epoch 2 on every rank, or the job would hang
+    result = torchrun("-c", str(deterministic_config(tmp_path, 64, epochs=5, monitor="max lr", early_stop=1)),
+                      "--run-id", "stop")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["epoch"] for r in records(run_dir(tmp_path / "saved", "stop")[1])] == [1, 2]
+
+
+def test_more_gpus_asked_than_exist_warns_and_uses_what_exists(caplog):
+    from utils.util import prepare_device
+
+    device, ids = prepare_device(torch.cuda.device_count() + 2)
+    assert f"n_gpu is {torch.cuda.device_count() + 2} but only {torch.cuda.device_count()}" in caplog.text
+    assert len(ids) == torch.cuda.device_count()
