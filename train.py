@@ -175,14 +175,12 @@ def resume(trainer, config, logger) -> None:
 
 
 def print_summary(model, data_loader, device) -> None:
-    """The layer table for one batch of the data loader (torchinfo)."""
-    import torchinfo
-
+    """The layer table for two samples of the data loader: shapes, parameters and their share."""
+    from model.summary import layer_table
     from utils.checkpoint import unwrap
 
     data, _ = next(iter(data_loader))
-    print(torchinfo.summary(unwrap(model), input_data=data[:2].to(device), device=device, verbose=0,
-                            col_names=("input_size", "output_size", "num_params")))
+    print(layer_table(unwrap(model), input_data=data[:2].to(device)))
     print("Config is valid; everything was built. Dry run: nothing was trained or written.")
 
 

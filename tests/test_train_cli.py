@@ -131,7 +131,7 @@ def test_resume_with_a_changed_architecture_warns(tmp_path, write_config):
 def test_dry_run_builds_everything_prints_the_summary_and_writes_nothing(tmp_path, write_config, capsys):
     train.main(["-c", str(write_config()), "--dry-run"])
     out = capsys.readouterr().out
-    assert "Total params" in out and "DigitsModel" in out and "[2, 1, 8, 8]" in out
+    assert "Total parameters" in out and "DigitsModel: 2x1x8x8 -> 2x10" in out and "Share" in out
     assert not (tmp_path / "saved").exists()
 
 
