@@ -81,7 +81,7 @@ def _train(args, config, ctx) -> None:
         device, device_ids = prepare_device(config["n_gpu"], force_cpu=args.device == "cpu")
     model = place_model(config.init_obj("arch", ARCHS), device, device_ids, cfg_trainer, ctx)
     criterion, metrics = config.build_loss(), config.build_metrics()
-    optimizer = config.init_obj("optimizer", OPTIMIZERS, [p for p in model.parameters() if p.requires_grad])
+    optimizer = config.init_obj("optimizer", OPTIMIZERS, param_groups(model, config["optimizer"]["no_decay_bias_norm"]))
     lr_scheduler = config.init_obj("lr_scheduler", LR_SCHEDULERS, optimizer) if config["lr_scheduler"] else None
     monitor = Monitor(cfg_trainer["monitor"], cfg_trainer["early_stop"])
     monitor.check_keys(logged_keys(metrics, valid_data_loader is not None))
@@ -118,6 +118,16 @@ def _train(args, config, ctx) -> None:
         logger.warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
                        signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
         raise SystemExit(stop.exit_code) from None
+
+
+def param_groups(model, no_decay_bias_norm: bool) -> list:
+    """The trainable parameters; with no_decay_bias_norm, 1-D ones (biases, norm weights) in a group without
+    weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not no_decay_bias_norm:
+        return params
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 def shard(data_loader, valid_data_loader, ctx) -> None:

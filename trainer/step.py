@@ -10,6 +10,7 @@ from torch import nn
 from utils.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SECOND_ORDER = {"AdaHessian", "SophiaH"}  # pytorch_optimizer's, which need loss.backward(create_graph=True)
 Forward = Callable[[], "tuple[torch.Tensor, Any]"]
 
 
@@ -27,6 +28,8 @@ class Stepper:
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
         # Optimizers such as LBFGS re-evaluate the loss through a closure; GradScaler and accumulation cannot.
         self.use_closure = self.scaler is None and accumulate_steps == 1
+        # Second-order optimizers read Hessian information from a differentiable backward pass.
+        self.create_graph = type(optimizer).__name__ in SECOND_ORDER
         if _needs_closure(optimizer) and not self.use_closure:
             raise UserError(f"optimizer.type {type(optimizer).__name__} re-evaluates the loss through a closure, "
                             f"which trainer.amp='fp16' and trainer.accumulate_steps > 1 do not allow; turn those off")
@@ -53,7 +56,7 @@ class Stepper:
             scaled = loss / group if group > 1 else loss
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:  # DDP all-reduces gradients only on the group's last backward
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward(create_graph=self.create_graph)
         if last:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -74,7 +77,7 @@ class Stepper:
                 loss, output = forward()
             finite = self._finite(loss)
             if finite:
-                loss.backward()  # else no gradients: the optimizer leaves every parameter as it is
+                loss.backward(create_graph=self.create_graph)  # else no gradients: nothing changes
                 self._clip()
             result[:] = [loss, output, finite]
             return loss

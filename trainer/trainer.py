@@ -116,6 +116,7 @@ class Trainer(BaseTrainer):
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
+        _optimizer_mode(self.optimizer, "train")
         if not self.batch_in_epoch:  # else: resuming mid-epoch with the saved partial sums
             self.train_tracker.reset()
         tracker, skipped = self.train_tracker, 0
@@ -158,6 +159,7 @@ class Trainer(BaseTrainer):
         if skipped:
             self.logger.warning("Epoch %d: skipped %d batch(es) with a non-finite loss.", epoch, skipped)
         log["samples_per_sec"] = samples * self.dist.world_size / (time.perf_counter() - started)  # the job's
+        _optimizer_mode(self.optimizer, "eval")  # schedule-free: validate and save the averaged weights
         if self.valid_data_loader is not None:
             _set_epoch(self.valid_data_loader, epoch)
             with self.stepper.autocast():
@@ -235,6 +237,13 @@ class Trainer(BaseTrainer):
             from torchvision.utils import make_grid
 
             self.writer.add_image("input/train", make_grid(data[:64].detach().cpu(), nrow=8, normalize=True), epoch)
+
+
+def _optimizer_mode(optimizer: Any, mode: str) -> None:
+    """Schedule-free optimizers (pytorch_optimizer's ScheduleFree*) keep train and eval weights: switch."""
+    switch = getattr(optimizer, mode, None)
+    if callable(switch):
+        switch()
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:

@@ -25,6 +25,7 @@ SCHEMA: dict = {
     "optimizer": {
         "type": (str, REQUIRED, "any torch.optim optimizer, else any pytorch_optimizer optimizer, by class name"),
         "args": (dict, {}, "its keyword arguments (lr, weight_decay, ...)"),
+        "no_decay_bias_norm": (bool, False, "no weight decay on biases, norm weights and other 1-D parameters (a second parameter group)"),
     },
     "loss": ((str, dict), REQUIRED, "a function in model/loss.py or a torch.nn loss class; a name or {type, args}"),
     "metrics": (list, [], "functions in model/metric.py; each a name or {type, args, name}"),

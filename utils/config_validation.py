@@ -119,6 +119,31 @@ def check_callable_spec(spec: Any, path: str, registry: Registry) -> list[str]:
     return check_args(obj, args, f"{path}.args", 0 if inspect.isclass(obj) else 2)
 
 
+# Optimizers the Trainer cannot drive from a config, and why (checked before anything is built).
+UNSUPPORTED_OPTIMIZERS = {
+    "Muon": "it only takes 2-D weight matrices", "SpectralSphere": "it only takes 2-D weight matrices",
+    "AdaGO": "it needs parameter groups flagged use_muon", "AdaMuon": "it needs parameter groups flagged use_muon",
+    "MuonClip": "it needs parameter groups flagged use_muon", "NorMuon": "it needs parameter groups flagged use_muon",
+    "DistributedMuon": "it needs parameter groups flagged use_muon and its own process group",
+    "SparseAdam": "it needs sparse gradients for every parameter", "DeMo": "it needs its own process group",
+}
+
+
+def check_optimizer(obj: Any) -> list[str]:
+    """A problem when the Trainer cannot drive this optimizer class (it takes the model, another optimizer, ...)."""
+    name = getattr(obj, "__name__", str(obj))
+    try:
+        first = next(iter(inspect.signature(obj).parameters), "params")
+    except (TypeError, ValueError):
+        first = "params"
+    reason = UNSUPPORTED_OPTIMIZERS.get(name) or (
+        f"it takes the {first} instead of the parameters" if first in ("model", "optimizer") else None)
+    if reason is None:
+        return []
+    return [f"optimizer.type: {name} cannot be used from a config: {reason}. Choose another optimizer "
+            f"(python train.py --list optimizer), or build it in your own train.py"]
+
+
 def validate(config: dict) -> list[str]:
     """Every problem in a defaults-filled config, all at once (empty when it is fine)."""
     load_user_modules()
@@ -132,6 +157,8 @@ def validate(config: dict) -> list[str]:
             problems.append(registry.unknown(spec["type"], f"{section}.type"))
         elif isinstance(spec.get("args"), dict):
             problems.extend(check_args(obj, spec["args"], f"{section}.args", n_positional))
+            if section == "optimizer":
+                problems.extend(check_optimizer(obj))
     specs = callable_specs(config)
     for path, spec in specs:
         problems.extend(check_callable_spec(spec, path, LOSSES if path == "loss" else METRICS))
