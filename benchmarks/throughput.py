@@ -3,9 +3,10 @@
 LeNet (MnistModel) on MNIST-shaped random tensors, Adam, 10% validation. The raw loop slices the
 in-memory tensors by index and accumulates loss and accuracy on the device, reading them once per
 epoch. The Trainer runs as train.py runs it: TensorBoard, progress bar, metrics.jsonl and checkpoints
-on. Rounds alternate raw and trainer; the last line is the ratio of the medians.
+on. Each round runs both, alternating which goes first; the last line is the median of the rounds'
+trainer/raw ratios (pairs run back to back share the machine's state, which drifts between rounds).
 
-    python benchmarks/throughput.py [--samples 60000] [--epochs 2] [--batch-size 128] [--rounds 3]
+    python benchmarks/throughput.py [--samples 60000] [--epochs 2] [--batch-size 128] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -88,19 +89,21 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--samples", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     x, y = synthetic(args.samples)
     print(f"{args.samples} samples, batch {args.batch_size}, {args.epochs} epochs, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     raw_loop(x[:1024], y[:1024], 1, args.batch_size)  # warm-up: one-time imports and allocations
     trainer_run(x[:1024], y[:1024], 1, args.batch_size)
-    raw, ours = [], []
+    ratios = []
     for round_ in range(1, args.rounds + 1):
-        raw.append(raw_loop(x, y, args.epochs, args.batch_size))
-        ours.append(trainer_run(x, y, args.epochs, args.batch_size))
-        print(f"round {round_}: raw {raw[-1]:,.0f} samples/s, trainer {ours[-1]:,.0f} samples/s")
-    ratio = statistics.median(ours) / statistics.median(raw)
+        runs = [("raw", raw_loop), ("trainer", trainer_run)]
+        speed = dict((name, run(x, y, args.epochs, args.batch_size)) for name, run in runs[::1 - 2 * (round_ % 2 == 0)])
+        ratios.append(speed["trainer"] / speed["raw"])
+        print(f"round {round_}: raw {speed['raw']:,.0f} samples/s, trainer {speed['trainer']:,.0f} samples/s, "
+              f"ratio {ratios[-1]:.3f}")
+    ratio = statistics.median(ratios)
     print(f"ratio trainer/raw: {ratio:.2f}")
     return ratio
 

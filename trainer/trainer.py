@@ -229,6 +229,7 @@ class Trainer(BaseTrainer):
         value, running = torch.stack([loss.detach().float(), torch.as_tensor(tracker.running("loss"))]).tolist()
         if not math.isfinite(running):
             self._check_finite(epoch)
+        self.guard.reset(self.global_step)  # every loss so far was finite: forget them
         self.writer.add_scalar("loss/train_step", value, self.global_step)
         bar.set_postfix(loss=f"{running:.4f}", refresh=False)
 

@@ -20,9 +20,15 @@ class MetricTracker:
 
     def update(self, key: str, value: Any, n: int = 1) -> None:
         """Add a batch mean weighted by its sample count n (value: tensor or float)."""
+        total = self._sums.get(key)
         if isinstance(value, torch.Tensor):
-            value = value.detach().float()
-        self._sums[key] = self._sums.get(key, 0.0) + value * n
+            value = value.detach()
+            if isinstance(total, torch.Tensor):
+                total.add_(value, alpha=n)  # one in-place op on the device
+            else:
+                self._sums[key] = value.float() * n + (total or 0.0)
+        else:
+            self._sums[key] = (total if total is not None else 0.0) + value * n
         self._counts[key] = self._counts.get(key, 0) + n
 
     def running(self, key: str) -> torch.Tensor | float:
@@ -44,41 +50,36 @@ class MetricTracker:
 
     def state_dict(self, across_ranks: bool = False) -> dict:
         """The partial sums (for a checkpoint taken in the middle of an epoch), summed over ranks if asked."""
-        if not across_ranks or not self._sums:
-            return {"sums": dict(self._sums), "counts": dict(self._counts)}
+        if not across_ranks or not self._sums:  # a snapshot: the sums are updated in place
+            sums = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._sums.items()}
+            return {"sums": sums, "counts": dict(self._counts)}
         keys = list(self._sums)
         sums = all_reduce_sum(torch.stack([torch.as_tensor(self._sums[k], dtype=torch.float32) for k in keys]))
         counts = all_reduce_sum(torch.tensor([self._counts[k] for k in keys], dtype=torch.float64))
         return {"sums": dict(zip(keys, sums)), "counts": {k: int(c) for k, c in zip(keys, counts.tolist())}}
 
     def load_state_dict(self, state: dict) -> None:
-        self._sums, self._counts = dict(state["sums"]), dict(state["counts"])
+        self._sums = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state["sums"].items()}
+        self._counts = dict(state["counts"])
 
 
 class NonFiniteGuard:
-    """Remembers, on the device, the first step whose loss was NaN or infinite; read only when asked."""
+    """Keeps each step's loss (references, no device work) until the losses are known to be finite, so
+    that the first NaN or infinite one can be named when a sync point finds the running loss non-finite."""
 
     def __init__(self):
-        self._first: torch.Tensor | None = None  # steps counted from the last reset; -1: none bad
-        self._count: torch.Tensor | None = None
-        self.base_step = 0
+        self._losses: list[torch.Tensor] = []
+        self.base_step = 0  # the global step before the first kept loss
 
     def reset(self, base_step: int) -> None:
-        self._first = self._count = None
-        self.base_step = base_step
+        self._losses, self.base_step = [], base_step
 
     def update(self, loss: torch.Tensor) -> None:
-        """Record one step's loss (device operations only, no host sync)."""
-        if self._first is None:
-            self._first = torch.full((), -1, dtype=torch.int64, device=loss.device)
-            self._count = torch.zeros((), dtype=torch.int64, device=loss.device)
-        self._count += 1
-        bad = ~torch.isfinite(loss.detach()).all()
-        self._first = torch.where(bad & (self._first < 0), self._count, self._first)
+        self._losses.append(loss.detach())
 
     def first_bad_step(self) -> int | None:
-        """The global step of the first non-finite loss since reset, or None (one host sync)."""
-        if self._first is None:
+        """The global step of the first non-finite loss kept, or None (one host sync)."""
+        if not self._losses:
             return None
-        first = int(self._first.item())
-        return None if first < 0 else self.base_step + first
+        bad = (~torch.isfinite(torch.stack(self._losses).float())).nonzero()
+        return self.base_step + 1 + int(bad[0, 0]) if len(bad) else None
