@@ -61,9 +61,6 @@ class BaseTrainer:
                 for epoch in range(self.start_epoch, self.epochs + 1):
                     if not self._run_epoch(epoch):
                         break
-                    if any_rank(self.signals.requested is not None, self.device):
-                        latest = self.checkpointer.latest if self.checkpointer else None
-                        raise TrainingInterrupted(self._signum(), latest)
             except StopRequested:  # raised by _train_epoch after a completed step
                 raise TrainingInterrupted(self._signum(), self.save_step_checkpoint()) from None
             finally:
@@ -83,10 +80,13 @@ class BaseTrainer:
         improved = self.monitor.update(log)
         self._report(log)
         stop = self.monitor.should_stop
+        interrupted = any_rank(self.signals.requested is not None, self.device)  # every rank agrees
         if self.checkpointer is not None:
-            last = stop or epoch == self.epochs or self.signals.requested is not None
+            last = stop or epoch == self.epochs or interrupted
             for path in self.checkpointer.save(self.state_dict(), epoch, is_best=improved, is_last=last):
                 self.logger.info("Saved %s", path)
+        if interrupted:
+            raise TrainingInterrupted(self._signum(), self.checkpointer.latest if self.checkpointer else None)
         if stop:
             self.logger.info("%s did not improve for %d epochs: training stops.",
                              self.monitor.key, self.monitor.patience)

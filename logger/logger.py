@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.util import write_text_atomic
 
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 DEFAULT_CONFIG = Path(__file__).with_name("logger_config.json")
@@ -69,9 +70,7 @@ class MetricsFile:
         lines = self.path.read_text().splitlines(keepends=True)
         kept = [line if line.endswith("\n") else line + "\n" for line in lines if _epoch_of(line) <= epoch]
         if kept != lines:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(kept))
-            tmp.replace(self.path)
+            write_text_atomic(self.path, "".join(kept))
 
 
 def _epoch_of(line: str) -> float:

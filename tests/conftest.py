@@ -45,10 +45,20 @@ def run_dir(save_dir: Path, run_id: str, name: str = "Digits_CNN") -> tuple[Path
     return save_dir / "models" / name / run_id, save_dir / "log" / name / run_id
 
 
-def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run train.py/test.py/new_project.py as a user would, in a subprocess."""
+TIMING = ("epoch_time", "samples_per_sec")  # differ between otherwise identical runs
+
+
+def read_metrics(log_dir: Path, timing: bool = True) -> list[dict]:
+    """The records of a run's metrics.jsonl; without the timing keys when timing is False."""
+    rows = [json.loads(line) for line in (Path(log_dir) / "metrics.jsonl").read_text().splitlines()]
+    return rows if timing else [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 300,
+            project: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run a project's train.py/test.py/new_project.py as a user would, in a subprocess."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, str(project / script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 

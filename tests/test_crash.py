@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli, run_dir, tiny_config
+from conftest import ROOT, read_metrics, run_cli, run_dir, tiny_config
 
 DELAYS = random.Random(2026)  # fixed per run of the suite; the assertions do not depend on them
 
@@ -65,12 +65,9 @@ def straight(tmp_path_factory):
     result = run_cli("train.py", "-c", str(config_file(tmp_path)), "--run-id", "straight")
     assert result.returncode == 0, result.stderr
     ckpt_dir, log_dir = run_dir(tmp_path / "saved", "straight")
-    return final_state(ckpt_dir), metrics(log_dir)
+    return final_state(ckpt_dir), read_metrics(log_dir, timing=False)
 
 
-def metrics(log_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("epoch_time", "samples_per_sec")} for r in rows]
 
 
 @pytest.mark.parametrize("round_", [1, 2])
@@ -89,7 +86,7 @@ def test_sigterm_at_a_random_moment_then_resume_is_bit_identical(tmp_path, strai
     result = run_cli("train.py", "-r", str(ckpt_dir))
     assert result.returncode == 0, result.stderr
     assert_identical(straight[0], final_state(ckpt_dir))
-    assert metrics(log_dir) == straight[1]
+    assert read_metrics(log_dir, timing=False) == straight[1]
 
 
 @pytest.mark.parametrize("round_", [1, 2])
@@ -104,7 +101,7 @@ def test_kill_9_at_a_random_moment_then_resume_from_the_run_directory(tmp_path, 
     result = run_cli("train.py", "-r", str(ckpt_dir), "trainer.save_every_steps=null")
     assert result.returncode == 0, result.stderr
     assert_identical(straight[0], final_state(ckpt_dir))
-    assert metrics(log_dir) == straight[1]
+    assert read_metrics(log_dir, timing=False) == straight[1]
 
 
 def test_a_second_signal_exits_at_once_without_touching_files(tmp_path):

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 import test as test_script
 import train
 from base import BaseDataLoader
-from conftest import ROOT, run_dir, tiny_config
+from conftest import ROOT, read_metrics, run_dir, tiny_config
 from trainer import Trainer
 from utils.checkpoint import Checkpointer
 from utils.distributed import Dist
@@ -43,8 +43,6 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     return result
 
 
-def records(log_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +59,7 @@ def test_ddp_writes_one_run_directory_and_one_set_of_files(ddp_run):
     assert sorted(p.name for p in (ddp_run / "saved" / "models" / "Digits_CNN").iterdir()) == ["ddp", "single"]
     ckpt_dir, log_dir = run_dir(ddp_run / "saved", "ddp")
     assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1
-    assert [r["epoch"] for r in records(log_dir)] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2]
     assert sorted(p.name for p in ckpt_dir.glob("*.pth")) == ["checkpoint-epoch1.pth", "checkpoint-epoch2.pth",
                                                              "model_best.pth"]
     state = torch.load(ckpt_dir / "checkpoint-epoch2.pth", weights_only=True)
@@ -69,7 +67,7 @@ def test_ddp_writes_one_run_directory_and_one_set_of_files(ddp_run):
 
 
 def test_ddp_logs_the_numbers_a_single_process_logs(ddp_run):
-    ddp, single = records(run_dir(ddp_run / "saved", "ddp")[1]), records(run_dir(ddp_run / "saved", "single")[1])
+    ddp, single = read_metrics(run_dir(ddp_run / "saved", "ddp")[1]), read_metrics(run_dir(ddp_run / "saved", "single")[1])
     for a, b in zip(ddp, single):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a[key], b[key])
@@ -86,11 +84,11 @@ def test_resume_under_torchrun_and_a_single_process_checkpoint_under_torchrun(dd
     ckpt_dir, log_dir = run_dir(ddp_run / "saved", "ddp")
     result = torchrun("-r", str(ckpt_dir), "trainer.epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["epoch"] for r in records(log_dir)] == [1, 2, 3]
+    assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2, 3]
     single_dir, single_log = run_dir(ddp_run / "saved", "single")
     result = torchrun("-r", str(single_dir), "trainer.epochs=3", "data_loader.args.batch_size=64")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["epoch"] for r in records(single_log)] == [1, 2, 3]
+    assert [r["epoch"] for r in read_metrics(single_log)] == [1, 2, 3]
 
 
 def test_sync_batchnorm_on_the_cpu_is_a_clear_error():
@@ -146,7 +144,7 @@ def test_mixed_precision_on_the_cpu_trains_to_the_same_accuracy_band(tmp_path, w
     config = write_config(epochs=4)
     train.main(["-c", str(config), "--run-id", "fp32", "optimizer.args.lr=0.01"])
     train.main(["-c", str(config), "--run-id", amp, f"trainer.amp={amp}", "optimizer.args.lr=0.01"])
-    full, mixed = (records(run_dir(tmp_path / "saved", r)[1])[-1]["val_accuracy"] for r in ("fp32", amp))
+    full, mixed = (read_metrics(run_dir(tmp_path / "saved", r)[1])[-1]["val_accuracy"] for r in ("fp32", amp))
     assert mixed > 0.8 and abs(mixed - full) < 0.05
     state = torch.load(run_dir(tmp_path / "saved", amp)[0] / "checkpoint-epoch4.pth", weights_only=True)
     assert (state["scaler"] is not None) == (amp == "fp16")  # the GradScaler's state is checkpointed
@@ -165,7 +163,7 @@ def test_early_stop_stops_every_rank(tmp_path):
     result = torchrun("-c", str(deterministic_config(tmp_path, 64, epochs=5, monitor="max lr", early_stop=1)),
                       "--run-id", "stop")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["epoch"] for r in records(run_dir(tmp_path / "saved", "stop")[1])] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(run_dir(tmp_path / "saved", "stop")[1])] == [1, 2]
 
 
 def test_more_gpus_asked_than_exist_warns_and_uses_what_exists(caplog):

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import run_dir, tiny_config
+from conftest import read_metrics, run_dir, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
@@ -46,8 +46,6 @@ def train_run(save_dir: Path, run_id: str, *overrides: str, **trainer) -> Path:
     return run_dir(save_dir / "saved", run_id)[1]
 
 
-def records(log_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def events(log_dir: Path) -> EventAccumulator:
@@ -76,7 +74,7 @@ def run3(tmp_path_factory) -> Path:
 
 def test_epoch_scalars_match_metrics_jsonl(run3):
     acc = events(run3)
-    logged = records(run3)
+    logged = read_metrics(run3)
     assert [r["epoch"] for r in logged] == [1, 2, 3]
     for key, tag in EPOCH_TAGS.items():
         assert tag in acc.Tags()["scalars"], f"{tag} missing"
@@ -118,7 +116,7 @@ def test_resume_continues_tensorboard_and_metrics(tmp_path):
     log_dir = train_run(tmp_path, "res", epochs=2, log_step=2)
     checkpoint_dir = run_dir(tmp_path / "saved", "res")[0]
     train.main(["-r", str(checkpoint_dir), "-d", "cpu", "trainer.epochs=4"])
-    assert [r["epoch"] for r in records(log_dir)] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2, 3, 4]
     acc = events(log_dir)
     assert steps(acc, "loss/train") == [1, 2, 3, 4]
     assert steps(acc, "loss/valid") == [1, 2, 3, 4]
@@ -128,10 +126,10 @@ def test_resume_continues_tensorboard_and_metrics(tmp_path):
 
 def test_resume_from_earlier_checkpoint_truncates(tmp_path):
     log_dir = train_run(tmp_path, "early", epochs=3, log_step=2)
-    before = records(log_dir)
+    before = read_metrics(log_dir)
     checkpoint = run_dir(tmp_path / "saved", "early")[0] / "checkpoint-epoch1.pth"
     train.main(["-r", str(checkpoint), "-d", "cpu", "trainer.epochs=2"])
-    after = records(log_dir)
+    after = read_metrics(log_dir)
     assert [r["epoch"] for r in after] == [1, 2]  # epoch 3 of the first run is gone
     assert after[0] == before[0]
     acc = events(log_dir)

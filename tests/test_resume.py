@@ -1,7 +1,6 @@
 """Resume is exact: straight runs and stop-and-resume runs compared tensor by tensor."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -12,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from base import BaseDataLoader
+from conftest import read_metrics
 from logger import MetricsFile
 from trainer import Trainer
 from utils.checkpoint import Checkpointer, find_checkpoint, load_checkpoint
@@ -65,9 +65,6 @@ def resumed(tmp_path: Path, checkpoint: Path, **kwargs) -> Trainer:
     return trainer
 
 
-def history(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("epoch_time", "samples_per_sec")} for r in rows]
 
 
 def assert_same_state(a: Trainer, b: Trainer) -> None:
@@ -91,7 +88,7 @@ def test_resume_at_an_epoch_boundary_is_bit_exact(tmp_path, workers):
     second = resumed(tmp_path / "split", tmp_path / "split" / "checkpoint-epoch1.pth", workers=workers)
     second.train()
     assert_same_state(straight, second)
-    assert history(tmp_path / "straight") == history(tmp_path / "split")
+    assert read_metrics(tmp_path / "straight", timing=False) == read_metrics(tmp_path / "split", timing=False)
 
 
 def sigterm_at(trainer: Trainer, step: int, signum: int = signal.SIGTERM) -> None:
@@ -122,7 +119,7 @@ def test_signal_mid_epoch_saves_that_step_and_resume_is_bit_exact(tmp_path, stop
     final = build(tmp_path / "check", len_epoch=len_epoch)
     final.load_state_dict(load_checkpoint(tmp_path / "split" / "checkpoint-epoch3.pth"))
     assert_same_state(straight, final)
-    assert history(tmp_path / "straight") == history(tmp_path / "split")
+    assert read_metrics(tmp_path / "straight", timing=False) == read_metrics(tmp_path / "split", timing=False)
 
 
 def test_sigint_is_handled_like_sigterm(tmp_path):
@@ -211,7 +208,7 @@ def test_nonfinite_loss_skip_mode_skips_the_batch(tmp_path, caplog):
     trainer = poisoned(tmp_path, nonfinite_loss="skip")
     trainer.train()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    assert all(row["loss"] == row["loss"] for row in history(tmp_path))  # no NaN logged
+    assert all(row["loss"] == row["loss"] for row in read_metrics(tmp_path, timing=False))  # no NaN logged
     assert "skipped 1 batch(es) with a non-finite loss" in caplog.text
 
 

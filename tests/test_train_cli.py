@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import test as test_script
 import train
-from conftest import ROOT, run_cli, run_dir, tiny_config, write_mnist
+from conftest import ROOT, read_metrics, run_cli, run_dir, tiny_config, write_mnist
 from utils.errors import UserError
 
 
-def records(log_dir):
-    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_default_config_trains_and_reaches_good_accuracy(tmp_path):
@@ -23,7 +24,7 @@ def test_default_config_trains_and_reaches_good_accuracy(tmp_path):
     result = run_cli("train.py", "-c", "config.json", f"trainer.save_dir={save}", "--run-id", "default", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt_dir, log_dir = run_dir(save, "default")
-    best = max(r["val_accuracy"] for r in records(log_dir))
+    best = max(r["val_accuracy"] for r in read_metrics(log_dir))
     assert best >= 0.97
     assert torch.load(ckpt_dir / "model_best.pth", weights_only=True)["monitor_best"] == best
     assert "Traceback" not in result.stderr
@@ -39,7 +40,7 @@ def test_run_id_overrides_and_run_directory_layout(tmp_path, write_config):
     saved_config = json.loads((ckpt_dir / "config.json").read_text())
     assert saved_config["trainer"]["epochs"] == 3 and saved_config["optimizer"]["args"]["lr"] == 0.01
     assert saved_config["seed"] == 123
-    assert (log_dir / "info.log").is_file() and [r["epoch"] for r in records(log_dir)] == [1, 2, 3]
+    assert (log_dir / "info.log").is_file() and [r["epoch"] for r in read_metrics(log_dir)] == [1, 2, 3]
     for path in ckpt_dir.glob("*.pth"):  # every checkpoint opens with weights_only=True
         ckpt = torch.load(path, weights_only=True, map_location="cpu")
         assert ckpt["config"] == saved_config and ckpt["arch"] == "DigitsModel"
@@ -83,9 +84,8 @@ def test_resume_continues_the_same_run_and_equals_a_straight_run(tmp_path, write
     assert all(torch.equal(straight["optimizer"]["state"][i]["exp_avg"], resumed["optimizer"]["state"][i]["exp_avg"])
                for i in straight["optimizer"]["state"])
     assert straight["lr_scheduler"] == resumed["lr_scheduler"] and straight["monitor"] == resumed["monitor"]
-    assert [r["epoch"] for r in records(log_dir)] == [1, 2, 3]
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_time", "samples_per_sec")} for r in rs]  # noqa: E731
-    assert strip(records(log_dir)) == strip(records(run_dir(tmp_path / "saved", "straight")[1]))
+    assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2, 3]
+    assert read_metrics(log_dir, timing=False) == read_metrics(run_dir(tmp_path / "saved", "straight")[1], timing=False)
 
 
 def test_resume_restores_best_value_and_early_stop_counter(tmp_path, write_config):
@@ -94,7 +94,7 @@ def test_resume_restores_best_value_and_early_stop_counter(tmp_path, write_confi
     train.main(["-c", str(config), "--run-id", "p", "trainer.epochs=2"])
     ckpt_dir, log_dir = run_dir(tmp_path / "saved", "p")
     train.main(["-r", str(ckpt_dir), "trainer.epochs=10"])
-    assert [r["epoch"] for r in records(log_dir)] == [1, 2, 3, 4]  # stopped after 3 epochs without improvement
+    assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2, 3, 4]  # stopped after 3 epochs without improvement
     assert (ckpt_dir / "checkpoint-epoch4.pth").is_file()
 
 
@@ -102,7 +102,7 @@ def test_resume_with_a_new_learning_rate_applies_it_and_says_so(tmp_path, write_
     train.main(["-c", str(write_config()), "--run-id", "lr", "trainer.epochs=1"])
     ckpt_dir, log_dir = run_dir(tmp_path / "saved", "lr")
     train.main(["-r", str(ckpt_dir), "--lr", "0.0005", "trainer.epochs=2", "trainer.verbosity=1"])
-    assert [r["lr"] for r in records(log_dir)] == [0.002, 0.0005]
+    assert [r["lr"] for r in read_metrics(log_dir)] == [0.002, 0.0005]
     assert "Learning rate changed from 0.002 to 0.0005" in (log_dir / "info.log").read_text()
 
 
@@ -232,22 +232,14 @@ def test_a_project_in_the_original_templates_format_runs_unchanged(tmp_path):
                     "monitor": "min val_loss", "early_stop": 10, "tensorboard": True},
     }
     (project / "config.json").write_text(json.dumps(original, indent=4))
-    result = run_cli_in(project, "train.py", "-c", "config.json", "--run-id", "orig")
+    result = run_cli("train.py", "-c", "config.json", "--run-id", "orig", cwd=project, project=project)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt_dir = project / "saved" / "models" / "Mnist_LeNet" / "orig"
-    log = records(project / "saved" / "log" / "Mnist_LeNet" / "orig")
+    log = read_metrics(project / "saved" / "log" / "Mnist_LeNet" / "orig")
     assert {"my_acc", "val_my_acc", "top_k_acc"} <= set(log[-1])
-    result = run_cli_in(project, "test.py", "-r", str(ckpt_dir / "checkpoint-epoch2.pth"))
+    result = run_cli("test.py", "-r", str(ckpt_dir / "checkpoint-epoch2.pth"), cwd=project, project=project)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((ckpt_dir / "test_results.json").read_text())["n_samples"] == 20
-
-
-def run_cli_in(project, script, *args):
-    """Run the scaffolded project's own copy of a script."""
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, script, *args], cwd=project, capture_output=True, text=True, timeout=300)
 
 
 def test_help_lists_every_option():
@@ -257,13 +249,18 @@ def test_help_lists_every_option():
     assert "--out" in run_cli("test.py", "--help").stdout
 
 
-def test_root_is_the_repository():
-    assert (ROOT / "train.py").is_file()
-
-
 def test_resume_with_a_changed_dataset_or_seed_warns_with_the_differing_keys(tmp_path, write_config):
     train.main(["-c", str(write_config()), "--run-id", "w", "trainer.epochs=1"])
     ckpt_dir, log_dir = run_dir(tmp_path / "saved", "w")
     train.main(["-r", str(ckpt_dir), "seed=5", "data_loader.args.validation_split=0.2", "trainer.epochs=2"])
     log = (log_dir / "info.log").read_text()
     assert "settings that differ from the checkpoint's: data_loader.args.validation_split, seed" in log
+
+
+def test_device_flag_selects_gpus_through_cuda_visible_devices():
+    """-d 0,1 sets CUDA_VISIBLE_DEVICES before anything touches CUDA (in a subprocess: CUDA reads it once)."""
+    code = "import os, train; train.main(['-d', '2,3', '--list', 'arch']); print(os.environ['CUDA_VISIBLE_DEVICES'])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "2,3" and "DigitsModel" in result.stdout

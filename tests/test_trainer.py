@@ -1,7 +1,6 @@
 """The epoch loop's semantics, on tiny synthetic data with the Trainer built directly."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from base import BaseDataLoader, BaseTrainer
+from conftest import read_metrics
 from logger import MetricsFile
 from trainer import Trainer, evaluate, loss_step
 from utils.checkpoint import Checkpointer, load_checkpoint
@@ -40,8 +40,6 @@ def make_trainer(tmp_path: Path, *, lr: float = 0.1, epochs: int = 3, monitor: s
                metrics_file=MetricsFile(tmp_path / "metrics.jsonl"), lr_scheduler=lr_scheduler, **kwargs)
 
 
-def epochs_logged(tmp_path: Path) -> list[dict]:
-    return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_len_epoch_runs_exactly_that_many_batches(tmp_path):
@@ -65,13 +63,13 @@ def test_model_best_written_on_every_improvement_and_last_epoch_always_saved(tmp
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", "model_best.pth"]
     best = load_checkpoint(tmp_path / "model_best.pth")
     assert best["epoch"] == 3  # training the linear model improves val_loss every epoch here
-    assert best["monitor_best"] == pytest.approx(epochs_logged(tmp_path)[-1]["val_loss"])
+    assert best["monitor_best"] == pytest.approx(read_metrics(tmp_path)[-1]["val_loss"])
 
 
 def test_early_stop_after_exactly_patience_epochs_without_strict_improvement(tmp_path):
     trainer = make_trainer(tmp_path, lr=0.0, epochs=20, patience=3, save_period=100)  # lr 0: val_loss constant
     trainer.train()
-    assert [e["epoch"] for e in epochs_logged(tmp_path)] == [1, 2, 3, 4]  # best at 1, then 3 equal epochs
+    assert [e["epoch"] for e in read_metrics(tmp_path)] == [1, 2, 3, 4]  # best at 1, then 3 equal epochs
     assert trainer.monitor.wait == 3
     # the early-stopped last epoch is checkpointed; model_best.pth holds epoch 1 (ties do not improve)
     assert (tmp_path / "checkpoint-epoch4.pth").is_file()
@@ -81,7 +79,7 @@ def test_early_stop_after_exactly_patience_epochs_without_strict_improvement(tmp
 def test_early_stop_zero_never_stops(tmp_path):
     trainer = make_trainer(tmp_path, lr=0.0, epochs=6, patience=0)
     trainer.train()
-    assert len(epochs_logged(tmp_path)) == 6
+    assert len(read_metrics(tmp_path)) == 6
 
 
 def test_monitor_max_and_off(tmp_path):
@@ -103,7 +101,7 @@ def test_scheduler_steps_per_epoch_or_per_step(tmp_path, interval, expected):
                            scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
     trainer.train()
     assert trainer.current_lr() == pytest.approx(expected)
-    assert epochs_logged(tmp_path)[0]["lr"] == pytest.approx(0.1 if interval == "epoch" else 0.1 * 0.5**4)
+    assert read_metrics(tmp_path)[0]["lr"] == pytest.approx(0.1 if interval == "epoch" else 0.1 * 0.5**4)
 
 
 def test_reduce_on_plateau_receives_the_monitored_value(tmp_path):
@@ -117,7 +115,7 @@ def test_reduce_on_plateau_receives_the_monitored_value(tmp_path):
     trainer = make_trainer(tmp_path, lr=0.0, epochs=3, monitor="min val_loss",
                            scheduler=lambda opt: Recording(opt, patience=0))
     trainer.train()
-    assert received == [e["val_loss"] for e in epochs_logged(tmp_path)]
+    assert received == [e["val_loss"] for e in read_metrics(tmp_path)]
 
 
 def test_epoch_metrics_are_sample_weighted():
@@ -138,7 +136,7 @@ def test_metrics_returning_python_floats_still_work(tmp_path):
     trainer = make_trainer(tmp_path, epochs=1)
     trainer.metric_ftns = {"mae": old_style}
     trainer.train()
-    assert epochs_logged(tmp_path)[0]["mae"] > 0 and "val_mae" in epochs_logged(tmp_path)[0]
+    assert read_metrics(tmp_path)[0]["mae"] > 0 and "val_mae" in read_metrics(tmp_path)[0]
 
 
 def test_no_host_sync_per_step_in_the_training_loop(tmp_path, monkeypatch):
@@ -174,7 +172,7 @@ def test_custom_train_step_is_used_for_the_loss(tmp_path):
     for t, d in ((plain, "a"), (custom, "b")):
         (tmp_path / d).mkdir()
         t.train()
-    a, b = epochs_logged(tmp_path / "a")[0], epochs_logged(tmp_path / "b")[0]
+    a, b = read_metrics(tmp_path / "a")[0], read_metrics(tmp_path / "b")[0]
     assert b["loss"] == pytest.approx(a["loss"] + 100.0)
     assert b["val_loss"] == pytest.approx(a["val_loss"] + 100.0)  # eval_step defaults to train_step
     assert torch.equal(plain.model.weight, custom.model.weight)
@@ -190,7 +188,7 @@ def test_subclassing_base_trainer_with_only_train_epoch(tmp_path):
                     epochs=3, monitor=Monitor("min loss"), checkpointer=Checkpointer(tmp_path, 2),
                     metrics_file=MetricsFile(tmp_path / "metrics.jsonl"))
     trainer.train()
-    assert [e["loss"] for e in epochs_logged(tmp_path)] == [1.0, 0.5, 1.0 / 3]
+    assert [e["loss"] for e in read_metrics(tmp_path)] == [1.0, 0.5, 1.0 / 3]
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch2.pth", "checkpoint-epoch3.pth",
                                                                "model_best.pth"]
 
@@ -230,7 +228,7 @@ def test_optimizers_that_reevaluate_the_loss_train_too(tmp_path, name):
     step = trainer.train_step
     trainer.train_step = lambda data, target: (calls.append(trainer.model.training), step(data, target))[1]
     trainer.train()
-    losses = [e["val_loss"] for e in epochs_logged(tmp_path)]
+    losses = [e["val_loss"] for e in read_metrics(tmp_path)]
     assert losses[1] < losses[0]
     training_calls = calls.count(True)
     assert training_calls > 8 if name == "LBFGS" else training_calls == 8  # LBFGS re-evaluates; others once

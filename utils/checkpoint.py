@@ -20,6 +20,7 @@ from torch import nn
 
 from parse_config import RunDirs
 from utils.errors import UserError
+from utils.util import write_text_atomic
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)\.pth$")
 BEST = "model_best.pth"
@@ -76,13 +77,6 @@ def atomic_save(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; free space or fix "
                         f"permissions of {path.parent} (earlier checkpoints are untouched)") from None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace path's content with text, never leaving half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

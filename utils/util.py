@@ -12,12 +12,17 @@ import numpy as np
 import torch
 
 
-def write_json(content: Any, path: str | Path) -> None:
-    """Write content as indented JSON, atomically (a reader never sees half a file)."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace path's content with text through a temporary file and a rename: never half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=4) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(content: Any, path: str | Path) -> None:
+    """Write content as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(content, indent=4) + "\n")
 
 
 def seed_everything(seed: int) -> None:
