@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import os
 import signal
 
@@ -73,6 +74,7 @@ def _train(args, config, ctx) -> None:
     cfg_trainer = config["trainer"]
     seed_everything(config["seed"])
     data_loader = config.init_obj("data_loader", DATA_LOADERS)
+    record_classes(config, data_loader)
     valid_data_loader = data_loader.split_validation()
     if ctx.enabled:
         device, device_ids = distributed.device_of(ctx, config["n_gpu"]), []
@@ -118,6 +120,14 @@ def _train(args, config, ctx) -> None:
         logger.warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
                        signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
         raise SystemExit(stop.exit_code) from None
+
+
+def record_classes(config, data_loader) -> None:
+    """Keep the loader's class names (label i = classes[i]) in the run's config when it takes them back as
+    data_loader.args.classes, so that test.py and resume map labels exactly as this run does."""
+    classes = getattr(data_loader, "classes", None)
+    if classes is not None and "classes" in inspect.signature(type(data_loader)).parameters:
+        config["data_loader"]["args"]["classes"] = list(classes)
 
 
 def param_groups(model, no_decay_bias_norm: bool) -> list:

@@ -66,15 +66,18 @@ class EpochSampler(Sampler[int]):
 
 
 class EpochDataLoader(DataLoader):
-    """A DataLoader whose order and worker seeds depend only on (seed, epoch): call set_epoch each epoch.
+    """A DataLoader whose order depends only on (seed, epoch) and whose workers' seeds only on (seed, rank,
+    worker, epoch): call set_epoch each epoch.
 
     It has its own generator, so iterating never draws from the global torch RNG and the model's
-    random numbers (dropout) do not depend on when an iterator starts.
+    random numbers (dropout) do not depend on when an iterator starts. DataLoader seeds worker w of an
+    iterator (torch, random and numpy) from a base seed drawn from that generator, plus w.
     """
 
     def __init__(self, dataset: Dataset, *, seed: int, **kwargs: Any):
         super().__init__(dataset, generator=torch.Generator(), **kwargs)
         self.seed = seed
+        self.rank = 0
         self.set_epoch(0)
         # Tensors in memory are served a batch at a time by index slicing, not per sample + collate.
         self.in_memory = (isinstance(dataset, TensorDataset) and isinstance(self.sampler, EpochSampler)
@@ -97,12 +100,21 @@ class EpochDataLoader(DataLoader):
     def shard(self, rank: int, world_size: int) -> None:
         """Serve this rank's share of every global batch (DistributedDataParallel)."""
         self.sampler.shard(rank, world_size, self.batch_size)
+        self.rank = rank
+        self.set_epoch(self.epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order and the workers' seeds of epoch."""
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
-        self.generator.manual_seed((self.seed + epoch) % 2**64)
+        self.epoch = epoch
+        self.generator.manual_seed(worker_base_seed(self.seed, self.rank, epoch))
+
+
+def worker_base_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of the generator that gives an epoch's workers their seeds: (seed, rank, epoch) mixed, so
+    that no two ranks or epochs share workers' random streams."""
+    return int(np.random.SeedSequence([seed % 2**64, rank, epoch]).generate_state(1, np.uint64)[0])
 
 
 class BaseDataLoader(EpochDataLoader):
@@ -119,7 +131,10 @@ class BaseDataLoader(EpochDataLoader):
         pin_memory: bool = False,
         seed: int | None = None,
         persistent_workers: bool = False,
+        eval_dataset: Dataset | None = None,
     ):
+        """eval_dataset: the same samples as dataset with the evaluation transforms (no augmentation), for
+        the validation part; by default dataset itself."""
         self.validation_split = validation_split
         self.shuffle = shuffle
         n = len(dataset)
@@ -137,14 +152,18 @@ class BaseDataLoader(EpochDataLoader):
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
         }
+        self.eval_dataset = dataset if eval_dataset is None else eval_dataset
+        if len(self.eval_dataset) != n:
+            raise ValueError(f"eval_dataset has {len(self.eval_dataset)} samples, dataset {n}: they must be the same")
         seed = torch.initial_seed() if seed is None else seed
         super().__init__(sampler=EpochSampler(train_idx, shuffle, seed), seed=seed, **self.init_kwargs)
 
     def split_validation(self) -> DataLoader | None:
-        """A DataLoader over the validation part in a fixed order, or None when there is none."""
+        """A DataLoader over the validation part in a fixed order (eval_dataset's samples), or None."""
         if self.valid_sampler is None:
             return None
-        return EpochDataLoader(sampler=self.valid_sampler, seed=self.seed, **self.init_kwargs)
+        return EpochDataLoader(sampler=self.valid_sampler, seed=self.seed,
+                               **{**self.init_kwargs, "dataset": self.eval_dataset})
 
 
 def _validation_size(split: Any, n: int) -> int:

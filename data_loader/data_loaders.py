@@ -1,17 +1,24 @@
-"""The data loaders config.json can name in data_loader.type: every public class defined here."""
+"""The data loaders config.json can name in data_loader.type: the names in __all__."""
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from base.base_data_loader import BaseDataLoader
+from data_loader.arrays import ArrayDataLoader
+from data_loader.datasets import (ImageFileDataset, collate_images, image_reader, in_memory_images,
+                                  read_annotations)
+from data_loader.transforms import image_pipeline, normalisation
 from utils.errors import UserError
 
-_MNIST_FILES = (
-    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-)
+__all__ = ["DigitsDataLoader", "MnistDataLoader", "FashionMnistDataLoader", "KmnistDataLoader", "Cifar10DataLoader",
+           "Cifar100DataLoader", "ImageCsvDataLoader", "ImageFolderDataLoader", "ArrayDataLoader"]
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the usual default for photographs
 
 
 class DigitsDataLoader(BaseDataLoader):
@@ -45,8 +52,16 @@ class DigitsDataLoader(BaseDataLoader):
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers)
 
 
-class MnistDataLoader(BaseDataLoader):
-    """MNIST from torchvision, as in the original template (downloads into data_dir/MNIST/raw)."""
+class _TorchvisionDataLoader(BaseDataLoader):
+    """A torchvision dataset under data_dir in torchvision's layout, held in memory as uint8 tensors.
+
+    Without transforms, the images are converted and normalised once and batches are sliced from one
+    tensor; with transforms, each sample goes through them (use num_workers). Validation and test samples
+    go through eval_transforms. mean/std default to the dataset's own statistics.
+    """
+
+    dataset_name: str  # the torchvision.datasets class
+    stats: tuple[tuple[float, ...], tuple[float, ...]]  # per-channel mean and std of the training images
 
     def __init__(
         self,
@@ -57,24 +72,185 @@ class MnistDataLoader(BaseDataLoader):
         num_workers: int = 1,
         training: bool = True,
         download: bool = True,
+        transforms: list | None = None,
+        eval_transforms: list | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
     ):
-        from torchvision import datasets
-
         self.data_dir = data_dir
+        images, targets = self._read(data_dir, training, download)
+        mean, std = normalisation(mean, std, self.stats, images.shape[1], "data_loader.args")
+        spec, key = (transforms, "transforms") if training else (eval_transforms, "eval_transforms")
+        self.dataset = in_memory_images(images, targets, spec, mean, std, f"data_loader.args.{key}")
+        eval_dataset = None
+        if training and validation_split and eval_transforms != transforms:
+            eval_dataset = in_memory_images(images, targets, eval_transforms, mean, std,
+                                            "data_loader.args.eval_transforms")
+        super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, eval_dataset=eval_dataset)
+
+    def _read(self, data_dir: str, training: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's images, uint8 (N, C, H, W), and their int64 labels."""
+        dataset = self._open(data_dir, training, download)
+        images = torch.as_tensor(dataset.data)
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)  # CIFAR is N, H, W, C
+        return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+    def _open(self, data_dir: str, training: bool, download: bool):
+        cls = _dataset_class(self.dataset_name)
+        folder, files = _expected_files(cls, data_dir)
         try:
-            mnist = datasets.MNIST(self.data_dir, train=training, download=download)
-        except (RuntimeError, OSError) as e:  # "Dataset not found", or a failed download (URLError is an OSError)
-            raw = os.path.join(data_dir, "MNIST", "raw")
-            if all(os.path.isfile(os.path.join(raw, f)) for f in _MNIST_FILES):
-                raise
+            return cls(data_dir, train=training, download=download)
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
+            if all(os.path.isfile(os.path.join(folder, f)) for f in files):
+                raise UserError(f"data_loader.args.data_dir: cannot read the {self.dataset_name} files in {folder} "
+                                f"({e}); they may be damaged: delete them and download again") from e
             reason = "the download failed" if download else "data_loader.args.download is false"
             raise UserError(
-                f"data_loader.args.data_dir: the MNIST files are not in {raw} and {reason}; put "
-                f"{', '.join(_MNIST_FILES)} there (gunzipped: torchvision extracts the .gz files only when "
-                "downloading), or set data_loader.args.download=true on a machine with a network connection"
+                f"data_loader.args.data_dir: the {self.dataset_name} files are not in {folder} and {reason}; put "
+                f"{', '.join(files)} there (torchvision's layout, archives extracted), or set "
+                "data_loader.args.download=true on a machine with a network connection"
             ) from e
-        # Kept in memory and normalised once, exactly as ToTensor + Normalize((0.1307,), (0.3081,)) would
-        # per sample; batches are then sliced from the tensors.
-        images = mnist.data.unsqueeze(1).float().div(255).sub(0.1307).div(0.3081)
-        self.dataset = TensorDataset(images, mnist.targets)
-        super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers)
+
+
+def _dataset_class(name: str) -> type:
+    """The torchvision dataset class; CIFAR's files are checked for presence only, as MNIST's are (torchvision
+    would hash about 180 MB on every start; the downloaded archive is still checked)."""
+    from torchvision import datasets
+
+    cls = getattr(datasets, name)
+    if not hasattr(cls, "train_list"):
+        return cls
+    return type(name, (cls,), {"train_list": [[f, None] for f, _ in cls.train_list],
+                               "test_list": [[f, None] for f, _ in cls.test_list], "meta": {**cls.meta, "md5": None}})
+
+
+def _expected_files(cls: type, data_dir: str) -> tuple[str, list[str]]:
+    """The folder under data_dir and the files there that cls reads."""
+    if hasattr(cls, "train_list"):  # CIFAR: pickled batches
+        files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return os.path.join(data_dir, cls.base_folder), files
+    # The MNIST family: IDX files, gunzipped
+    return (os.path.join(data_dir, cls.__name__, "raw"),
+            [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources])
+
+
+class MnistDataLoader(_TorchvisionDataLoader):
+    """MNIST handwritten digits, 28x28 grey (data_dir/MNIST/raw), as in the original template."""
+
+    dataset_name, stats = "MNIST", ((0.1307,), (0.3081,))
+
+
+class FashionMnistDataLoader(_TorchvisionDataLoader):
+    """Fashion-MNIST clothing images, 28x28 grey (data_dir/FashionMNIST/raw)."""
+
+    dataset_name, stats = "FashionMNIST", ((0.2860,), (0.3530,))
+
+
+class KmnistDataLoader(_TorchvisionDataLoader):
+    """Kuzushiji-MNIST cursive Japanese characters, 28x28 grey (data_dir/KMNIST/raw)."""
+
+    dataset_name, stats = "KMNIST", ((0.1918,), (0.3483,))
+
+
+class Cifar10DataLoader(_TorchvisionDataLoader):
+    """CIFAR-10, 32x32 colour images of 10 classes (data_dir/cifar-10-batches-py)."""
+
+    dataset_name, stats = "CIFAR10", ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+class Cifar100DataLoader(_TorchvisionDataLoader):
+    """CIFAR-100, 32x32 colour images of 100 classes (data_dir/cifar-100-python)."""
+
+    dataset_name, stats = "CIFAR100", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+
+class _ImageFilesDataLoader(BaseDataLoader):
+    """Image files read as they are needed (use num_workers), through transforms when training and
+    eval_transforms for validation and test; mean/std default to ImageNet's."""
+
+    def _start(self, dataset: Dataset, batch_size: int, shuffle: bool, validation_split: float | int,
+               num_workers: int, training: bool, transforms: list | None, eval_transforms: list | None,
+               mean: list[float] | None, std: list[float] | None, mode: str) -> None:
+        channels = {"L": 1, "RGB": 3, "RGBA": 4}.get(mode)
+        if channels is None:
+            raise UserError(f"data_loader.args.mode: expected 'RGB', 'L' (grey) or 'RGBA', got {mode!r}")
+        default = IMAGENET_STATS if channels == 3 else ((0.449,) * channels, (0.226,) * channels)
+        mean, std = normalisation(mean, std, default, channels, "data_loader.args")
+        spec, key = (transforms, "transforms") if training else (eval_transforms, "eval_transforms")
+        dataset.transform = image_pipeline(spec, mean, std, f"data_loader.args.{key}")
+        eval_dataset = copy.copy(dataset)
+        eval_dataset.transform = image_pipeline(eval_transforms, mean, std, "data_loader.args.eval_transforms")
+        self.dataset = dataset
+        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, collate_fn=collate_images,
+                         eval_dataset=eval_dataset)
+
+
+class ImageCsvDataLoader(_ImageFilesDataLoader):
+    """Images in img_dir listed in a CSV of file name and label, as in PyTorch's custom-dataset tutorial.
+
+    Labels are class indices or class names; names are mapped to indices in sorted order, and train.py
+    saves that order as data_loader.args.classes in the run's config so that test.py and resume map the
+    same way. header: whether the CSV's first row is a header (null: guessed).
+    """
+
+    def __init__(
+        self,
+        annotations_file: str,
+        img_dir: str,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        validation_split: float | int = 0.1,
+        num_workers: int = 0,
+        training: bool = True,
+        test_annotations_file: str | None = None,
+        header: bool | None = None,
+        classes: list[str] | None = None,
+        transforms: list | None = None,
+        eval_transforms: list | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        mode: str = "RGB",
+    ):
+        key = "annotations_file"
+        if not training:
+            if test_annotations_file is None:
+                raise UserError("data_loader.args.test_annotations_file is not set: test.py evaluates on a test "
+                                "split; set it to a CSV of the test images (file name,label)")
+            annotations_file, key = test_annotations_file, "test_annotations_file"
+        samples, self.classes = read_annotations(annotations_file, img_dir, header, classes, key)
+        self._start(ImageFileDataset(samples, transform=None, mode=mode), batch_size, shuffle, validation_split,
+                    num_workers, training, transforms, eval_transforms, mean, std, mode)
+
+
+class ImageFolderDataLoader(_ImageFilesDataLoader):
+    """Images in torchvision's ImageFolder layout, data_dir/<class name>/<image>; classes are the folder names
+    in sorted order (saved as data_loader.args.classes in the run's config). test_dir: the test split."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        validation_split: float | int = 0.1,
+        num_workers: int = 0,
+        training: bool = True,
+        test_dir: str | None = None,
+        classes: list[str] | None = None,
+        transforms: list | None = None,
+        eval_transforms: list | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        mode: str = "RGB",
+    ):
+        key = "data_dir"
+        if not training:
+            if test_dir is None:
+                raise UserError("data_loader.args.test_dir is not set: test.py evaluates on a test split; set it to "
+                                "a folder of test images in the same <class name>/<image> layout")
+            data_dir, key = test_dir, "test_dir"
+        from data_loader.image_folder import image_folder
+
+        dataset = image_folder(data_dir, classes, image_reader(mode), f"data_loader.args.{key}")
+        self.classes = dataset.classes
+        self._start(dataset, batch_size, shuffle, validation_split, num_workers, training, transforms,
+                    eval_transforms, mean, std, mode)

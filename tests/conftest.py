@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import settings
-import struct
+
+from fake_data import write_idx, write_mnist  # noqa: F401  (shared with the tests that import them from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,21 +62,3 @@ def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 300,
                           text=True, timeout=timeout, env=env)
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file as MNIST ships it: big-endian magic (2051 images, 2049 labels), sizes, uint8 data."""
-    magic = {3: 2051, 1: 2049}[array.ndim]
-    path.write_bytes(struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes())
-
-
-def write_mnist(root: Path, n_train: int = 20, n_test: int = 10) -> dict:
-    """Tiny MNIST files in torchvision's layout root/MNIST/raw; returns {split: (images, labels)}."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.RandomState(0)
-    data = {}
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        images, labels = rng.randint(0, 256, (n, 28, 28)), np.arange(n) % 10
-        write_idx(raw / f"{split}-images-idx3-ubyte", images)
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
-        data[split] = images, labels
-    return data

@@ -8,8 +8,16 @@ class UserError(Exception):
     """A mistake the user can fix; the CLI prints it without a traceback and exits with 2."""
 
     def __init__(self, problems: str | Iterable[str]):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [_from_worker(problems)] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def _from_worker(message: str) -> str:
+    """The original message of a UserError that a DataLoader worker raised: the main process re-raises it
+    as UserError("Caught UserError in DataLoader worker process N. Original Traceback ... UserError: <it>")."""
+    if message.startswith("Caught UserError in DataLoader worker process"):
+        return message.rsplit("UserError: ", 1)[-1].strip()
+    return message
 
 
 def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:

@@ -1,0 +1,87 @@
+"""Image transforms from config: lists of torchvision.transforms.v2 names with args.
+
+A list such as ["RandomHorizontalFlip", {"type": "RandomCrop", "args": {"size": 32, "padding": 4}}] becomes
+ToImage -> the listed transforms (on uint8 images) -> ToDtype(float32, scale=True) -> Normalize(mean, std).
+Transforms that take transforms (RandomApply, RandomChoice, RandomOrder, Compose) take such a list as
+their "transforms" arg.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+from utils.errors import UserError, did_you_mean
+
+# Put in place by image_pipeline; listing them would convert or normalise twice.
+_ADDED = {"ToImage": "converts images to tensors first", "ToTensor": "converts images to tensors first",
+          "PILToTensor": "converts images to tensors first", "Normalize": "normalises last: set mean and std",
+          "ConvertImageDtype": "scales to float last: list ToDtype to choose where"}
+_REFUSED = {"CutMix": "it mixes whole batches, not one sample", "MixUp": "it mixes whole batches, not one sample",
+            "Lambda": "a config cannot hold a function", "ToPILImage": "the pipeline works on tensors",
+            "ToPureTensor": "the pipeline ends with it"}
+
+
+def _catalogue() -> dict[str, type]:
+    from torchvision.transforms import v2
+
+    return {name: obj for name, obj in vars(v2).items()
+            if inspect.isclass(obj) and issubclass(obj, v2.Transform) and obj is not v2.Transform}
+
+
+def build_transforms(spec: Sequence[str | dict] | None, path: str) -> list:
+    """The transforms a config list names (each a name, or {"type": name, "args": {...}}); errors name path[i]."""
+    if spec is None:
+        return []
+    if not isinstance(spec, (list, tuple)):
+        raise UserError(f"{path}: expected a list of transforms, e.g. [\"RandomHorizontalFlip\"], got {spec!r}")
+    catalogue = _catalogue()
+    return [_build(item, f"{path}[{i}]", catalogue) for i, item in enumerate(spec)]
+
+
+def _build(item: str | dict, path: str, catalogue: dict[str, type]) -> Any:
+    if isinstance(item, str):
+        item = {"type": item}
+    if not isinstance(item, dict) or not isinstance(item.get("type"), str) or set(item) - {"type", "args"}:
+        raise UserError(f"{path}: expected a transform name or {{\"type\": name, \"args\": {{...}}}}, got {item!r}")
+    name, args = item["type"], dict(item.get("args") or {})
+    if name in _ADDED or name in _REFUSED:
+        why = f"the pipeline {_ADDED[name]}" if name in _ADDED else _REFUSED[name]
+        raise UserError(f"{path}.type: {name} cannot be listed: {why}")
+    if name not in catalogue:
+        hint = did_you_mean(name, catalogue) or " See torchvision.transforms.v2 for the names."
+        raise UserError(f"{path}.type: no transform {name!r} in torchvision.transforms.v2.{hint}")
+    if "transforms" in args:  # RandomApply, RandomChoice, RandomOrder, Compose
+        args["transforms"] = build_transforms(args["transforms"], f"{path}.args.transforms")
+    try:
+        return catalogue[name](**args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}.args: {name}({_show(args)}) failed: {e}") from None
+
+
+def _show(args: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())
+
+
+def image_pipeline(spec: Sequence[str | dict] | None, mean: Sequence[float], std: Sequence[float], path: str):
+    """ToImage, the listed transforms, ToDtype(float32, scale=True) unless listed, Normalize(mean, std)."""
+    from torchvision.transforms import v2
+
+    listed = build_transforms(spec, path)
+    to_float = [] if any(isinstance(t, v2.ToDtype) for t in listed) else [v2.ToDtype(torch.float32, scale=True)]
+    return v2.Compose([v2.ToImage(), *listed, *to_float, v2.Normalize(list(mean), list(std)), v2.ToPureTensor()])
+
+
+def normalisation(mean: Sequence[float] | None, std: Sequence[float] | None, default: tuple, channels: int,
+                  path: str) -> tuple[list[float], list[float]]:
+    """(mean, std) per channel: the given values or the dataset's default; a value of the wrong length raises."""
+    values = []
+    for key, given, fallback in (("mean", mean, default[0]), ("std", std, default[1])):
+        value = list(fallback if given is None else given)
+        if len(value) not in (1, channels) or not all(isinstance(v, (int, float)) for v in value):
+            raise UserError(f"{path}.{key}: expected 1 or {channels} numbers (one per channel), got {given!r}")
+        if key == "std" and any(v <= 0 for v in value):
+            raise UserError(f"{path}.std: every value must be positive, got {given!r}")
+        values.append([float(v) for v in value])
+    return values[0], values[1]
