@@ -54,10 +54,29 @@ def _build(item: str | dict, path: str, catalogue: dict[str, type]) -> Any:
         raise UserError(f"{path}.type: no transform {name!r} in torchvision.transforms.v2.{hint}")
     if "transforms" in args:  # RandomApply, RandomChoice, RandomOrder, Compose
         args["transforms"] = build_transforms(args["transforms"], f"{path}.args.transforms")
+    args = {k: _from_json(k, v, f"{path}.args.{k}") for k, v in args.items()}
     try:
         return catalogue[name](**args)
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}.args: {name}({_show(args)}) failed: {e}") from None
+
+
+def _from_json(key: str, value: Any, path: str) -> Any:
+    """A dtype ("float32") or an interpolation ("bilinear") named by a string, as torchvision takes them."""
+    if not isinstance(value, str):
+        return value
+    if key == "dtype":
+        if not isinstance(getattr(torch, value, None), torch.dtype):
+            raise UserError(f"{path}: {value!r} is not a torch dtype; use e.g. \"float32\"")
+        return getattr(torch, value)
+    if key == "interpolation":
+        from torchvision.transforms import InterpolationMode
+
+        names = [m.value for m in InterpolationMode]
+        if value.lower() not in names:
+            raise UserError(f"{path}: {value!r} is not one of {names}")
+        return InterpolationMode(value.lower())
+    return value
 
 
 def _show(args: dict) -> str:

@@ -13,6 +13,6 @@ def accuracy(output, target):
 
 
 def top_k_acc(output, target, k: int = 3):
-    """Fraction of samples whose target is among the k highest-scoring classes."""
-    top = torch.topk(output, k, dim=1).indices
+    """Fraction of samples whose target is among the k highest-scoring classes (1 when k >= the classes)."""
+    top = torch.topk(output, min(k, output.shape[1]), dim=1).indices
     return (top == target.unsqueeze(1)).any(dim=1).float().mean()

@@ -179,6 +179,7 @@ def test_top_k_acc_counts_targets_among_the_k_best():
     top_k_acc = METRICS.get("top_k_acc", "metrics.0")
     assert float(top_k_acc(output, torch.tensor([2, 3]), k=3)) == 0.5
     assert float(top_k_acc(output, torch.tensor([2, 3]), k=2)) == 0.0
+    assert float(top_k_acc(output[:, :2], torch.tensor([0, 1]), k=3)) == 1.0  # k above the 2 classes: every target
 
 
 # ---- optimizers: every one steps with default args, except these ----

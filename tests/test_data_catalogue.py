@@ -1,0 +1,377 @@
+"""The data catalogue: torchvision datasets read from files in their real formats, image files with a CSV of
+labels, ImageFolder trees, transforms from config, and reproducible loading with workers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import test as test_script
+import train
+from base.base_data_loader import BaseDataLoader
+from data_loader.data_loaders import (Cifar10DataLoader, Cifar100DataLoader, FashionMnistDataLoader,
+                                      ImageCsvDataLoader, ImageFolderDataLoader, KmnistDataLoader, MnistDataLoader)
+from data_loader.transforms import build_transforms, image_pipeline
+from fake_data import write_cifar, write_image, write_image_csv, write_image_folder, write_mnist
+from utils.errors import UserError
+
+# loader, writer of its files, the folder under data_dir, the test split's key, channels, mean, std
+TORCHVISION = [
+    (MnistDataLoader, lambda root: write_mnist(root, name="MNIST"), "MNIST/raw", "t10k", (0.1307,), (0.3081,)),
+    (FashionMnistDataLoader, lambda root: write_mnist(root, name="FashionMNIST"), "FashionMNIST/raw", "t10k",
+     (0.2860,), (0.3530,)),
+    (KmnistDataLoader, lambda root: write_mnist(root, name="KMNIST"), "KMNIST/raw", "t10k", (0.1918,), (0.3483,)),
+    (Cifar10DataLoader, lambda root: write_cifar(root, classes=10), "cifar-10-batches-py", "test",
+     (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    (Cifar100DataLoader, lambda root: write_cifar(root, classes=100), "cifar-100-python", "test",
+     (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+]
+IDS = [row[0].__name__ for row in TORCHVISION]
+
+
+def normalised(images: np.ndarray, mean, std) -> torch.Tensor:
+    """What ToTensor + Normalize(mean, std) give for uint8 images N x H x W (x C)."""
+    x = torch.as_tensor(images, dtype=torch.float32) / 255
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def batches(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+# ---- torchvision datasets ----
+
+@pytest.mark.parametrize("cls, write, folder, test_key, mean, std", TORCHVISION, ids=IDS)
+@pytest.mark.parametrize("training", [True, False])
+def test_torchvision_loaders_read_the_real_formats_and_normalise(tmp_path, cls, write, folder, test_key, mean, std,
+                                                                  training):
+    data = write(tmp_path)
+    images, labels = data["train" if training else test_key]
+    loader = cls(data_dir=str(tmp_path), batch_size=4, shuffle=False, num_workers=0, training=training,
+                 download=False)
+    x, y = batches(loader)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64 and len(x) == len(images)
+    assert torch.allclose(x, normalised(images, mean, std), atol=1e-5)
+    assert y.tolist() == list(labels)
+
+
+@pytest.mark.parametrize("cls, write, folder, test_key, mean, std", TORCHVISION, ids=IDS)
+def test_torchvision_loaders_without_files_name_the_folder_and_the_files(tmp_path, cls, write, folder, test_key,
+                                                                          mean, std):
+    with pytest.raises(UserError) as info:
+        cls(data_dir=str(tmp_path), batch_size=4, download=False)
+    message = str(info.value)
+    assert f"not in {tmp_path / folder} and data_loader.args.download is false" in message
+    write(tmp_path / "other")  # the names listed are the ones torchvision looks for
+    for name in (tmp_path / "other" / folder).iterdir():
+        assert name.name in message
+
+
+def test_a_failed_download_says_so(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    # A closed local port: the download fails at once, here and on machines with a network.
+    monkeypatch.setattr(datasets.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    with pytest.raises(UserError, match=r"cifar-10-batches-py and the download failed; put data_batch_1, .*test_batch"):
+        Cifar10DataLoader(data_dir=str(tmp_path), batch_size=4, download=True)
+
+
+def test_a_damaged_cifar_file_is_named(tmp_path):
+    write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match=r"cannot read the CIFAR10 files in .*cifar-10-batches-py .*download again"):
+        Cifar10DataLoader(data_dir=str(tmp_path), batch_size=4, download=False)
+
+
+def test_validation_batches_get_eval_transforms_not_training_augmentation(tmp_path):
+    data = write_mnist(tmp_path, n_train=40)
+    images, _ = data["train"]
+    loader = MnistDataLoader(str(tmp_path), batch_size=8, shuffle=False, validation_split=10, num_workers=0,
+                             download=False, transforms=[{"type": "RandomInvert", "args": {"p": 1.0}}])
+    plain, inverted = normalised(images, (0.1307,), (0.3081,)), normalised(255 - images, (0.1307,), (0.3081,))
+    train_idx = loader.sampler.indices
+    valid_loader = loader.split_validation()
+    valid_idx = valid_loader.sampler.indices
+    x_train, _ = batches(loader)
+    x_valid, _ = batches(valid_loader)
+    assert torch.allclose(x_train, inverted[train_idx], atol=1e-5)  # augmented
+    assert torch.allclose(x_valid, plain[valid_idx], atol=1e-5)  # not augmented
+    # test.py's split goes through eval_transforms too
+    test_loader = MnistDataLoader(str(tmp_path), batch_size=8, shuffle=False, training=False, download=False,
+                                  transforms=[{"type": "RandomInvert", "args": {"p": 1.0}}],
+                                  eval_transforms=[{"type": "RandomVerticalFlip", "args": {"p": 1.0}}])
+    x_test, _ = batches(test_loader)
+    assert torch.allclose(x_test, normalised(data["t10k"][0][:, ::-1].copy(), (0.1307,), (0.3081,)), atol=1e-5)
+
+
+def test_mean_and_std_can_be_set(tmp_path):
+    data = write_cifar(tmp_path)
+    loader = Cifar10DataLoader(str(tmp_path), batch_size=4, shuffle=False, download=False, mean=[0.5], std=[0.5])
+    assert torch.allclose(batches(loader)[0], normalised(data["train"][0], (0.5,) * 3, (0.5,) * 3), atol=1e-5)
+    with pytest.raises(UserError, match=r"data_loader\.args\.mean: expected 1 or 3 numbers"):
+        Cifar10DataLoader(str(tmp_path), batch_size=4, download=False, mean=[0.5, 0.5])
+    with pytest.raises(UserError, match=r"data_loader\.args\.std: every value must be positive"):
+        Cifar10DataLoader(str(tmp_path), batch_size=4, download=False, std=[0.0])
+
+
+# ---- transforms from config ----
+
+def test_transforms_by_name_with_args_nested_and_in_order():
+    from torchvision.transforms import v2
+
+    built = build_transforms(["RandomHorizontalFlip", {"type": "RandomCrop", "args": {"size": 8, "padding": 2}},
+                              {"type": "RandomApply", "args": {"transforms": [{"type": "ColorJitter",
+                                                                               "args": {"brightness": 0.2}}]}}],
+                             "data_loader.args.transforms")
+    assert [type(t) for t in built] == [v2.RandomHorizontalFlip, v2.RandomCrop, v2.RandomApply]
+    assert built[1].size == (8, 8) and built[1].padding == [2, 2, 2, 2]
+    assert isinstance(built[2].transforms[0], v2.ColorJitter)
+
+
+def test_the_pipeline_converts_then_normalises_once():
+    image = torch.randint(0, 256, (3, 6, 6), dtype=torch.uint8)
+    out = image_pipeline([{"type": "CenterCrop", "args": {"size": 4}}], [0.5] * 3, [0.25] * 3, "t")(image)
+    assert type(out) is torch.Tensor and out.dtype == torch.float32
+    assert torch.allclose(out, (image[:, 1:5, 1:5].float() / 255 - 0.5) / 0.25)
+    # ToDtype listed: the conversion happens there (a dtype by name), not again
+    listed = image_pipeline([{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}},
+                             {"type": "Resize", "args": {"size": 6, "interpolation": "nearest"}}], [0.0], [1.0], "t")
+    assert torch.allclose(listed(image), image.float() / 255)
+    with pytest.raises(UserError, match=r"t\[0\]\.args\.dtype: 'float3' is not a torch dtype"):
+        image_pipeline([{"type": "ToDtype", "args": {"dtype": "float3"}}], [0.0], [1.0], "t")
+
+
+@pytest.mark.parametrize("spec, message", [
+    (["RandomCorp"], r"transforms\[0\]\.type: no transform 'RandomCorp' in torchvision\.transforms\.v2\. "
+                     r"Did you mean 'RandomCrop'"),
+    ([{"type": "RandomCrop", "args": {"sise": 4}}], r"transforms\[0\]\.args: RandomCrop\(sise=4\) failed: .*sise"),
+    (["RandomHorizontalFlip", "Normalize"], r"transforms\[1\]\.type: Normalize cannot be listed: the pipeline "
+                                            r"normalises last: set mean and std"),
+    (["ToTensor"], r"ToTensor cannot be listed: the pipeline converts images to tensors first"),
+    (["MixUp"], r"MixUp cannot be listed: it mixes whole batches"),
+    ([{"type": "RandomApply", "args": {"transforms": ["Blur"]}}], r"transforms\[0\]\.args\.transforms\[0\]\.type"),
+    ([{"kind": "RandomCrop"}], r"transforms\[0\]: expected a transform name or"),
+    ("RandomCrop", r"transforms: expected a list of transforms"),
+])
+def test_bad_transforms_are_named_with_the_fix(spec, message):
+    with pytest.raises(UserError, match=message):
+        build_transforms(spec, "data_loader.args.transforms")
+
+
+def test_a_bad_transform_in_a_config_stops_train_py_with_status_2(tmp_path, write_config, capsys):
+    from conftest import tiny_config
+    from utils.errors import run_cli
+
+    write_mnist(tmp_path / "data")
+    config = tiny_config(tmp_path / "saved")
+    config["arch"] = {"type": "MnistModel", "args": {}}
+    config["data_loader"] = {"type": "MnistDataLoader", "args": {"data_dir": str(tmp_path / "data"), "batch_size": 8,
+                                                                 "download": False, "transforms": ["RandomFlip"]}}
+    assert run_cli(train.main, ["-c", str(write_config(config))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data_loader.args.transforms[0].type: no transform 'RandomFlip'" in err
+    assert not (tmp_path / "saved").exists()
+
+
+# ---- images listed in a CSV ----
+
+@pytest.fixture
+def image_csv(tmp_path):
+    img_dir, csv_file = tmp_path / "images", tmp_path / "labels.csv"
+    write_image_csv(img_dir, csv_file, ["dog", "cat", "emu"] * 4)
+    return img_dir, csv_file
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_image_csv_maps_names_to_sorted_classes_with_or_without_a_header(tmp_path, header):
+    img_dir, csv_file = tmp_path / "images", tmp_path / "labels.csv"
+    names = write_image_csv(img_dir, csv_file, ["dog", "cat", "emu", "cat"], header=header)
+    loader = ImageCsvDataLoader(str(csv_file), str(img_dir), batch_size=2, shuffle=False, validation_split=0)
+    assert loader.classes == ["cat", "dog", "emu"] and len(loader.dataset) == 4
+    x, y = batches(loader)
+    assert y.tolist() == [1, 0, 2, 0] and x.shape == (4, 3, 12, 12)
+    from PIL import Image
+    pixels = torch.as_tensor(np.array(Image.open(img_dir / names[2]))).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert torch.allclose(x[2], (pixels - mean) / std, atol=1e-5)
+
+
+def test_image_csv_integer_labels_are_used_as_they_are(tmp_path):
+    img_dir, csv_file = tmp_path / "images", tmp_path / "labels.csv"
+    write_image_csv(img_dir, csv_file, [3, 0, 7], header=False)
+    loader = ImageCsvDataLoader(str(csv_file), str(img_dir), batch_size=3, shuffle=False, validation_split=0,
+                                mode="L")
+    x, y = batches(loader)
+    assert loader.classes is None and y.tolist() == [3, 0, 7] and x.shape == (3, 1, 12, 12)
+
+
+@pytest.mark.parametrize("row, message", [
+    ("img0.png", r"labels\.csv:3: expected 'file name,label', got 'img0\.png'; fix or remove the row"),
+    ("img0.png,", r"labels\.csv:3: expected 'file name,label'"),
+    ("missing.png,cat", r"labels\.csv:3: no image file .*images/missing\.png; fix data_loader\.args\.img_dir"),
+])
+def test_a_bad_csv_row_is_named_by_line(tmp_path, image_csv, row, message):
+    img_dir, csv_file = image_csv
+    lines = csv_file.read_text().splitlines()
+    csv_file.write_text("\n".join(lines[:2] + [row] + lines[2:]) + "\n")
+    with pytest.raises(UserError, match=message):
+        ImageCsvDataLoader(str(csv_file), str(img_dir), batch_size=2)
+
+
+def test_missing_csv_and_image_dir_are_named(tmp_path, image_csv):
+    img_dir, csv_file = image_csv
+    with pytest.raises(UserError, match=r"data_loader\.args\.annotations_file: no file .*nope\.csv"):
+        ImageCsvDataLoader(str(tmp_path / "nope.csv"), str(img_dir))
+    with pytest.raises(UserError, match=r"data_loader\.args\.img_dir: no directory .*nowhere"):
+        ImageCsvDataLoader(str(csv_file), str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=r"test_annotations_file is not set: test\.py evaluates on a test split"):
+        ImageCsvDataLoader(str(csv_file), str(img_dir), training=False)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_unreadable_image_is_named_even_from_a_worker(image_csv, num_workers):
+    img_dir, csv_file = image_csv
+    (img_dir / "img4.png").write_bytes(b"\x89PNG truncated")
+    loader = ImageCsvDataLoader(str(csv_file), str(img_dir), batch_size=4, shuffle=False, validation_split=0,
+                                num_workers=num_workers)
+    with pytest.raises(UserError) as info:
+        batches(loader)
+    assert info.value.problems == [info.value.problems[0]] and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{img_dir / 'img4.png'}: cannot read the image")
+
+
+def test_images_of_different_sizes_ask_for_a_resize(image_csv):
+    img_dir, csv_file = image_csv
+    write_image(img_dir / "img1.png", size=(20, 16))
+    loader = ImageCsvDataLoader(str(csv_file), str(img_dir), batch_size=4, shuffle=False, validation_split=0)
+    with pytest.raises(UserError, match=r"images of different sizes .* add \{\"type\": \"Resize\""):
+        batches(loader)
+    resized = ImageCsvDataLoader(str(csv_file), str(img_dir), batch_size=4, shuffle=False, validation_split=0,
+                                 transforms=[{"type": "Resize", "args": {"size": [8, 8]}}])
+    assert batches(resized)[0].shape == (12, 3, 8, 8)
+
+
+def test_given_classes_map_test_labels_the_same_way(tmp_path, image_csv):
+    img_dir, _ = image_csv
+    test_csv = tmp_path / "test.csv"
+    write_image_csv(img_dir, test_csv, ["emu", "emu"], first=50)  # a test set without cats or dogs
+    loader = ImageCsvDataLoader("unused.csv", str(img_dir), training=False, test_annotations_file=str(test_csv),
+                                classes=["cat", "dog", "emu"], shuffle=False, validation_split=0)
+    assert batches(loader)[1].tolist() == [2, 2]
+    with pytest.raises(UserError, match=r"test\.csv:2: label 'emu' is not one of the classes in data_loader\.args"):
+        ImageCsvDataLoader("unused.csv", str(img_dir), training=False, test_annotations_file=str(test_csv),
+                           classes=["cat", "dog"], validation_split=0)
+
+
+def test_train_py_saves_the_class_names_and_test_py_uses_them(tmp_path, write_config):
+    from conftest import tiny_config
+
+    img_dir = tmp_path / "images"
+    write_image_csv(img_dir, tmp_path / "train.csv", ["dog", "cat"] * 8)
+    write_image_csv(img_dir, tmp_path / "test.csv", ["dog", "dog", "dog"], first=100)
+    config = tiny_config(tmp_path / "saved", epochs=1)
+    config["arch"] = {"type": "CNN", "args": {"input": 3, "blocks": "cnf4 m d", "num_classes": 2}}
+    config["data_loader"] = {"type": "ImageCsvDataLoader", "args": {
+        "annotations_file": str(tmp_path / "train.csv"), "img_dir": str(img_dir), "batch_size": 4,
+        "validation_split": 4, "test_annotations_file": str(tmp_path / "test.csv")}}
+    train.main(["-c", str(write_config(config)), "--run-id", "r"])
+    run = tmp_path / "saved" / "models" / config["name"] / "r"
+    assert json.loads((run / "config.json").read_text())["data_loader"]["args"]["classes"] == ["cat", "dog"]
+    checkpoint = torch.load(run / "checkpoint-epoch1.pth", weights_only=True)
+    assert checkpoint["config"]["data_loader"]["args"]["classes"] == ["cat", "dog"]
+    results = test_script.main(["-r", str(run)])
+    assert results["n_samples"] == 3  # only dogs: label 1 as in training, not 0 as the test CSV alone would give
+
+
+# ---- ImageFolder ----
+
+def test_image_folder_classes_are_the_sorted_folders_and_test_dir_keeps_them(tmp_path):
+    write_image_folder(tmp_path / "train", {"zebra": 3, "ant": 2, "moth": 1})
+    write_image_folder(tmp_path / "test", {"moth": 2})
+    loader = ImageFolderDataLoader(str(tmp_path / "train"), batch_size=6, shuffle=False, validation_split=0)
+    assert loader.classes == ["ant", "moth", "zebra"] and batches(loader)[1].tolist() == [0, 0, 1, 2, 2, 2]
+    test = ImageFolderDataLoader("unused", training=False, test_dir=str(tmp_path / "test"), classes=loader.classes,
+                                 shuffle=False, validation_split=0)
+    assert batches(test)[1].tolist() == [1, 1]
+    with pytest.raises(UserError, match=r"test_dir: folder .*test/moth is not one of the classes"):
+        ImageFolderDataLoader("unused", training=False, test_dir=str(tmp_path / "test"), classes=["ant"])
+    with pytest.raises(UserError, match=r"data_loader\.args\.test_dir is not set"):
+        ImageFolderDataLoader(str(tmp_path / "train"), training=False)
+
+
+def test_image_folder_errors_name_the_directory(tmp_path):
+    with pytest.raises(UserError, match=r"data_loader\.args\.data_dir: no directory .*absent"):
+        ImageFolderDataLoader(str(tmp_path / "absent"))
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"data_loader\.args\.data_dir: .*expected .*empty/<class name>/<image file>"):
+        ImageFolderDataLoader(str(tmp_path / "empty"))
+    write_image_folder(tmp_path / "broken", {"a": 2})
+    (tmp_path / "broken" / "a" / "1.png").write_bytes(b"garbage")
+    loader = ImageFolderDataLoader(str(tmp_path / "broken"), batch_size=2, validation_split=0)
+    with pytest.raises(UserError, match=r"broken/a/1\.png: cannot read the image"):
+        batches(loader)
+
+
+# ---- reproducible loading ----
+
+class RandomDataset(torch.utils.data.Dataset):
+    """Each sample: a draw from the worker's torch RNG, the worker's id, and a draw from numpy's RNG."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, index: int):
+        info = torch.utils.data.get_worker_info()
+        return torch.rand(()), info.id if info else -1, float(np.random.rand())
+
+
+def draws(loader, epoch: int) -> tuple[list, list, list]:
+    loader.set_epoch(epoch)
+    out = [torch.cat([torch.as_tensor(v).view(-1) for v in column]) for column in zip(*loader)]
+    return out[0].tolist(), out[1].tolist(), out[2].tolist()
+
+
+def test_worker_seeds_follow_seed_rank_worker_and_epoch():
+    def loader(seed=7):
+        return BaseDataLoader(RandomDataset(), batch_size=2, shuffle=True, validation_split=0, num_workers=2,
+                              seed=seed)
+
+    first, again = draws(loader(), 0), draws(loader(), 0)
+    assert first == again  # same seed, same epoch: the same numbers, numpy's included
+    torch_draws, workers, numpy_draws = first
+    assert set(workers) == {0, 1}
+    by_worker = {w: [d for d, wk in zip(torch_draws, workers) if wk == w] for w in (0, 1)}
+    assert not set(by_worker[0]) & set(by_worker[1])  # workers differ
+    assert draws(loader(), 1)[0] != torch_draws and draws(loader(), 1)[2] != numpy_draws  # epochs differ
+    assert draws(loader(seed=8), 0)[0] != torch_draws  # seeds differ
+    other_rank = loader()
+    other_rank.shard(1, 2)
+    assert not set(draws(other_rank, 0)[0]) & set(torch_draws)  # ranks differ
+
+
+def test_two_seeded_runs_with_workers_and_augmentation_give_identical_weights(tmp_path, write_config):
+    from conftest import tiny_config
+
+    write_mnist(tmp_path / "data", n_train=48)
+    config = tiny_config(tmp_path / "saved", epochs=2)
+    config["arch"] = {"type": "MnistModel", "args": {}}
+    config["data_loader"] = {"type": "MnistDataLoader", "args": {
+        "data_dir": str(tmp_path / "data"), "batch_size": 8, "download": False, "num_workers": 2,
+        "validation_split": 8, "transforms": [{"type": "RandomCrop", "args": {"size": 28, "padding": 3}},
+                                              {"type": "RandomRotation", "args": {"degrees": 15}}]}}
+    path = write_config(config)
+
+    def weights(run_id: str, *overrides: str) -> dict:
+        train.main(["-c", str(path), "--run-id", run_id, *overrides])
+        run = tmp_path / "saved" / "models" / config["name"] / run_id
+        return torch.load(run / "checkpoint-epoch2.pth", weights_only=True)["state_dict"]
+
+    first, second, other = weights("a"), weights("b"), weights("c", "seed=5")
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    assert any(not torch.equal(first[k], other[k]) for k in first)
