@@ -69,6 +69,7 @@ def with_defaults(config: dict, schema: dict = SCHEMA) -> dict:
     for key, spec in schema.items():
         if isinstance(spec, dict):
             if key in OPTIONAL_SECTIONS and out.get(key) is None:
+                out[key] = None  # absent and null mean the same: none
                 continue
             if isinstance(out.setdefault(key, {}), dict):
                 out[key] = with_defaults(out[key], spec)

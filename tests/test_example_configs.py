@@ -10,18 +10,36 @@ import torch
 
 import test as test_script
 import train
+from fake_data import write_arrays, write_cifar, write_image_csv, write_image_folder, write_mnist
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
 
+# Tiny files in the real formats where a config expects its data (paths relative to the working directory).
+DATA = {
+    "mnist": lambda: write_mnist(Path("data"), name="MNIST"),
+    "fashion_mnist": lambda: write_mnist(Path("data"), name="FashionMNIST"),
+    "kmnist": lambda: write_mnist(Path("data"), name="KMNIST"),
+    "cifar10": lambda: write_cifar(Path("data"), classes=10),
+    "cifar100": lambda: write_cifar(Path("data"), classes=100),
+    "image_csv": lambda: (write_image_csv(Path("data/images"), Path("data/images/train.csv"), ["cat", "dog"] * 10),
+                          write_image_csv(Path("data/images"), Path("data/images/test.csv"), ["dog", "cat"], first=20)),
+    "image_folder": lambda: (write_image_folder(Path("data/image_folder/train"), {"a": 8, "b": 6, "c": 6}),
+                             write_image_folder(Path("data/image_folder/test"), {"a": 2, "c": 2})),
+    "arrays": lambda: (write_arrays(Path("data/arrays/train.npz"), n=60),
+                       write_arrays(Path("data/arrays/test.npz"), n=20, seed=1)),
+}
+
 
 def test_the_example_configs_are_there():
-    names = {p.name for p in CONFIGS}
-    assert {"mlp_digits.json", "autoencoder_digits.json", "pytorch_optimizer_warmup.json"} <= names
+    names = {p.stem for p in CONFIGS}
+    assert {"mlp_digits", "autoencoder_digits", "pytorch_optimizer_warmup", *DATA} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_example_config_trains_one_epoch_and_evaluates(path, tmp_path):
+def test_example_config_trains_one_epoch_and_evaluates(path, tmp_path, monkeypatch):
     config = json.loads(path.read_text())
+    monkeypatch.chdir(tmp_path)
+    DATA.get(path.stem, lambda: None)()
     train.main(["-c", str(path), "trainer.epochs=1", f"trainer.save_dir={tmp_path}", "--run-id", "x",
                 "trainer.verbosity=0"])
     checkpoint = tmp_path / "models" / config["name"] / "x" / "checkpoint-epoch1.pth"

@@ -67,6 +67,14 @@ def test_same_seed_gives_identical_weights(tmp_path, write_config):
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
+def test_a_config_without_an_lr_scheduler_section_trains(tmp_path, write_config):
+    config = tiny_config(tmp_path / "saved", epochs=1)
+    del config["lr_scheduler"]
+    train.main(["-c", str(write_config(config)), "--run-id", "r"])
+    checkpoint = torch.load(run_dir(tmp_path / "saved", "r")[0] / "checkpoint-epoch1.pth", weights_only=True)
+    assert checkpoint["lr_scheduler"] is None and checkpoint["config"]["lr_scheduler"] is None
+
+
 @pytest.mark.parametrize("resume_from", ["file", "run_dir"])
 def test_resume_continues_the_same_run_and_equals_a_straight_run(tmp_path, write_config, resume_from):
     config = write_config()
