@@ -185,6 +185,9 @@ class _ImageFilesDataLoader(BaseDataLoader):
                          eval_dataset=eval_dataset)
 
 
+TAKES_TRANSFORMS = (_TorchvisionDataLoader, _ImageFilesDataLoader)  # config validation checks their transforms
+
+
 class ImageCsvDataLoader(_ImageFilesDataLoader):
     """Images in img_dir listed in a CSV of file name and label, as in PyTorch's custom-dataset tutorial.
 

@@ -171,9 +171,11 @@ def test_a_bad_transform_in_a_config_stops_train_py_with_status_2(tmp_path, writ
     config["arch"] = {"type": "MnistModel", "args": {}}
     config["data_loader"] = {"type": "MnistDataLoader", "args": {"data_dir": str(tmp_path / "data"), "batch_size": 8,
                                                                  "download": False, "transforms": ["RandomFlip"]}}
+    config["optimizer"]["args"]["lr"] = "fast"  # reported together, before anything is built
     assert run_cli(train.main, ["-c", str(write_config(config))]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "data_loader.args.transforms[0].type: no transform 'RandomFlip'" in err
+    assert err.count("\n") == 2 and "data_loader.args.transforms[0].type: no transform 'RandomFlip'" in err
+    assert "optimizer.args.lr" in err
     assert not (tmp_path / "saved").exists()
 
 

@@ -10,7 +10,7 @@ import re
 from typing import Any, Iterable
 
 from utils.config_schema import NONE, OPTIONAL_SECTIONS, SCHEMA, describe, type_ok
-from utils.errors import did_you_mean
+from utils.errors import UserError, did_you_mean
 from utils.registry import (ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, Registry,
                             load_user_modules)
 
@@ -159,6 +159,7 @@ def validate(config: dict) -> list[str]:
             problems.extend(check_args(obj, spec["args"], f"{section}.args", n_positional))
             if section == "optimizer":
                 problems.extend(check_optimizer(obj))
+    problems.extend(check_transforms(config.get("data_loader")))
     specs = callable_specs(config)
     for path, spec in specs:
         problems.extend(check_callable_spec(spec, path, LOSSES if path == "loss" else METRICS))
@@ -190,6 +191,24 @@ def validate(config: dict) -> list[str]:
         problems.append(f"trainer.verbosity must be 0, 1 or 2, got {number['verbosity']}")
     if number.get("early_stop", 0) < 0:
         problems.append(f"trainer.early_stop must be 0 (off) or a positive patience, got {number['early_stop']}")
+    return problems
+
+
+def check_transforms(spec: Any) -> list[str]:
+    """Problems with the torchvision transforms a catalogue data loader's args list (names and args)."""
+    from data_loader.data_loaders import TAKES_TRANSFORMS
+    from data_loader.transforms import build_transforms
+
+    args = spec.get("args") if isinstance(spec, dict) else None
+    loader = DATA_LOADERS.find(spec["type"]) if isinstance(args, dict) and isinstance(spec.get("type"), str) else None
+    if not (isinstance(loader, type) and issubclass(loader, TAKES_TRANSFORMS)):
+        return []
+    problems = []
+    for key in ("transforms", "eval_transforms"):
+        try:
+            build_transforms(args.get(key), f"data_loader.args.{key}")
+        except UserError as e:
+            problems.extend(e.problems)
     return problems
 
 
