@@ -94,3 +94,12 @@ def test_benchmark_prints_the_ratio_on_its_last_line():
     assert result.returncode == 0, result.stderr[-2000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("ratio trainer/raw: ") and float(last.split(": ")[1]) > 0
+
+
+def test_data_loading_benchmark_prints_both_ratios():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_loading.py"), "--samples", "600",
+                             "--rounds", "1", "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ratios = [line for line in result.stdout.splitlines() if "ratio ours/baseline: " in line]
+    assert [r.split()[0] for r in ratios] == ["plain", "augment"]
+    assert all(float(r.split(": ")[1]) > 0 for r in ratios)
