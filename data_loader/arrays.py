@@ -69,6 +69,7 @@ class ArrayDataLoader(BaseDataLoader):
         targets_key: str | None = "y",
         test_file: str | None = None,
         test_targets_file: str | None = None,
+        pin_memory: bool = False,
     ):
         """data_file: a .npy or .blosc2 file (one array: the inputs) or a .npz file (the arrays named
         inputs_key and targets_key). The targets come from targets_file (.npy/.blosc2) if given, else from
@@ -99,7 +100,7 @@ class ArrayDataLoader(BaseDataLoader):
             raise UserError(f"data_loader.args.{x_arg}: {x_file} has {len(inputs)} input samples but the targets "
                             f"have {len(targets)}; give as many targets as inputs (the first dimension)")
         self.dataset = TensorDataset(_tensor(inputs), _tensor(targets, target=True))
-        super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers)
+        super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory)
 
 
 def _read(path: str, arg: str, suffixes: tuple[str, ...], names: dict[str, str]) -> list[np.ndarray]:

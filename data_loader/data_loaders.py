@@ -33,6 +33,7 @@ class DigitsDataLoader(BaseDataLoader):
         num_workers: int = 0,
         training: bool = True,
         target: str = "label",
+        pin_memory: bool = False,
     ):
         """target: "label" (the digit, for classification) or "image" (the input itself, for autoencoders)."""
         if target not in ("label", "image"):
@@ -49,7 +50,7 @@ class DigitsDataLoader(BaseDataLoader):
         images = torch.as_tensor((x - mean) / std, dtype=torch.float32).reshape(-1, 1, 8, 8)
         labels = torch.as_tensor(y, dtype=torch.int64)
         self.dataset = TensorDataset(images, labels if target == "label" else images)
-        super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers)
+        super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory)
 
 
 class _TorchvisionDataLoader(BaseDataLoader):
@@ -76,6 +77,7 @@ class _TorchvisionDataLoader(BaseDataLoader):
         eval_transforms: list | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        pin_memory: bool = False,
     ):
         self.data_dir = data_dir
         images, targets = self._read(data_dir, training, download)
@@ -86,7 +88,8 @@ class _TorchvisionDataLoader(BaseDataLoader):
         if training and validation_split and eval_transforms != transforms:
             eval_dataset = in_memory_images(images, targets, eval_transforms, mean, std,
                                             "data_loader.args.eval_transforms")
-        super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, eval_dataset=eval_dataset)
+        super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory,
+                         eval_dataset=eval_dataset)
 
     def _read(self, data_dir: str, training: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The split's images, uint8 (N, C, H, W), and their int64 labels."""
@@ -168,9 +171,8 @@ class _ImageFilesDataLoader(BaseDataLoader):
     """Image files read as they are needed (use num_workers), through transforms when training and
     eval_transforms for validation and test; mean/std default to ImageNet's."""
 
-    def _start(self, dataset: Dataset, batch_size: int, shuffle: bool, validation_split: float | int,
-               num_workers: int, training: bool, transforms: list | None, eval_transforms: list | None,
-               mean: list[float] | None, std: list[float] | None, mode: str) -> None:
+    def _start(self, dataset: Dataset, training: bool, transforms: list | None, eval_transforms: list | None,
+               mean: list[float] | None, std: list[float] | None, mode: str, **loader_args) -> None:
         channels = {"L": 1, "RGB": 3, "RGBA": 4}.get(mode)
         if channels is None:
             raise UserError(f"data_loader.args.mode: expected 'RGB', 'L' (grey) or 'RGBA', got {mode!r}")
@@ -181,8 +183,7 @@ class _ImageFilesDataLoader(BaseDataLoader):
         eval_dataset = copy.copy(dataset)
         eval_dataset.transform = image_pipeline(eval_transforms, mean, std, "data_loader.args.eval_transforms")
         self.dataset = dataset
-        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, collate_fn=collate_images,
-                         eval_dataset=eval_dataset)
+        super().__init__(dataset, **loader_args, collate_fn=collate_images, eval_dataset=eval_dataset)
 
 
 TAKES_TRANSFORMS = (_TorchvisionDataLoader, _ImageFilesDataLoader)  # config validation checks their transforms
@@ -213,6 +214,7 @@ class ImageCsvDataLoader(_ImageFilesDataLoader):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         mode: str = "RGB",
+        pin_memory: bool = False,
     ):
         key = "annotations_file"
         if not training:
@@ -221,8 +223,9 @@ class ImageCsvDataLoader(_ImageFilesDataLoader):
                                 "split; set it to a CSV of the test images (file name,label)")
             annotations_file, key = test_annotations_file, "test_annotations_file"
         samples, self.classes = read_annotations(annotations_file, img_dir, header, classes, key)
-        self._start(ImageFileDataset(samples, transform=None, mode=mode), batch_size, shuffle, validation_split,
-                    num_workers, training, transforms, eval_transforms, mean, std, mode)
+        self._start(ImageFileDataset(samples, transform=None, mode=mode), training, transforms, eval_transforms,
+                    mean, std, mode, batch_size=batch_size, shuffle=shuffle, validation_split=validation_split,
+                    num_workers=num_workers, pin_memory=pin_memory)
 
 
 class ImageFolderDataLoader(_ImageFilesDataLoader):
@@ -244,6 +247,7 @@ class ImageFolderDataLoader(_ImageFilesDataLoader):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         mode: str = "RGB",
+        pin_memory: bool = False,
     ):
         key = "data_dir"
         if not training:
@@ -255,5 +259,6 @@ class ImageFolderDataLoader(_ImageFilesDataLoader):
 
         dataset = image_folder(data_dir, classes, image_reader(mode), f"data_loader.args.{key}")
         self.classes = dataset.classes
-        self._start(dataset, batch_size, shuffle, validation_split, num_workers, training, transforms,
-                    eval_transforms, mean, std, mode)
+        self._start(dataset, training, transforms, eval_transforms, mean, std, mode, batch_size=batch_size,
+                    shuffle=shuffle, validation_split=validation_split, num_workers=num_workers,
+                    pin_memory=pin_memory)

@@ -108,6 +108,18 @@ def test_validation_batches_get_eval_transforms_not_training_augmentation(tmp_pa
     assert torch.allclose(x_test, normalised(data["t10k"][0][:, ::-1].copy(), (0.1307,), (0.3081,)), atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [MnistDataLoader, Cifar10DataLoader, ImageCsvDataLoader, ImageFolderDataLoader])
+def test_every_catalogue_loader_passes_pin_memory_to_its_loaders(tmp_path, cls):
+    write_mnist(tmp_path), write_cifar(tmp_path), write_image_folder(tmp_path / "folder", {"a": 6})
+    write_image_csv(tmp_path / "images", tmp_path / "labels.csv", [0, 1] * 3)
+    args = {MnistDataLoader: {"data_dir": str(tmp_path), "download": False},
+            Cifar10DataLoader: {"data_dir": str(tmp_path), "download": False},
+            ImageCsvDataLoader: {"annotations_file": str(tmp_path / "labels.csv"), "img_dir": str(tmp_path / "images")},
+            ImageFolderDataLoader: {"data_dir": str(tmp_path / "folder")}}[cls]
+    loader = cls(**args, batch_size=2, validation_split=2, pin_memory=True)
+    assert loader.pin_memory and loader.split_validation().pin_memory
+
+
 def test_mean_and_std_can_be_set(tmp_path):
     data = write_cifar(tmp_path)
     loader = Cifar10DataLoader(str(tmp_path), batch_size=4, shuffle=False, download=False, mean=[0.5], std=[0.5])
