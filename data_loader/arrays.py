@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from base.base_data_loader import BaseDataLoader
+from data_loader.datasets import test_source
 from utils.errors import UserError
 
 SUFFIXES = (".npy", ".npz", ".blosc2")
@@ -78,11 +79,9 @@ class ArrayDataLoader(BaseDataLoader):
         (class indices), other targets float32."""
         if training:
             x_arg, y_arg, x_file, y_file = "data_file", "targets_file", data_file, targets_file
-        elif test_file is None:
-            raise UserError("data_loader.args.test_file is not set: test.py evaluates on a test split; "
-                            "set it to a .npy/.npz/.blosc2 file of test samples")
         else:
-            x_arg, y_arg, x_file, y_file = "test_file", "test_targets_file", test_file, test_targets_file
+            x_file = test_source(test_file, "test_file", "a .npy/.npz/.blosc2 file of test samples")
+            x_arg, y_arg, y_file = "test_file", "test_targets_file", test_targets_file
         npz_targets = y_file is None and targets_key is not None  # the targets are in the inputs' file
         one_array = Path(x_file).suffix.lower() in ONE_ARRAY
         names = {"inputs_key": inputs_key}

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, TensorDataset
 from base.base_data_loader import BaseDataLoader
 from data_loader.arrays import ArrayDataLoader
 from data_loader.datasets import (ImageFileDataset, collate_images, image_reader, in_memory_images,
-                                  read_annotations)
+                                  read_annotations, test_source)
 from data_loader.transforms import image_pipeline, normalisation
 from utils.errors import UserError
 
@@ -216,12 +216,9 @@ class ImageCsvDataLoader(_ImageFilesDataLoader):
         mode: str = "RGB",
         pin_memory: bool = False,
     ):
-        key = "annotations_file"
+        key = "annotations_file" if training else "test_annotations_file"
         if not training:
-            if test_annotations_file is None:
-                raise UserError("data_loader.args.test_annotations_file is not set: test.py evaluates on a test "
-                                "split; set it to a CSV of the test images (file name,label)")
-            annotations_file, key = test_annotations_file, "test_annotations_file"
+            annotations_file = test_source(test_annotations_file, key, "a CSV of the test images (file name,label)")
         samples, self.classes = read_annotations(annotations_file, img_dir, header, classes, key)
         self._start(ImageFileDataset(samples, transform=None, mode=mode), training, transforms, eval_transforms,
                     mean, std, mode, batch_size=batch_size, shuffle=shuffle, validation_split=validation_split,
@@ -249,12 +246,9 @@ class ImageFolderDataLoader(_ImageFilesDataLoader):
         mode: str = "RGB",
         pin_memory: bool = False,
     ):
-        key = "data_dir"
+        key = "data_dir" if training else "test_dir"
         if not training:
-            if test_dir is None:
-                raise UserError("data_loader.args.test_dir is not set: test.py evaluates on a test split; set it to "
-                                "a folder of test images in the same <class name>/<image> layout")
-            data_dir, key = test_dir, "test_dir"
+            data_dir = test_source(test_dir, key, "a folder of test images in the same <class name>/<image> layout")
         from data_loader.image_folder import image_folder
 
         dataset = image_folder(data_dir, classes, image_reader(mode), f"data_loader.args.{key}")

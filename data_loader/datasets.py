@@ -80,6 +80,14 @@ def collate_images(batch: list):
                         "eval_transforms") from None
 
 
+def test_source(value: str | None, key: str, what: str) -> str:
+    """The test split's file or folder, data_loader.args.<key> (training=False, as test.py asks); unset, a
+    UserError says to set it to what."""
+    if value is None:
+        raise UserError(f"data_loader.args.{key} is not set: test.py evaluates on a test split; set it to {what}")
+    return value
+
+
 def read_annotations(annotations_file: str, img_dir: str, header: bool | None, classes: Sequence[str] | None,
                      key: str) -> tuple[list[tuple[str, int]], list[str] | None]:
     """The (image path, label index) pairs of a CSV of file name and label, and the class names when the

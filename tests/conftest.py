@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from fake_data import write_idx, write_mnist  # noqa: F401  (shared with the tests that import them from here)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # The same examples on every run: CI must not pass or fail by chance.

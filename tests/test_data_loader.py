@@ -8,7 +8,7 @@ from base.base_data_loader import BaseDataLoader, EpochSampler
 from data_loader.data_loaders import DigitsDataLoader, MnistDataLoader
 from utils.errors import UserError
 
-from conftest import write_mnist
+from fake_data import write_mnist
 
 
 def _values(loader):

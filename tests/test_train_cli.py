@@ -12,7 +12,8 @@ import torch
 
 import test as test_script
 import train
-from conftest import ROOT, read_metrics, run_cli, run_dir, tiny_config, write_mnist
+from conftest import ROOT, read_metrics, run_cli, run_dir, tiny_config
+from fake_data import write_mnist
 from utils.errors import UserError
 
 
