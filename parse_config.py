@@ -4,6 +4,9 @@ Parsing is pure: it reads files but writes nothing. The run directory is created
 call, `ConfigParser.make_run_dirs()`. Precedence, lowest first: the checkpoint's config (with -r),
 the -c file (deep-merged onto it, but a section whose type changes takes only the new args),
 declared options such as --lr/--bs, then key.path=value overrides in the order given.
+
+Importing this module imports the model, data_loader and trainer packages, whose __init__ registers
+the user's classes by name.
 """
 from __future__ import annotations
 
@@ -12,15 +15,32 @@ import functools
 import inspect
 import json
 import random
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from utils.config_schema import OPTIONAL_SECTIONS, REQUIRED, SCHEMA, describe, flat_keys, type_ok
-from utils.config_validation import metric_name, validate
+import data_loader  # noqa: F401  (registers the data loaders)
+import model  # noqa: F401  (registers models, losses and metrics)
+import trainer  # noqa: F401  (registers the trainers)
+from base.settings import TrainerSettings
+from utils import config_schema, config_validation
+from utils.checkpoint import RunDirs, run_dirs_of
+from utils.config_schema import OPTIONAL_SECTIONS, REQUIRED, describe, flat_keys, type_ok
+from utils.config_validation import metric_name
 from utils.errors import UserError, did_you_mean
 from utils.registry import LOSSES, METRICS, Registry
+from utils.settings import from_section, schema_rows
+from utils.util import write_json
+
+# Sections whose keys are declared by a settings class (type, default, range and meaning in one place).
+SETTINGS = {"trainer": TrainerSettings}
+SCHEMA = {**config_schema.SCHEMA, **{section: schema_rows(cls, REQUIRED) for section, cls in SETTINGS.items()}}
+
+
+def validate(config: dict) -> list[str]:
+    """Every problem in a defaults-filled config, all at once (empty when it is fine)."""
+    return config_validation.validate(config, SCHEMA, SETTINGS)
+
 
 # ---------------------------------------------------------------- reading and merging
 
@@ -108,7 +128,7 @@ def _schema_types(keys: list[str]) -> tuple:
     """The types the schema allows at a config path (a metric: a name or an object); () where it says nothing."""
     if len(keys) == 2 and keys[0] == "metrics" and keys[1].isdigit():
         return (str, dict)
-    types = flat_keys().get(".".join(keys), ((),))[0]
+    types = flat_keys(SCHEMA).get(".".join(keys), ((),))[0]
     return types if isinstance(types, tuple) else (types,)
 
 
@@ -170,18 +190,10 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the parser object
 
-@dataclass(frozen=True)
-class RunDirs:
-    """Where one run writes: checkpoints and config copy, logs and event files."""
-    checkpoint_dir: Path
-    log_dir: Path
-
-
 class ConfigParser:
     """A validated config (a plain dict) plus where it came from; builds registered objects."""
 
-    def __init__(self, config: dict, resume: Path | None = None, run_id: str | None = None,
-                 checkpoint: dict | None = None):
+    def __init__(self, config: dict, resume: Path | None = None, run_id: str | None = None):
         config = with_defaults(config)
         problems = validate(config)
         if problems:
@@ -189,20 +201,17 @@ class ConfigParser:
         if config["seed"] is None:  # recorded in the run's config.json, so the run can be repeated
             config["seed"] = random.SystemRandom().randrange(2**31)
         self.config = config
-        self.resume = resume
+        self.resume = resume  # the checkpoint resumed from (the run directory it belongs to is reused)
         self.run_id = run_id
-        self.checkpoint = checkpoint
         self.run_dirs: RunDirs | None = None
 
     @classmethod
-    def from_args(cls, args: Any, options: Sequence = (), overrides: Sequence[str] | None = None) -> "ConfigParser":
-        """Build from parsed CLI args: config/resume/run_id, declared options, key=value overrides."""
-        from utils.checkpoint import find_checkpoint
-
-        checkpoint, resume = None, None
-        if getattr(args, "resume", None):
-            resume, checkpoint = find_checkpoint(args.resume)
-            config = checkpoint["config"]
+    def from_args(cls, args: Any, options: Sequence = (), overrides: Sequence[str] | None = None, *,
+                  resume: Path | None = None, checkpoint_config: dict | None = None) -> "ConfigParser":
+        """Build from parsed CLI args: the config file (merged onto checkpoint_config, the config of the
+        checkpoint at resume, when resuming), declared options, key=value overrides, run_id."""
+        if checkpoint_config is not None:
+            config = checkpoint_config
             if args.config:
                 config = merge_changes(config, read_json(args.config))
         elif args.config:
@@ -222,7 +231,7 @@ class ConfigParser:
                 problems.extend(e.problems)
         if problems:
             raise UserError(problems + validate(with_defaults(config)))
-        return cls(config, resume=resume, run_id=getattr(args, "run_id", None), checkpoint=checkpoint)
+        return cls(config, resume=resume, run_id=getattr(args, "run_id", None))
 
     # -- dict-like access, as in the original template
     def __getitem__(self, key: str) -> Any:
@@ -258,18 +267,18 @@ class ConfigParser:
         return {metric_name(spec): _build_callable(spec, METRICS, f"metrics.{i}")
                 for i, spec in enumerate(self.config["metrics"])}
 
+    def settings(self, section: str = "trainer") -> Any:
+        """The settings object of a section declared by a settings class (SETTINGS), e.g. TrainerSettings."""
+        return from_section(SETTINGS[section], self.config[section])
+
     # -- the one place that touches the disk
     def make_run_dirs(self) -> RunDirs:
         """Create (or, when resuming, reuse) the run's directories and write config.json there."""
-        from utils.checkpoint import run_dirs_of
-
         if self.resume is not None:
             dirs = run_dirs_of(self.resume)
         else:
             dirs = _new_run_dirs(Path(self.config["trainer"]["save_dir"]), self.config["name"], self.run_id)
         dirs.log_dir.mkdir(parents=True, exist_ok=True)
-        from utils.util import write_json
-
         write_json(self.config, dirs.checkpoint_dir / "config.json")
         self.run_dirs = dirs
         return dirs

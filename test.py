@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import inspect
-import os
 from pathlib import Path
 
-from utils.errors import UserError, run_cli
+from utils.cli import select_devices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,30 +16,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.device and args.device != "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-    from logger import setup_logging
-    from parse_config import ConfigParser
-    from trainer import evaluate, loss_step
-    from utils.checkpoint import find_checkpoint
-    from utils.registry import ARCHS, DATA_LOADERS
-    from utils.util import prepare_device, write_json
+if __name__ == "__main__":
+    # As in train.py: --help and -d act before the imports below, which import torch.
+    select_devices(build_parser().parse_args().device)
 
+from logger import setup_logging  # noqa: E402  (the imports that must wait for the lines above)
+from parse_config import ConfigParser  # noqa: E402
+from train import build  # noqa: E402
+from utils.checkpoint import ModelWeights, find_checkpoint  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.util import prepare_device, write_json  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Build what the checkpoint's config describes, as train.py does, load its weights and evaluate them
+    through the configured trainer's evaluation (its eval_step, AMP, channels_last)."""
+    args = build_parser().parse_args(argv)
+    select_devices(args.device)
     setup_logging(None)
     path, checkpoint = find_checkpoint(args.resume)
     config = ConfigParser(checkpoint["config"])
-    data_loader = config.init_obj("data_loader", DATA_LOADERS, **test_split_args(DATA_LOADERS.get(
-        config["data_loader"]["type"], "data_loader.type")))
     device, _ = prepare_device(min(config["n_gpu"], 1), force_cpu=args.device == "cpu")
-    model = config.init_obj("arch", ARCHS)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.to(device)
-    criterion, metrics = config.build_loss(), config.build_metrics()
-
-    results = evaluate(model, data_loader, loss_step(model, criterion), metrics, device)
-    results = {**results, "n_samples": _count(data_loader), "epoch": checkpoint["epoch"], "checkpoint": str(path)}
+    trainer = build(config, device, training=False)
+    ModelWeights(trainer.model).load_state_dict(checkpoint["state_dict"])
+    results = trainer.evaluate(trainer.data_loader, desc="test")
+    results = {**results, "n_samples": _count(trainer.data_loader), "epoch": checkpoint["epoch"],
+               "checkpoint": str(path)}
     for key, value in results.items():
         print(f"    {key:15s}: {value}")
     out = Path(args.out) if args.out else path.with_name("test_results.json")
@@ -51,16 +51,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"--out {out}: cannot write the results: {e.strerror}") from None
     print(f"Results written to {out}")
     return results
-
-
-def test_split_args(loader_cls: type) -> dict:
-    """Arguments that make a data loader serve its whole test split in a fixed order."""
-    params = inspect.signature(loader_cls).parameters
-    if "training" not in params:
-        raise UserError(f"data_loader.type {loader_cls.__name__} has no 'training' argument, so test.py cannot "
-                        f"ask it for the test split; add training=True to its __init__ (False = test split)")
-    wanted = {"training": False, "shuffle": False, "validation_split": 0.0}
-    return {k: v for k, v in wanted.items() if k in params}
 
 
 def _count(loader) -> int:

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import inspect
-import os
-import signal
 
-from utils.errors import run_cli
+from utils.cli import select_devices
 
 # Custom CLI options, as in the original template: add your own (flags, type, config target).
 CustomArgs = collections.namedtuple("CustomArgs", "flags type target")
@@ -15,6 +12,7 @@ OPTIONS = [
     CustomArgs(["--lr", "--learning_rate"], type=float, target="optimizer;args;lr"),
     CustomArgs(["--bs", "--batch_size"], type=int, target="data_loader;args;batch_size"),
 ]
+LISTABLE = ["arch", "data_loader", "optimizer", "lr_scheduler", "loss", "metric", "trainer"]
 
 
 def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
@@ -26,9 +24,7 @@ def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
     parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config, build everything, print the model summary and exit")
-    parser.add_argument("--list", metavar="KIND", choices=["arch", "data_loader", "optimizer", "lr_scheduler",
-                                                           "loss", "metric"],
-                        help="print the names usable for KIND and exit")
+    parser.add_argument("--list", metavar="KIND", choices=LISTABLE, help="print the names usable for KIND and exit")
     for opt in options:
         parser.add_argument(*opt.flags, type=opt.type, help=f"sets {opt.target.replace(';', '.')}")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
@@ -36,93 +32,123 @@ def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser(OPTIONS).parse_intermixed_args(argv)
-    if args.device and args.device != "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.device  # before anything initialises CUDA
-    from logger import setup_logging
-    from parse_config import ConfigParser
-    from utils import distributed
-    from utils.registry import REGISTRIES, load_user_modules
+if __name__ == "__main__":
+    # Run as a script, --help and -d act before the imports below: those import torch, which --help should not
+    # wait for and which must not start CUDA before CUDA_VISIBLE_DEVICES is set.
+    select_devices(build_parser(OPTIONS).parse_intermixed_args().device)
 
+import dataclasses  # noqa: E402  (the imports that must wait for the lines above)
+import inspect  # noqa: E402
+import signal  # noqa: E402
+
+import torch  # noqa: E402
+
+from base import BaseTrainer  # noqa: E402
+from base.settings import TrainerSettings  # noqa: E402
+from logger import get_logger, setup_logging  # noqa: E402
+from model.summary import layer_table  # noqa: E402
+from parse_config import ConfigParser, differing_keys  # noqa: E402
+from utils import distributed  # noqa: E402
+from utils.checkpoint import RunDirs, find_checkpoint, unwrap  # noqa: E402
+from utils.distributed import SINGLE, Dist  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.interrupt import TrainingInterrupted  # noqa: E402
+from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, TRAINERS  # noqa: E402
+from utils.schedule import LRSchedule  # noqa: E402
+from utils.util import prepare_device, seed_everything  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse, build everything in dependency order, open the run directory, resume if asked, train."""
+    args = build_parser(OPTIONS).parse_intermixed_args(argv)
+    select_devices(args.device)
     setup_logging(None)  # console only until the run directory exists (and no handler of an earlier run)
     if args.list:
-        load_user_modules()
         print("\n".join(REGISTRIES[args.list].names()))
         return
-    config = ConfigParser.from_args(args, OPTIONS)
-    cfg_trainer = config["trainer"]
-    ctx = distributed.init(cfg_trainer["dist_backend"], cfg_trainer["dist_timeout"])
+    resumed = find_checkpoint(args.resume) if args.resume else (None, None)  # (path, checkpoint)
+    config = ConfigParser.from_args(args, OPTIONS, resume=resumed[0],
+                                    checkpoint_config=resumed[1]["config"] if resumed[1] else None)
+    settings = config.settings()
+    dist = distributed.init(settings.dist_backend, settings.dist_timeout)
     try:
-        _train(args, config, ctx)
+        seed_everything(config["seed"])
+        trainer = build(config, *choose_device(config["n_gpu"], args.device, dist), dist)
+        if args.dry_run:
+            print_summary(trainer)
+            return
+        run = open_run(config, trainer, dist)
+        if resumed[1] is not None:
+            resume(trainer, *resumed, config)
+        train(trainer, run)
     finally:
         distributed.shutdown()
 
 
-def _train(args, config, ctx) -> None:
-    """Build everything in dependency order, then train (under torchrun: this rank's part)."""
-    from logger import MetricsFile, get_logger, make_writer, setup_logging
-    from trainer import Trainer
-    from trainer.trainer import logged_keys
-    from utils import distributed
-    from utils.checkpoint import Checkpointer
-    from utils.interrupt import TrainingInterrupted
-    from utils.monitor import Monitor
-    from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS
-    from utils.util import prepare_device, seed_everything
-
-    cfg_trainer = config["trainer"]
-    seed_everything(config["seed"])
-    data_loader = config.init_obj("data_loader", DATA_LOADERS)
-    record_classes(config, data_loader)
-    valid_data_loader = data_loader.split_validation()
-    if ctx.enabled:
-        device, device_ids = distributed.device_of(ctx, config["n_gpu"]), []
-        shard(data_loader, valid_data_loader, ctx)
-    else:
-        device, device_ids = prepare_device(config["n_gpu"], force_cpu=args.device == "cpu")
-    model = place_model(config.init_obj("arch", ARCHS), device, device_ids, cfg_trainer, ctx)
+def build(config: ConfigParser, device: torch.device, device_ids: list[int] = (), dist: Dist = SINGLE, *,
+          training: bool = True) -> BaseTrainer:
+    """The data, model, loss, metrics, optimizer, scheduler and the configured trainer, in dependency order.
+    test.py builds through it too (training=False: the test split, no validation), so it evaluates exactly as
+    validation does."""
+    settings = config.settings() if training else dataclasses.replace(config.settings(), monitor="off")
+    data_loader, valid_data_loader = build_data(config, training, dist)
+    model = place_model(config.init_obj("arch", ARCHS), device, list(device_ids), settings, dist)
     criterion, metrics = config.build_loss(), config.build_metrics()
     optimizer = config.init_obj("optimizer", OPTIMIZERS, param_groups(model, config["optimizer"]["no_decay_bias_norm"]))
-    lr_scheduler = config.init_obj("lr_scheduler", LR_SCHEDULERS, optimizer) if config["lr_scheduler"] else None
-    monitor = Monitor(cfg_trainer["monitor"], cfg_trainer["early_stop"])
-    monitor.check_keys(logged_keys(metrics, valid_data_loader is not None))
-    if args.dry_run:
-        print_summary(model, data_loader, device)
-        return
+    scheduler = config["lr_scheduler"]
+    schedule = LRSchedule(config.init_obj("lr_scheduler", LR_SCHEDULERS, optimizer) if scheduler else None,
+                          scheduler["interval"] if scheduler else "epoch")
+    trainer_class = TRAINERS.get(settings.type, "trainer.type")
+    return trainer_class(model, criterion, metrics, optimizer, settings, data_loader=data_loader,
+                         valid_data_loader=valid_data_loader, lr_scheduler=schedule, device=device,
+                         config=config.config, dist=dist)
 
-    run = distributed.broadcast(config.make_run_dirs() if ctx.is_main else None)  # chosen once, by rank 0
-    writes = ctx.is_main  # only rank 0 writes logs, event files, metrics.jsonl and checkpoints
-    setup_logging(run.log_dir if writes else None, verbosity=cfg_trainer["verbosity"] if writes else 0)
-    logger = get_logger("train", cfg_trainer["verbosity"])
-    logger.info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
-    trainer = Trainer(
-        model, criterion, metrics, optimizer, device=device, epochs=cfg_trainer["epochs"],
-        data_loader=data_loader, valid_data_loader=valid_data_loader, lr_scheduler=lr_scheduler,
-        scheduler_interval=(config["lr_scheduler"] or {}).get("interval", "epoch"),
-        len_epoch=cfg_trainer["len_epoch"], log_step=cfg_trainer["log_step"], monitor=monitor,
-        checkpointer=Checkpointer(run.checkpoint_dir, cfg_trainer["save_period"], cfg_trainer["keep_last"])
-        if writes else None,
-        save_every_steps=cfg_trainer["save_every_steps"], nonfinite_loss=cfg_trainer["nonfinite_loss"],
-        writer=make_writer(run.log_dir, cfg_trainer["tensorboard"] and writes),
-        metrics_file=MetricsFile(run.log_dir / "metrics.jsonl" if writes else None), config=config.config,
-        channels_last=cfg_trainer["channels_last"], amp=cfg_trainer["amp"],
-        accumulate_steps=cfg_trainer["accumulate_steps"], clip_grad_norm=cfg_trainer["clip_grad_norm"],
-        progress=cfg_trainer["verbosity"] > 0 and writes, log_images=cfg_trainer["log_images"],
-        log_histograms=cfg_trainer["log_histograms"], logger=get_logger("trainer", cfg_trainer["verbosity"]),
-        dist=ctx,
-    )
-    if config.checkpoint is not None:
-        resume(trainer, config, logger)
+
+def build_data(config: ConfigParser, training: bool, dist: Dist) -> tuple:
+    """(training loader, validation loader or None), or (test-split loader, None); each rank's share under DDP."""
+    if training:
+        data_loader = config.init_obj("data_loader", DATA_LOADERS)
+        record_classes(config, data_loader)
+        loaders = (data_loader, data_loader.split_validation())
+    else:
+        loader_class = DATA_LOADERS.get(config["data_loader"]["type"], "data_loader.type")
+        loaders = (config.init_obj("data_loader", DATA_LOADERS, **test_split_args(loader_class)), None)
+    if dist.enabled:
+        shard(loaders, dist)
+    return loaders
+
+
+def choose_device(n_gpu: int, flag: str | None, dist: Dist) -> tuple[torch.device, list[int]]:
+    """(this process's device, GPU ids for DataParallel): under torchrun each rank's own GPU, else n_gpu's."""
+    if dist.enabled:
+        return distributed.device_of(dist, n_gpu), []
+    return prepare_device(n_gpu, force_cpu=flag == "cpu")
+
+
+def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
+    """The run directory (rank 0 creates it, or reuses it on resume); logs, TensorBoard, metrics.jsonl and
+    checkpoints go there, written by rank 0 only."""
+    run = distributed.broadcast(config.make_run_dirs() if dist.is_main else None)  # chosen once, by rank 0
+    verbosity = config["trainer"]["verbosity"]
+    setup_logging(run.log_dir if dist.is_main else None, verbosity=verbosity if dist.is_main else 0)
+    get_logger("trainer", verbosity)
+    if dist.is_main:
+        trainer.outputs.open(run, trainer.settings)
+    get_logger("train", verbosity).info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
+    return run
+
+
+def train(trainer: BaseTrainer, run: RunDirs) -> None:
+    """trainer.train(); stopped by a signal, say how to resume and exit with the signal's status."""
     try:
         trainer.train()
     except TrainingInterrupted as stop:
-        logger.warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
-                       signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
+        get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
+                                    signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
         raise SystemExit(stop.exit_code) from None
 
 
-def record_classes(config, data_loader) -> None:
+def record_classes(config: ConfigParser, data_loader) -> None:
     """Keep the loader's class names (label i = classes[i]) in the run's config when it takes them back as
     data_loader.args.classes, so that test.py and resume map labels exactly as this run does."""
     classes = getattr(data_loader, "classes", None)
@@ -130,7 +156,17 @@ def record_classes(config, data_loader) -> None:
         config["data_loader"]["args"]["classes"] = list(classes)
 
 
-def param_groups(model, no_decay_bias_norm: bool) -> list:
+def test_split_args(loader_class: type) -> dict:
+    """Arguments that make a data loader serve its whole test split in a fixed order."""
+    params = inspect.signature(loader_class).parameters
+    if "training" not in params:
+        raise UserError(f"data_loader.type {loader_class.__name__} has no 'training' argument, so test.py cannot "
+                        f"ask it for the test split; add training=True to its __init__ (False = test split)")
+    wanted = {"training": False, "shuffle": False, "validation_split": 0.0}
+    return {k: v for k, v in wanted.items() if k in params}
+
+
+def param_groups(model: torch.nn.Module, no_decay_bias_norm: bool) -> list:
     """The trainable parameters; with no_decay_bias_norm, 1-D ones (biases, norm weights) in a group without
     weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -140,31 +176,27 @@ def param_groups(model, no_decay_bias_norm: bool) -> list:
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
-def shard(data_loader, valid_data_loader, ctx) -> None:
+def shard(loaders, dist: Dist) -> None:
     """Give each rank its share of every batch, for training and validation."""
-    from utils.errors import UserError
-
-    for loader in (data_loader, valid_data_loader):
+    for loader in loaders:
         if loader is None:
             continue
         if not hasattr(loader, "shard"):
             raise UserError(f"data_loader.type: {type(loader).__name__} cannot be split between torchrun's "
                             f"processes; derive it from base.BaseDataLoader")
-        loader.shard(ctx.rank, ctx.world_size)
+        loader.shard(dist.rank, dist.world_size)
 
 
-def place_model(model, device, device_ids: list[int], cfg_trainer: dict, ctx):
+def place_model(model: torch.nn.Module, device: torch.device, device_ids: list[int], settings: TrainerSettings,
+                dist: Dist) -> torch.nn.Module:
     """The model on its device (channels_last, compiled if asked), in DDP under torchrun, in DataParallel
     on several GPUs otherwise."""
-    import torch
-
-    from utils.errors import UserError
-
-    model = model.to(device, memory_format=torch.channels_last) if cfg_trainer["channels_last"] else model.to(device)
-    if cfg_trainer["compile"] is not False:
-        model = torch.compile(model, **(cfg_trainer["compile"] if isinstance(cfg_trainer["compile"], dict) else {}))
-    if ctx.enabled:
-        if cfg_trainer["sync_batchnorm"]:
+    memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
+    model = model.to(device, memory_format=memory_format)
+    if settings.compile is not False:
+        model = torch.compile(model, **(settings.compile if isinstance(settings.compile, dict) else {}))
+    if dist.enabled:
+        if settings.sync_batchnorm:
             if device.type != "cuda":
                 raise UserError("trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm does not run on the CPU); "
                                 "set it to false")
@@ -174,11 +206,10 @@ def place_model(model, device, device_ids: list[int], cfg_trainer: dict, ctx):
     return torch.nn.DataParallel(model, device_ids=device_ids) if len(device_ids) > 1 else model
 
 
-def resume(trainer, config, logger) -> None:
+def resume(trainer: BaseTrainer, path, checkpoint: dict, config: ConfigParser) -> None:
     """Load the checkpoint into the trainer, saying what differs from the config it was trained with."""
-    from parse_config import differing_keys
-
-    old = config.checkpoint["config"]
+    logger = get_logger("train")
+    old = checkpoint["config"]
     changed = differing_keys(old, config.config, ("arch", "data_loader", "seed"))
     if changed:
         logger.warning("Resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
@@ -186,21 +217,18 @@ def resume(trainer, config, logger) -> None:
     if not same_optimizer:
         logger.warning("optimizer.type differs from the checkpoint's (%s); its optimizer state is not loaded.",
                        old["optimizer"]["type"])
-    trainer.load_state_dict(config.checkpoint, load_optimizer=same_optimizer)
+    trainer.load_state_dict(checkpoint, load_optimizer=same_optimizer)
     new_lr, old_lr = config["optimizer"]["args"].get("lr"), old["optimizer"]["args"].get("lr")
     if same_optimizer and new_lr is not None and new_lr != old_lr:
         trainer.set_lr(new_lr)
         logger.info("Learning rate changed from %s to %s for the resumed run.", old_lr, new_lr)
-    logger.info("Resumed from %s: continuing at epoch %d of %d.", config.resume, trainer.start_epoch, trainer.epochs)
+    logger.info("Resumed from %s: continuing at epoch %d of %d.", path, trainer.start_epoch, trainer.epochs)
 
 
-def print_summary(model, data_loader, device) -> None:
+def print_summary(trainer: BaseTrainer) -> None:
     """The layer table for two samples of the data loader: shapes, parameters and their share."""
-    from model.summary import layer_table
-    from utils.checkpoint import unwrap
-
-    data, _ = next(iter(data_loader))
-    print(layer_table(unwrap(model), input_data=data[:2].to(device)))
+    data, _ = next(iter(trainer.data_loader))
+    print(layer_table(unwrap(trainer.model), input_data=data[:2].to(trainer.device)))
     print("Config is valid; everything was built. Dry run: nothing was trained or written.")
 
 

@@ -12,7 +12,7 @@ from base.base_data_loader import BaseDataLoader
 from data_loader.arrays import ArrayDataLoader
 from data_loader.datasets import (ImageFileDataset, collate_images, image_reader, in_memory_images,
                                   read_annotations, test_source)
-from data_loader.transforms import image_pipeline, normalisation
+from data_loader.transforms import image_pipeline, normalisation, transform_problems
 from utils.errors import UserError
 
 __all__ = ["DigitsDataLoader", "MnistDataLoader", "FashionMnistDataLoader", "KmnistDataLoader", "Cifar10DataLoader",
@@ -53,7 +53,15 @@ class DigitsDataLoader(BaseDataLoader):
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory)
 
 
-class _TorchvisionDataLoader(BaseDataLoader):
+class _TakesTransforms:
+    """Loaders whose args list torchvision transforms: config validation checks them with every other problem."""
+
+    @classmethod
+    def config_problems(cls, args: dict, path: str) -> list[str]:
+        return transform_problems(args, path)
+
+
+class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
     """A torchvision dataset under data_dir in torchvision's layout, held in memory as uint8 tensors.
 
     Without transforms, the images are converted and normalised once and batches are sliced from one
@@ -167,7 +175,7 @@ class Cifar100DataLoader(_TorchvisionDataLoader):
     dataset_name, stats = "CIFAR100", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
-class _ImageFilesDataLoader(BaseDataLoader):
+class _ImageFilesDataLoader(_TakesTransforms, BaseDataLoader):
     """Image files read as they are needed (use num_workers), through transforms when training and
     eval_transforms for validation and test; mean/std default to ImageNet's."""
 
@@ -184,9 +192,6 @@ class _ImageFilesDataLoader(BaseDataLoader):
         eval_dataset.transform = image_pipeline(eval_transforms, mean, std, "data_loader.args.eval_transforms")
         self.dataset = dataset
         super().__init__(dataset, **loader_args, collate_fn=collate_images, eval_dataset=eval_dataset)
-
-
-TAKES_TRANSFORMS = (_TorchvisionDataLoader, _ImageFilesDataLoader)  # config validation checks their transforms
 
 
 class ImageCsvDataLoader(_ImageFilesDataLoader):

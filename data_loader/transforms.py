@@ -40,6 +40,17 @@ def build_transforms(spec: Sequence[str | dict] | None, path: str) -> list:
     return [_build(item, f"{path}[{i}]", catalogue) for i, item in enumerate(spec)]
 
 
+def transform_problems(args: dict, path: str) -> list[str]:
+    """Problems with the transforms and eval_transforms that a loader's args (at path) list: names and args."""
+    problems = []
+    for key in ("transforms", "eval_transforms"):
+        try:
+            build_transforms(args.get(key), f"{path}.{key}")
+        except UserError as e:
+            problems.extend(e.problems)
+    return problems
+
+
 def _build(item: str | dict, path: str, catalogue: dict[str, type]) -> Any:
     if isinstance(item, str):
         item = {"type": item}

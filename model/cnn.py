@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,7 @@ from torch import nn
 from base import BaseModel
 from model.activations import Activation, activation_names
 from utils.errors import UserError, did_you_mean
+from utils.settings import signature_with
 
 __all__ = ["CNN", "set_drop_path", "set_dropout"]
 
@@ -395,27 +397,16 @@ class CNN(BaseModel):
         num_classes: int | None = 10,
         pool: str | None = "avg",
         flat: bool = False,
-        norm: str = "batch",
-        activation: str = "relu",
         dropout: float | list[float] = 0.0,
         drop_path: float | list[float] = 0.0,
-        stride_first: bool = True,
-        norm_before: bool | str = False,
-        norm_inside: bool | str = True,
-        norm_block: bool | str = True,
-        norm_align: bool | str = True,
-        norm_after: bool | str = False,
-        activation_inside: bool | str = True,
-        activation_after: bool | str = True,
-        scale: str = "none",
-        scale_init: float = 0.0,
         input_size: list[int] | None = None,
+        **block_options: Any,
     ):
         """input: image channels; num_classes: null for no head; pool ("avg", "max" or null) and then a flatten
-        are applied when there is a head or flat is true; input_size ([C, H, W]) makes print(model) a layer table."""
+        are applied when there is a head or flat is true; input_size ([C, H, W]) makes print(model) a layer table;
+        block_options: the fields of BlockOptions (norm, activation, norm_before, ...), named arguments of CNN."""
         super().__init__()
-        options = BlockOptions(norm, activation, stride_first, norm_before, norm_inside, norm_block, norm_align,
-                               norm_after, activation_inside, activation_after, scale, scale_init)
+        options = BlockOptions(**block_options)
         if pool is not None:
             _check_choice("pool", pool, tuple(POOLS))
         if num_classes is not None and pool is None:
@@ -453,6 +444,9 @@ class CNN(BaseModel):
         if self.input_size is None:
             return super().__str__()
         return self.table()
+
+
+CNN.__init__.__signature__ = signature_with(CNN.__init__, BlockOptions)  # the options are named arguments
 
 
 def _with_batch(size: Sequence[int]) -> tuple[int, ...]:

@@ -1,7 +1,9 @@
 """Checkpoint files: what goes in, how it is written and read back, and where the newest one is.
 
-A checkpoint is a dict of tensors and plain Python values, so `torch.load(weights_only=True)` reads
-it and nothing in it can run code. The model is saved unwrapped (no `module.`/`_orig_mod.` prefix).
+A checkpoint is a set of named parts, `{MODEL: ..., OPTIMIZER: ..., ...}` plus `format_version`: each
+part is an object with state_dict()/load_state_dict(), and `gather`/`restore` are one loop over the
+parts each way. It holds tensors and plain Python values only, so `torch.load(weights_only=True)`
+reads it and nothing in it can run code. The model is saved unwrapped (no `module.`/`_orig_mod.`).
 Files are written to a temporary name in the same directory, fsynced, then renamed into place.
 """
 from __future__ import annotations
@@ -11,20 +13,63 @@ import os
 import pickle
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from parse_config import RunDirs
 from utils.errors import UserError
 from utils.util import write_text_atomic
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)\.pth$")
 BEST = "model_best.pth"
 LATEST = "latest"  # a small text file holding the newest checkpoint's file name
+
+# Format 1 (before format_version existed) had the same keys: it loads as it is.
+FORMAT_VERSION = 2
+FORMAT = "format_version"
+# The parts' names in a checkpoint (format 1's keys, kept).
+TRAIN_STATE = "train_state"  # its values (epoch, global_step, batch_in_epoch) sit at the top level, as DESIGN says
+MODEL, OPTIMIZER, SCHEDULER, SCALER = "state_dict", "optimizer", "lr_scheduler", "scaler"
+MONITOR, TRACKER, RNG = "monitor", "epoch_tracker", "rng"
+
+
+class Stateful(Protocol):
+    """What a checkpoint part is: torch's own protocol (modules, optimizers, schedulers, GradScaler)."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+def gather(parts: dict[str, Stateful], **plain: Any) -> dict:
+    """A checkpoint: each part's state under its name, the plain values beside them, and the format version."""
+    checkpoint: dict[str, Any] = {FORMAT: FORMAT_VERSION, **plain}
+    for name, part in parts.items():
+        if name == TRAIN_STATE:
+            checkpoint.update(part.state_dict())
+        else:
+            checkpoint[name] = part.state_dict()
+    return checkpoint
+
+
+def restore(parts: dict[str, Stateful], checkpoint: dict, skip: Iterable[str] = ()) -> None:
+    """Mirror of gather: each part (but those in skip) loads its state; a part the checkpoint does not hold
+    (an older one, or a scheduler added on resume) keeps its own."""
+    for name, part in parts.items():
+        state = checkpoint if name == TRAIN_STATE else checkpoint.get(name)
+        if name not in skip and state is not None:
+            part.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    """Where one run writes: checkpoints and config copy, logs and event files."""
+    checkpoint_dir: Path
+    log_dir: Path
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -64,6 +109,36 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class RandomState:
+    """The random states of Python, NumPy and torch as a checkpoint part."""
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(state)
+
+
+class ModelWeights:
+    """A model's weights as a checkpoint part: saved unwrapped; weights that do not fit are a UserError."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return unwrap(self.model).state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        model = unwrap(self.model)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            lines = str(e).splitlines()
+            raise UserError(f"the checkpoint's weights do not fit arch {type(model).__name__}: "
+                            f"{lines[1].strip() if len(lines) > 1 else e}; "
+                            f"resume with the arch the checkpoint was trained with") from None
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file beside path, fsync, then rename over path."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -96,6 +171,9 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in ("state_dict", "config", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UserError(f"{path} is not a checkpoint of this template: it lacks {', '.join(missing)}")
+    if ckpt.get(FORMAT, 1) > FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} has format {ckpt[FORMAT]}, newer than this template reads "
+                        f"({FORMAT_VERSION}); update the template's code to the version that wrote it")
     return ckpt
 
 
@@ -134,17 +212,24 @@ def run_dirs_of(checkpoint: Path) -> RunDirs:
 
 
 class Checkpointer:
-    """Decides which checkpoint files to write, writes them safely, and keeps the newest keep_last."""
+    """Decides which checkpoint files to write, writes them safely, and keeps the newest keep_last.
+    Without a directory it writes nothing (dry runs, test.py, ranks other than 0)."""
 
-    def __init__(self, directory: Path, save_period: int = 1, keep_last: int | None = None):
-        self.directory = Path(directory)
+    def __init__(self, directory: Path | None, save_period: int = 1, keep_last: int | None = None):
+        self.directory = None if directory is None else Path(directory)
         self.save_period = save_period
         self.keep_last = keep_last
-        pointer = self.directory / LATEST
-        self.latest: Path | None = self.directory / pointer.read_text().strip() if pointer.is_file() else None
+        pointer = self.directory / LATEST if self.directory is not None else None
+        self.latest: Path | None = self.directory / pointer.read_text().strip() if pointer and pointer.is_file() else None
+
+    @property
+    def writes(self) -> bool:
+        return self.directory is not None
 
     def save(self, state: dict, epoch: int, *, is_best: bool, is_last: bool) -> list[Path]:
         """Write checkpoint-epoch<N>.pth every save_period epochs and at the last; model_best.pth on improvement."""
+        if self.directory is None:
+            return []
         written = []
         if epoch % self.save_period == 0 or is_last:
             written.append(self._write(state, f"checkpoint-epoch{epoch}.pth"))
@@ -153,8 +238,10 @@ class Checkpointer:
             written.append(self.directory / BEST)
         return written
 
-    def save_step(self, state: dict, global_step: int) -> Path:
+    def save_step(self, state: dict, global_step: int) -> Path | None:
         """Write checkpoint-step<N>.pth: the state after global step N, in the middle of an epoch."""
+        if self.directory is None:
+            return None
         return self._write(state, f"checkpoint-step{global_step}.pth")
 
     def _write(self, state: dict, name: str) -> Path:

@@ -1,8 +1,9 @@
-"""Every config key the template knows: its type, default and a one-line meaning.
+"""Every config key outside the trainer section: its type, default and a one-line meaning; JSON type rules.
 
-The README's config table is checked against this table by a test, so the two cannot drift.
+The trainer section's rows come from its settings class (base/settings.py), added by parse_config.
+The README's config table is checked against the whole schema by a test, so the two cannot drift.
 A key marked REQUIRED has no default. `args` dicts are checked against the signature of the
-class or function they are passed to (see parse_config.check_args), not here.
+class or function they are passed to (see config_validation.check_args), not here.
 """
 from __future__ import annotations
 
@@ -34,30 +35,6 @@ SCHEMA: dict = {
         "args": (dict, {}, "its keyword arguments (step_size, gamma, ...)"),
         "interval": (str, "epoch", "'epoch' steps the scheduler after each epoch, 'step' after each optimizer step"),
     },
-    "trainer": {
-        "epochs": (int, REQUIRED, "number of epochs to train (the last epoch number when resuming)"),
-        "save_dir": (str, "saved/", "root of run outputs: models/ and log/ go under it"),
-        "save_period": (int, 1, "write checkpoint-epoch<N>.pth every N epochs (and always at the last one)"),
-        "verbosity": (int, 2, "console output: 0 warnings only and no progress bars, 1 info, 2 debug (info.log always gets info)"),
-        "monitor": (str, "off", "'min <key>' or 'max <key>' (e.g. 'min val_loss') for model_best.pth and early stop, or 'off'"),
-        "early_stop": (int, 0, "stop after this many epochs without improvement of the monitored value; 0 = never"),
-        "tensorboard": (bool, True, "write TensorBoard event files to the run's log directory"),
-        "len_epoch": ((int, NONE), None, "batches per epoch for iteration-based training (data is cycled); null = one pass"),
-        "log_step": (int, 50, "log the training loss to TensorBoard and the progress bar every N steps"),
-        "log_images": (bool, False, "add a grid of the first input batch to TensorBoard each epoch (costly)"),
-        "log_histograms": (bool, False, "add weight histograms to TensorBoard each epoch (costly)"),
-        "save_every_steps": ((int, NONE), None, "also write checkpoint-step<N>.pth every N optimizer steps, mid-epoch; null = never"),
-        "keep_last": ((int, NONE), None, "keep only the newest N checkpoint-*.pth files (model_best.pth is kept); null = keep all"),
-        "compile": ((bool, dict), False, "torch.compile the model: true, or an object of torch.compile arguments (e.g. {\"mode\": \"max-autotune\"})"),
-        "channels_last": (bool, False, "use the channels_last memory format for the model and 4-D inputs (faster convolutions on recent GPUs)"),
-        "amp": ((str, NONE), None, "mixed precision: 'bf16' (CPU and recent GPUs) or 'fp16' (GPU, with a checkpointed GradScaler); null = off"),
-        "accumulate_steps": (int, 1, "accumulate gradients over N batches per optimizer step (DDP all-reduces only on the last)"),
-        "clip_grad_norm": ((float, NONE), None, "clip the gradients' total norm to this value before each optimizer step; null = off"),
-        "sync_batchnorm": (bool, False, "under torchrun on GPUs, convert BatchNorm layers to SyncBatchNorm"),
-        "dist_backend": ((str, NONE), None, "torch.distributed backend under torchrun; null = nccl on GPU, gloo on CPU"),
-        "dist_timeout": (int, 1800, "seconds a collective may wait for the other ranks before the job fails"),
-        "nonfinite_loss": (str, "stop", "a NaN/inf training loss: 'stop' (nothing is saved after it) or 'skip' the batch (one host sync per step)"),
-    },
     "extra": (dict, {}, "free-form settings for your own code; never validated"),
 }
 
@@ -66,7 +43,7 @@ TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true
               dict: "an object", list: "a list", NONE: "null"}
 
 
-def flat_keys(schema: dict = SCHEMA, prefix: str = "") -> dict[str, tuple]:
+def flat_keys(schema: dict, prefix: str = "") -> dict[str, tuple]:
     """'trainer.epochs' -> (types, default, meaning) for every key, sections flattened."""
     out = {}
     for key, spec in schema.items():

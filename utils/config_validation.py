@@ -1,7 +1,8 @@
 """Validation of a defaults-filled config: every problem at once, each naming the key and the fix.
 
-Schema keys and types, registry names, and constructor arguments checked against signatures, all
-before anything is built.
+Schema keys and types, registry names, constructor arguments checked against signatures, settings
+ranges, and the checks a registered class adds (its `config_problems(args, path)`), all before
+anything is built. The schema and the settings classes are given by the caller (parse_config).
 """
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ import inspect
 import re
 from typing import Any, Iterable
 
-from utils.config_schema import NONE, OPTIONAL_SECTIONS, SCHEMA, describe, type_ok
-from utils.errors import UserError, did_you_mean
-from utils.registry import (ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, Registry,
-                            load_user_modules)
+from utils.config_schema import NONE, OPTIONAL_SECTIONS, describe, type_ok
+from utils.errors import did_you_mean
+from utils.registry import ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, TRAINERS, Registry
+from utils.settings import range_problems
 
 # (config section, registry, positional arguments the builder supplies before the config's args)
 BUILT = [("arch", ARCHS, 0), ("data_loader", DATA_LOADERS, 0), ("optimizer", OPTIMIZERS, 1),
          ("lr_scheduler", LR_SCHEDULERS, 1)]
 
 
-def check_schema(config: dict, schema: dict = SCHEMA, prefix: str = "") -> list[str]:
+def check_schema(config: dict, schema: dict, prefix: str = "") -> list[str]:
     """Problems with unknown keys, missing required keys and value types."""
     problems = []
     for key in config:
@@ -144,10 +145,10 @@ def check_optimizer(obj: Any) -> list[str]:
             f"(python train.py --list optimizer), or build it in your own train.py"]
 
 
-def validate(config: dict) -> list[str]:
-    """Every problem in a defaults-filled config, all at once (empty when it is fine)."""
-    load_user_modules()
-    problems = check_schema(config)  # the checks below skip values it found missing or mistyped
+def validate(config: dict, schema: dict, settings: dict[str, type]) -> list[str]:
+    """Every problem in a defaults-filled config, all at once (empty when it is fine); settings maps a
+    section to the class that declares its keys' ranges (utils/settings.py)."""
+    problems = check_schema(config, schema)  # the checks below skip values it found missing or mistyped
     for section, registry, n_positional in BUILT:
         spec = config.get(section)
         if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
@@ -159,7 +160,8 @@ def validate(config: dict) -> list[str]:
             problems.extend(check_args(obj, spec["args"], f"{section}.args", n_positional))
             if section == "optimizer":
                 problems.extend(check_optimizer(obj))
-    problems.extend(check_transforms(config.get("data_loader")))
+            if callable(getattr(obj, "config_problems", None)):  # the class's own checks, e.g. transforms
+                problems.extend(obj.config_problems(spec["args"], f"{section}.args"))
     specs = callable_specs(config)
     for path, spec in specs:
         problems.extend(check_callable_spec(spec, path, LOSSES if path == "loss" else METRICS))
@@ -170,45 +172,12 @@ def validate(config: dict) -> list[str]:
     interval = scheduler.get("interval") if isinstance(scheduler, dict) else "epoch"
     if isinstance(interval, str) and interval not in ("epoch", "step"):
         problems.append(f"lr_scheduler.interval must be 'epoch' or 'step', got {interval!r}")
-    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
-    words = trainer["monitor"].split() if isinstance(trainer.get("monitor"), str) else ["off"]
-    if words != ["off"] and (len(words) != 2 or words[0] not in ("min", "max")):
-        problems.append(f"trainer.monitor must be 'min <key>', 'max <key>' or 'off', got {trainer['monitor']!r}")
-    number = {k: v for k, v in trainer.items() if type_ok(v, int)}  # mistyped ones are reported already
-    for key in ("epochs", "save_period", "log_step", "len_epoch", "save_every_steps", "keep_last"):
-        if key in number and number[key] < 1:
-            optional = " or null" if key in ("len_epoch", "save_every_steps", "keep_last") else ""
-            problems.append(f"trainer.{key} must be at least 1{optional}, got {number[key]}")
-    if trainer.get("amp") not in (None, "bf16", "fp16"):
-        problems.append(f"trainer.amp must be 'bf16', 'fp16' or null, got {trainer['amp']!r}")
-    if number.get("accumulate_steps", 1) < 1 or number.get("dist_timeout", 1) < 1:
-        problems.append("trainer.accumulate_steps and trainer.dist_timeout must be at least 1")
-    if isinstance(trainer.get("clip_grad_norm"), (int, float)) and trainer["clip_grad_norm"] <= 0:
-        problems.append(f"trainer.clip_grad_norm must be positive or null, got {trainer['clip_grad_norm']}")
-    if trainer.get("nonfinite_loss", "stop") not in ("stop", "skip"):
-        problems.append(f"trainer.nonfinite_loss must be 'stop' or 'skip', got {trainer['nonfinite_loss']!r}")
-    if number.get("verbosity", 0) not in (0, 1, 2):
-        problems.append(f"trainer.verbosity must be 0, 1 or 2, got {number['verbosity']}")
-    if number.get("early_stop", 0) < 0:
-        problems.append(f"trainer.early_stop must be 0 (off) or a positive patience, got {number['early_stop']}")
-    return problems
-
-
-def check_transforms(spec: Any) -> list[str]:
-    """Problems with the torchvision transforms a catalogue data loader's args list (names and args)."""
-    from data_loader.data_loaders import TAKES_TRANSFORMS
-    from data_loader.transforms import build_transforms
-
-    args = spec.get("args") if isinstance(spec, dict) else None
-    loader = DATA_LOADERS.find(spec["type"]) if isinstance(args, dict) and isinstance(spec.get("type"), str) else None
-    if not (isinstance(loader, type) and issubclass(loader, TAKES_TRANSFORMS)):
-        return []
-    problems = []
-    for key in ("transforms", "eval_transforms"):
-        try:
-            build_transforms(args.get(key), f"data_loader.args.{key}")
-        except UserError as e:
-            problems.extend(e.problems)
+    trainer = config.get("trainer")
+    if isinstance(trainer, dict) and isinstance(trainer.get("type"), str) and trainer["type"] not in TRAINERS:
+        problems.append(TRAINERS.unknown(trainer["type"], "trainer.type"))
+    for section, cls in settings.items():
+        if isinstance(config.get(section), dict):
+            problems.extend(range_problems(cls, config[section], f"{section}."))
     return problems
 
 

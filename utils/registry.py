@@ -1,8 +1,9 @@
 """Registries that turn the names written in config.json into Python objects.
 
 One registry per kind. User code registers by being imported: every public class or function
-defined in model/model.py, model/loss.py, model/metric.py and data_loader/data_loaders.py is
-registered by its package's __init__. Library objects (torch.optim, pytorch_optimizer, torch.nn
+defined in model/model.py, model/loss.py, model/metric.py and data_loader/data_loaders.py, and every
+public BaseTrainer subclass of trainer/trainer.py, is registered by its package's __init__ (which
+parse_config imports). Library objects (torch.optim, pytorch_optimizer, torch.nn
 losses) come from providers that are only imported on first lookup, after the user's names.
 """
 from __future__ import annotations
@@ -202,13 +203,6 @@ OPTIMIZERS = Registry("optimizer", [_torch_optimizers, _pytorch_optimizer_optimi
 LR_SCHEDULERS = Registry("lr_scheduler", [_torch_schedulers, _pytorch_optimizer_schedulers])
 LOSSES = Registry("loss", [_torch_losses, _pytorch_optimizer_losses])  # torch.nn wins a shared name (BCELoss)
 METRICS = Registry("metric")
+TRAINERS = Registry("trainer")
 
-REGISTRIES = {r.kind: r for r in (ARCHS, DATA_LOADERS, OPTIMIZERS, LR_SCHEDULERS, LOSSES, METRICS)}
-
-
-def load_user_modules() -> None:
-    """Import the packages whose __init__ registers the user's models, losses, metrics and loaders."""
-    import importlib
-
-    for package in ("model", "data_loader"):
-        importlib.import_module(package)
+REGISTRIES = {r.kind: r for r in (ARCHS, DATA_LOADERS, OPTIMIZERS, LR_SCHEDULERS, LOSSES, METRICS, TRAINERS)}

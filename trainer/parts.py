@@ -1,0 +1,247 @@
+"""The small parts the Trainer's epoch asks, in the fixed order of Trainer._train_epoch:
+
+    EpochBatches     which batches an epoch trains on: one pass, or len_epoch of an endless cycle; skips on resume
+    TrainMetrics     the epoch's sample-weighted sums on the device and the non-finite guard (a checkpoint part)
+    StepLog          every log_step steps: the loop's one host sync, loss/train_step, the progress bar
+    ImageLog         a grid of the epoch's first batch (log_images)
+    StepCheckpoints  checkpoint-step<N>.pth every save_every_steps optimizer steps
+    StopSignal       whether SIGINT/SIGTERM asks to stop, agreed by every rank
+    Validation       whether to validate, on what
+    Histograms       weight histograms after each epoch (log_histograms)
+
+A new feature is one more part here, one setting in base/settings.py and one line in the loop.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from base.base_trainer import RunOutputs
+from utils.distributed import Dist, any_rank
+from utils.errors import UserError
+from utils.interrupt import SignalStop
+from utils.tracker import MetricTracker, NonFiniteGuard
+
+
+def batch_size_of(target: Any) -> int:
+    return target.shape[0] if isinstance(target, torch.Tensor) else len(target)
+
+
+def track(tracker: MetricTracker, metric_ftns: dict[str, Callable], loss: torch.Tensor, output: Any,
+          target: Any) -> None:
+    """Add a batch's loss and metrics to the tracker, weighted by its size; stays on the device."""
+    n = batch_size_of(target)
+    tracker.update("loss", loss, n)
+    with torch.no_grad():
+        for name, fn in metric_ftns.items():
+            tracker.update(name, fn(output, target), n)
+
+
+class EpochBatches:
+    """The batches of an epoch: one pass over the loader (from a position, by index), or len_epoch batches
+    of passes 1, 2, ... cycled (iteration-based training)."""
+
+    def __init__(self, loader: Any, len_epoch: int | None):
+        self.loader = loader
+        self.iteration_based = len_epoch is not None
+        self.batches_per_pass = len(loader) if loader is not None else 0
+        self.len_epoch = len_epoch if self.iteration_based else self.batches_per_pass
+
+    def epoch(self, epoch: int, done: int, global_step: int) -> Iterable:
+        """Epoch's batches after the first `done` of them (global_step batches trained so far in all)."""
+        if self.iteration_based:
+            return itertools.islice(self._endless(global_step), self.len_epoch - done)
+        set_epoch(self.loader, epoch)
+        skip(self.loader, done)
+        return self.loader
+
+    def _endless(self, position: int) -> Iterator:
+        passes, offset = divmod(position, self.batches_per_pass)
+        for n in itertools.count(passes + 1):
+            set_epoch(self.loader, n)
+            skip(self.loader, offset if n == passes + 1 else 0)
+            yield from self.loader
+
+    def accumulation(self, done: int, k: int) -> tuple[int, int]:
+        """(the next batch's place in its accumulation group of k, the group's size: smaller at the epoch's end)."""
+        micro = done % k
+        return micro, min(k, self.len_epoch - (done - micro))
+
+    def samples(self) -> int | None:
+        """Samples in one epoch, for the progress bar (None when unknown)."""
+        sampler = getattr(self.loader, "sampler", None)
+        if not self.iteration_based and hasattr(sampler, "__len__"):
+            return len(sampler)
+        batch_size = getattr(self.loader, "batch_size", None)
+        return self.len_epoch * batch_size if batch_size else None
+
+
+class TrainMetrics:
+    """The epoch's loss and metrics, summed on the device weighted by batch size; the losses since the last
+    sync point (to name the first NaN or infinite one); the batches skipped. In a mid-epoch checkpoint it
+    holds the partial sums (every rank's, carried by rank 0)."""
+
+    def __init__(self, metric_ftns: dict[str, Callable], dist: Dist, outputs: RunOutputs):
+        self.metric_ftns = metric_ftns
+        self.dist = dist
+        self.outputs = outputs
+        self.tracker = MetricTracker()
+        self.guard = NonFiniteGuard()
+        self.skipped = 0
+        self.open = False  # an epoch is under way (its sums belong in a checkpoint)
+
+    def start_epoch(self, global_step: int) -> None:
+        """Start an epoch's sums, or go on with those of a checkpoint taken in the middle of it."""
+        if not self.open:
+            self.tracker.reset()
+        self.open, self.skipped = True, 0
+        self.guard.reset(global_step)
+
+    def update(self, loss: torch.Tensor, output: Any, target: Any, counted: bool) -> None:
+        if counted:
+            track(self.tracker, self.metric_ftns, loss, output, target)
+            self.guard.update(loss)
+        else:
+            self.skipped += 1
+
+    def running_loss(self) -> torch.Tensor | float:
+        return self.tracker.running("loss")
+
+    def all_finite_until(self, global_step: int) -> None:
+        """Every loss up to global_step was finite (checked at a sync point): forget them."""
+        self.guard.reset(global_step)
+
+    def check_finite(self, epoch: int) -> None:
+        """Stop with a clear message when a loss since the last sync point was NaN or infinite."""
+        bad = self.guard.first_bad_step()
+        if bad is not None:
+            latest = self.outputs.checkpointer.latest
+            raise UserError(
+                f"the training loss became NaN or infinite at epoch {epoch}, step {bad} (global); training "
+                f"stopped without saving, so the newest valid checkpoint is {latest or 'none'}. Lower "
+                f"optimizer.args.lr or check the data, or set trainer.nonfinite_loss=\"skip\" to skip such batches")
+
+    def result(self, epoch: int) -> dict[str, float]:
+        """The epoch's means (summed over ranks): one host sync. Ends the epoch."""
+        log = self.tracker.result(across_ranks=self.dist.enabled)
+        if not math.isfinite(log.get("loss", 0.0)):
+            self.check_finite(epoch)
+        if self.skipped:
+            logging.getLogger("trainer").warning("Epoch %d: skipped %d batch(es) with a non-finite loss.", epoch,
+                                                 self.skipped)
+        self.open = False
+        return log
+
+    def state_dict(self) -> dict | None:
+        return self.tracker.state_dict(self.dist.enabled) if self.open else None  # under DDP: a collective
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.dist.is_main:  # the saved sums are every rank's: rank 0 carries them
+            self.tracker.load_state_dict(state)
+        self.open = True
+
+
+class StepLog:
+    """Every log_step steps: reads this step's loss and the epoch's running mean (the loop's one host sync),
+    checks them, writes loss/train_step and updates the progress bar."""
+
+    def __init__(self, log_step: int, outputs: RunOutputs):
+        self.log_step = log_step
+        self.outputs = outputs
+
+    def on_step_end(self, step: int, epoch: int, loss: torch.Tensor, metrics: TrainMetrics, bar: Any) -> bool:
+        """True when this step was a sync point."""
+        if step % self.log_step:
+            return False
+        value, running = torch.stack([loss.detach().float(), torch.as_tensor(metrics.running_loss())]).tolist()
+        if not math.isfinite(running):
+            metrics.check_finite(epoch)
+        metrics.all_finite_until(step)
+        self.outputs.writer.add_scalar("loss/train_step", value, step)
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        return True
+
+
+class ImageLog:
+    """A grid of the first 64 inputs of each epoch's first batch (4-D image batches only)."""
+
+    def __init__(self, enabled: bool, outputs: RunOutputs):
+        self.enabled = enabled
+        self.outputs = outputs
+
+    def on_step_end(self, batch_in_epoch: int, epoch: int, data: Any) -> None:
+        if self.enabled and batch_in_epoch == 1 and isinstance(data, torch.Tensor) and data.dim() == 4:
+            from torchvision.utils import make_grid  # torchvision only when images are logged
+
+            grid = make_grid(data[:64].detach().cpu(), nrow=8, normalize=True)
+            self.outputs.writer.add_image("input/train", grid, epoch)
+
+
+class StepCheckpoints:
+    """A mid-epoch checkpoint every `every` optimizer steps (None: never)."""
+
+    def __init__(self, every: int | None):
+        self.every = every
+
+    def should_save(self, global_step: int) -> bool:
+        return bool(self.every) and global_step % self.every == 0
+
+
+class StopSignal:
+    """Whether SIGINT/SIGTERM asks training to stop; under DDP every rank agrees, at sync points only."""
+
+    def __init__(self, signals: SignalStop, dist: Dist, device: torch.device):
+        self.signals, self.dist, self.device = signals, dist, device
+
+    def requested(self, at_sync_point: bool) -> bool:
+        if not self.dist.enabled:
+            return self.signals.requested is not None
+        return at_sync_point and any_rank(self.signals.requested is not None, self.device)
+
+
+class Validation:
+    """Validation after each epoch on the validation loader, when there is one."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def should_validate(self, epoch: int) -> bool:
+        return self.loader is not None
+
+
+class Histograms:
+    """Every parameter's histogram after each epoch."""
+
+    def __init__(self, enabled: bool, outputs: RunOutputs):
+        self.enabled = enabled
+        self.outputs = outputs
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
+        if self.enabled:
+            for name, param in model.named_parameters():
+                self.outputs.writer.add_histogram(name, param, epoch)
+
+
+def set_epoch(loader: Any, epoch: int) -> None:
+    """Tell an epoch-aware loader or sampler which epoch starts (fixes its shuffle order)."""
+    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+            return
+
+
+def skip(loader: Any, batches: int) -> None:
+    """Make the loader's next pass start after `batches` batches, by index (nothing is loaded)."""
+    if not batches:
+        return
+    sampler = getattr(loader, "sampler", None)
+    if not hasattr(sampler, "skip"):
+        raise UserError(f"cannot resume in the middle of an epoch: the data loader's sampler "
+                        f"({type(sampler).__name__}) cannot skip samples; use a BaseDataLoader, or resume "
+                        f"from a checkpoint-epoch<N>.pth")
+    sampler.skip(batches * loader.batch_size)

@@ -1,0 +1,119 @@
+"""Settings declared once: a dataclass per component whose fields carry type, default, range and meaning.
+
+    @dataclass(frozen=True, kw_only=True)
+    class Settings:
+        epochs: int = setting(meaning="number of epochs to train", minimum=1)
+        amp: str | None = setting(None, "mixed precision", choices=("bf16", "fp16"))
+
+The type is the field's annotation; a field without a default is required. From the one declaration
+come the config schema rows (`schema_rows`), the range checks (`range_problems`), the README table
+check (through the schema) and the component's defaults (the dataclass itself).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any, Callable
+
+from utils.config_schema import type_ok
+
+NONE = type(None)
+_JSON = (bool, int, float, str, dict, list, NONE)
+
+
+def setting(default: Any = dataclasses.MISSING, meaning: str = "", *, minimum: float | None = None,
+            positive: bool = False, choices: tuple | None = None, check: Callable[[Any], bool] | None = None,
+            rule: str = "") -> Any:
+    """A dataclass field with its one-line meaning and its range: at least `minimum`, `positive`, one of
+    `choices`, or `check(value)` true (described by `rule`, e.g. "'min <key>' or 'off'"). None always passes
+    the range when the annotation allows it."""
+    meta = {"meaning": meaning, "minimum": minimum, "positive": positive, "choices": choices, "check": check,
+            "rule": rule}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def json_types(cls: type) -> dict[str, tuple]:
+    """{field: the JSON value types its annotation admits}, e.g. (int, NoneType) for `int | None`."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        out[f.name] = tuple(typing.get_origin(a) or a for a in args if (typing.get_origin(a) or a) in _JSON)
+    return out
+
+
+def default_of(f: dataclasses.Field, required: Any) -> Any:
+    """The field's default (a fresh copy), or `required` when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return required
+
+
+def schema_rows(cls: type, required: Any) -> dict[str, tuple]:
+    """{field: (types, default, meaning)}: the rows of a config schema section (`required` marks no default)."""
+    kinds = json_types(cls)
+    return {f.name: (kinds[f.name], default_of(f, required), f.metadata.get("meaning", ""))
+            for f in dataclasses.fields(cls)}
+
+
+def range_problems(cls: type, values: dict, prefix: str) -> list[str]:
+    """'<prefix><field> must be <range>, got <value>' for each value of the right type outside its range
+    (values of the wrong type are the schema check's to report)."""
+    kinds = json_types(cls)
+    problems = []
+    for f in dataclasses.fields(cls):
+        if f.name not in values or values[f.name] is None or not type_ok(values[f.name], kinds[f.name]):
+            continue
+        rule = _rule(f.metadata, nullable=NONE in kinds[f.name])
+        if rule and not _in_range(values[f.name], f.metadata):
+            problems.append(f"{prefix}{f.name} must be {rule}, got {values[f.name]!r}")
+    return problems
+
+
+def _in_range(value: Any, meta: dict) -> bool:
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        return False
+    if meta.get("positive") and value <= 0:
+        return False
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return False
+    return meta.get("check") is None or bool(meta["check"](value))
+
+
+def _rule(meta: dict, nullable: bool) -> str:
+    """The range in words: 'at least 1 or null', "'stop' or 'skip'", 'positive or null', ..."""
+    if meta.get("rule"):
+        return meta["rule"]
+    null = ["null"] if nullable else []
+    if meta.get("choices") is not None:
+        words = [repr(c) for c in meta["choices"]] + null
+        return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+    if meta.get("minimum") is not None:
+        return " or ".join([f"at least {meta['minimum']}", *null])
+    if meta.get("positive"):
+        return " or ".join(["positive", *null])
+    return ""
+
+
+def from_section(cls: type, section: dict) -> Any:
+    """An instance of cls from a validated config section (keys the class does not declare are ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in section.items() if k in names})
+
+
+def signature_with(fn: Callable, cls: type) -> inspect.Signature:
+    """fn's signature with its **kwargs replaced by cls's fields as keyword-only arguments (annotation and
+    default each), so that config validation checks them like any other argument: a constructor that takes
+    `**options` and builds cls(**options) declares the options once, in cls."""
+    params = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+                                 default=default_of(f, inspect.Parameter.empty)) for f in dataclasses.fields(cls)]
+    return inspect.Signature(params)
