@@ -23,13 +23,11 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from base import BaseDataLoader  # noqa: E402
-from logger import MetricsFile, make_writer  # noqa: E402
+from base import BaseDataLoader, RunOutputs, TrainerSettings  # noqa: E402
 from model.metric import accuracy  # noqa: E402
 from model.model import MnistModel  # noqa: E402
 from trainer import Trainer  # noqa: E402
-from utils.checkpoint import Checkpointer  # noqa: E402
-from utils.monitor import Monitor  # noqa: E402
+from utils.checkpoint import RunDirs  # noqa: E402
 
 
 def synthetic(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,10 +73,10 @@ def trainer_run(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int) 
     model = MnistModel()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, F.nll_loss, {"accuracy": accuracy}, optimizer, device=torch.device("cpu"),
-                          epochs=epochs, data_loader=loader, valid_data_loader=loader.split_validation(),
-                          monitor=Monitor("min val_loss"), checkpointer=Checkpointer(Path(tmp)),
-                          writer=make_writer(Path(tmp), True), metrics_file=MetricsFile(Path(tmp) / "m.jsonl"))
+        settings = TrainerSettings(epochs=epochs, monitor="min val_loss")
+        outputs = RunOutputs().open(RunDirs(Path(tmp), Path(tmp)), settings)
+        trainer = Trainer(model, F.nll_loss, {"accuracy": accuracy}, optimizer, settings, data_loader=loader,
+                          valid_data_loader=loader.split_validation(), outputs=outputs)
         started = time.perf_counter()
         trainer.train()
         return loader.n_samples * epochs / (time.perf_counter() - started)
