@@ -129,7 +129,7 @@ def digits_batch():
 ARCH_INPUTS = {"MnistModel": (2, 1, 28, 28)}  # LeNet's fully connected layer is sized for 28x28 MNIST
 
 
-# The builders' archs need shapes (obs_shape, feature_dim, ...): tests/test_zoo_builders.py builds each of them.
+# The builders' archs need shapes (obs_shape, feature_dim, ...): tests/unit/test_builders.py builds each of them.
 CLASSIFIERS = [n for n in ARCHS.names() if ARCHS.find(n).__module__ != "model.builders"]
 
 

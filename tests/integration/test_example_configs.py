@@ -12,7 +12,7 @@ import test as test_script
 import train
 from fake_data import write_arrays, write_cifar, write_image_csv, write_image_folder, write_mnist
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))
 
 # Tiny files in the real formats where a config expects its data (paths relative to the working directory).
 DATA = {

@@ -141,7 +141,7 @@ def test_metrics_returning_python_floats_still_work(tmp_path):
 
 def test_no_host_sync_per_step_in_the_training_loop(tmp_path, monkeypatch):
     """Our code reads device values once per log_step and once per epoch, never per batch."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     calls = []
 
     def counting(name):
