@@ -141,6 +141,7 @@ def test_ignore_keeps_top_level_exclusions_top_level():
     assert ignore(str(ROOT / "model"), names) == {"__pycache__"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "train.py").exists() or not (ROOT / "config.json").exists(),
                     reason="the real project has no train.py/config.json yet")
 def test_scaffolded_real_project_trains_and_tests(tmp_path: Path):

@@ -1,45 +1,24 @@
-"""The epoch loop's semantics, on tiny synthetic data with the Trainer built directly."""
+"""Tests for trainer/trainer.py: the epoch loop's semantics, on tiny synthetic data with the Trainer built
+directly; and the bound on host syncs."""
 from __future__ import annotations
 
+import math
+import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
-from base import BaseDataLoader, BaseTrainer
-from conftest import read_metrics
+from base import BaseDataLoader
+from conftest import ROOT, read_metrics
 from logger import MetricsFile
-from trainer import Trainer, evaluate, loss_step
+from tiny_trainers import BATCH, build, make_trainer, mse, resumed, sigterm_at
+from trainer import Trainer
 from utils.checkpoint import Checkpointer, load_checkpoint
-from utils.errors import UserError
+from utils.interrupt import TrainingInterrupted
 from utils.monitor import Monitor
-
-N, BATCH = 40, 8  # 5 batches per epoch
-
-
-def mse(output, target):
-    return nn.functional.mse_loss(output, target)
-
-
-def make_trainer(tmp_path: Path, *, lr: float = 0.1, epochs: int = 3, monitor: str = "min val_loss",
-                 patience: int = 0, save_period: int = 1, cls: type = Trainer, scheduler=None,
-                 optimizer: type = torch.optim.SGD, **kwargs) -> Trainer:
-    torch.manual_seed(0)
-    x = torch.randn(N, 3)
-    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
-    loader = BaseDataLoader(TensorDataset(x, y), BATCH, True, 0.2, 0, seed=0)
-    model = nn.Linear(3, 1)
-    optimizer = optimizer(model.parameters(), lr=lr)
-    lr_scheduler = scheduler(optimizer) if scheduler else None
-    return cls(model, mse, {}, optimizer, device=torch.device("cpu"), epochs=epochs,
-               data_loader=loader, valid_data_loader=loader.split_validation(), progress=False,
-               monitor=Monitor(monitor, patience), checkpointer=Checkpointer(tmp_path, save_period),
-               metrics_file=MetricsFile(tmp_path / "metrics.jsonl"), lr_scheduler=lr_scheduler, **kwargs)
-
-
 
 
 def test_len_epoch_runs_exactly_that_many_batches(tmp_path):
@@ -82,19 +61,6 @@ def test_early_stop_zero_never_stops(tmp_path):
     assert len(read_metrics(tmp_path)) == 6
 
 
-def test_monitor_max_and_off(tmp_path):
-    monitor = Monitor("max val_accuracy", 2)
-    assert [monitor.update({"val_accuracy": v}) for v in (0.5, 0.7, 0.7, 0.6)] == [True, True, False, False]
-    assert monitor.best == 0.7 and monitor.should_stop
-    off = Monitor("off", 1)
-    assert not off.update({"loss": 0.1}) and not off.should_stop
-
-
-def test_monitor_on_a_key_the_run_never_logs_fails_before_training(tmp_path):
-    with pytest.raises(UserError, match=r"trainer.monitor: 'val_acc' is not logged.*val_loss"):
-        make_trainer(tmp_path, monitor="max val_acc")
-
-
 @pytest.mark.parametrize("interval, expected", [("epoch", 0.1 * 0.5**2), ("step", 0.1 * 0.5**8)])
 def test_scheduler_steps_per_epoch_or_per_step(tmp_path, interval, expected):
     trainer = make_trainer(tmp_path, epochs=2, scheduler_interval=interval,
@@ -118,50 +84,6 @@ def test_reduce_on_plateau_receives_the_monitored_value(tmp_path):
     assert received == [e["val_loss"] for e in read_metrics(tmp_path)]
 
 
-def test_epoch_metrics_are_sample_weighted():
-    # 5 samples in batches of 2, 2, 1: the mean of batch means (0.5, 0.5, 1.0) would be 2/3.
-    data = TensorDataset(torch.zeros(5, 1), torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0]))
-    loader = DataLoader(data, batch_size=2)
-    model = nn.Linear(1, 1)
-    mean_target = lambda output, target: target.mean()  # noqa: E731
-    result = evaluate(model, loader, loss_step(model, lambda o, t: t.mean()), {"m": mean_target}, torch.device("cpu"))
-    assert result["m"] == pytest.approx(3 / 5) and result["loss"] == pytest.approx(3 / 5)
-
-
-def test_metrics_returning_python_floats_still_work(tmp_path):
-    # The original template's metrics call .item() and return floats.
-    def old_style(output, target):
-        return float((output - target).abs().mean().item())
-
-    trainer = make_trainer(tmp_path, epochs=1)
-    trainer.metric_ftns = {"mae": old_style}
-    trainer.train()
-    assert read_metrics(tmp_path)[0]["mae"] > 0 and "val_mae" in read_metrics(tmp_path)[0]
-
-
-def test_no_host_sync_per_step_in_the_training_loop(tmp_path, monkeypatch):
-    """Our code reads device values once per log_step and once per epoch, never per batch."""
-    root = str(Path(__file__).resolve().parents[2])
-    calls = []
-
-    def counting(name):
-        original = getattr(torch.Tensor, name)
-
-        def wrapper(self, *args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(root) and "/tests/" not in caller:
-                calls.append((name, caller))
-            return original(self, *args, **kwargs)
-        return wrapper
-
-    for name in ("item", "tolist", "__float__", "__bool__", "cpu", "numpy"):
-        monkeypatch.setattr(torch.Tensor, name, counting(name))
-    trainer = make_trainer(tmp_path, epochs=2, len_epoch=12, log_step=5)
-    trainer.train()
-    # per epoch: 1 read of the training sums, 1 of the validation sums; plus one per log_step (24 // 5 = 4)
-    assert len([c for c in calls if "sampler" not in c[1] and "data_loader" not in c[1]]) == 2 * 2 + 4, calls
-
-
 def test_custom_train_step_is_used_for_the_loss(tmp_path):
     class Penalised(Trainer):
         def train_step(self, data, target):
@@ -178,57 +100,103 @@ def test_custom_train_step_is_used_for_the_loss(tmp_path):
     assert torch.equal(plain.model.weight, custom.model.weight)
 
 
-def test_subclassing_base_trainer_with_only_train_epoch(tmp_path):
-    class Fixed(BaseTrainer):
-        def _train_epoch(self, epoch):
-            return {"loss": 1.0 / epoch}
-
-    model = nn.Linear(1, 1)
-    trainer = Fixed(model, mse, {}, torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"),
-                    epochs=3, monitor=Monitor("min loss"), checkpointer=Checkpointer(tmp_path, 2),
-                    metrics_file=MetricsFile(tmp_path / "metrics.jsonl"))
-    trainer.train()
-    assert [e["loss"] for e in read_metrics(tmp_path)] == [1.0, 0.5, 1.0 / 3]
-    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch2.pth", "checkpoint-epoch3.pth",
-                                                               "model_best.pth"]
-
-
-def test_checkpoint_holds_plain_data_and_the_unwrapped_model(tmp_path):
-    trainer = make_trainer(tmp_path, epochs=1)
-    trainer.model = nn.DataParallel(trainer.model)  # on the CPU it simply calls the module
-    trainer.train()
-    ckpt = torch.load(tmp_path / "checkpoint-epoch1.pth", weights_only=True, map_location="cpu")
-    assert set(ckpt["state_dict"]) == {"weight", "bias"}
-    assert ckpt["arch"] == "Linear" and ckpt["epoch"] == 1 and ckpt["global_step"] == 4
-    assert {"optimizer", "lr_scheduler", "monitor_best", "monitor", "config", "rng"} <= set(ckpt)
-    compiled = torch.compile(nn.Linear(3, 1))
-    trainer.model = compiled
-    assert set(trainer.state_dict()["state_dict"]) == {"weight", "bias"}
+def test_resume_skips_by_index_without_loading_the_skipped_batches(tmp_path):
+    interrupted = build(tmp_path)
+    sigterm_at(interrupted, 4)
+    with pytest.raises(TrainingInterrupted):
+        interrupted.train()
+    trainer = resumed(tmp_path, tmp_path / "checkpoint-step4.pth")
+    loaded = []
+    dataset = trainer.data_loader.dataset
+    original = type(dataset).__getitem__
+    type(dataset).__getitem__ = lambda self, i: (loaded.append(i), original(self, i))[1]
+    try:
+        trainer.epochs = 1
+        trainer.train()
+    finally:
+        type(dataset).__getitem__ = original
+    per_epoch = len(trainer.data_loader.sampler.indices)
+    assert len(loaded) == per_epoch - 4 * 16 + len(trainer.valid_data_loader.sampler)
 
 
-def test_load_state_dict_restores_everything_state_dict_saves(tmp_path):
-    trainer = make_trainer(tmp_path, epochs=2, patience=5,
-                           scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5))
-    trainer.train()
-    state = load_checkpoint(tmp_path / "checkpoint-epoch2.pth")
-    fresh = make_trainer(tmp_path / "x", epochs=4, patience=5,
-                         scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, 0.5))
-    fresh.load_state_dict(state)
-    assert fresh.start_epoch == 3 and fresh.global_step == trainer.global_step
-    assert torch.equal(fresh.model.weight, trainer.model.weight)
-    assert fresh.lr_scheduler.state_dict() == trainer.lr_scheduler.state_dict()
-    assert fresh.monitor.state_dict() == trainer.monitor.state_dict()
-    assert fresh.current_lr() == trainer.current_lr()
+# ---- host syncs: a bound on the reads of device values, wherever in the project they are made ----
+
+# Reading a tensor on the host (.item(), float(t), ...) waits for the device; the loop may do it once per
+# log_step steps (the logged loss) and PER_EPOCH_READS times per epoch, never once per batch. The reads counted
+# are those made from project code: any file under the repository root but tests/ (and installed packages).
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy")
+# C, per epoch: the epoch's training sums and its validation sums (MetricTracker.result, one read each), and the
+# epoch order of the training and of the validation sampler (EpochSampler reads its index order once per pass;
+# loaders served from memory slice by a tensor of indices and do not). A new once-per-epoch read raises this,
+# with its reason; a per-step one must not be absorbed here.
+PER_EPOCH_READS = 4
 
 
-@pytest.mark.parametrize("name", ["LBFGS", "SGD", "Adam"])
-def test_optimizers_that_reevaluate_the_loss_train_too(tmp_path, name):
-    trainer = make_trainer(tmp_path, epochs=2, optimizer=getattr(torch.optim, name))
-    calls = []
-    step = trainer.train_step
-    trainer.train_step = lambda data, target: (calls.append(trainer.model.training), step(data, target))[1]
-    trainer.train()
-    losses = [e["val_loss"] for e in read_metrics(tmp_path)]
-    assert losses[1] < losses[0]
-    training_calls = calls.count(True)
-    assert training_calls > 8 if name == "LBFGS" else training_calls == 8  # LBFGS re-evaluates; others once
+class Indexed(Dataset):
+    """x, y served one sample at a time: the loader goes through its sampler and collate, not memory slices."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def host_reads(tmp_path, monkeypatch, *, epochs: int, steps: int, log_step: int, in_memory: bool) -> list[str]:
+    """The host reads project code makes while a trainer runs `epochs` epochs of `steps` training batches (one
+    pass over the data each, plus a validation pass), logging every log_step steps: one 'name at file:line' each."""
+    project, tests = f"{ROOT}{os.sep}", f"{ROOT / 'tests'}{os.sep}"
+    reads = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            path = caller.f_code.co_filename
+            if path.startswith(project) and not path.startswith(tests) and "site-packages" not in path:
+                reads.append(f"{name} at {path[len(project):]}:{caller.f_lineno}")
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    torch.manual_seed(0)
+    n_valid = 8
+    x = torch.randn(steps * BATCH + n_valid, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    loader = BaseDataLoader(TensorDataset(x, y) if in_memory else Indexed(x, y), BATCH, True, n_valid, 0, seed=0)
+    assert len(loader) == steps and loader.in_memory == in_memory
+    model = nn.Linear(3, 1)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, mse, {}, torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"),
+                      epochs=epochs, data_loader=loader, valid_data_loader=loader.split_validation(),
+                      log_step=log_step, progress=False, monitor=Monitor("min val_loss"),
+                      checkpointer=Checkpointer(tmp_path), metrics_file=MetricsFile(tmp_path / "metrics.jsonl"))
+    with monkeypatch.context() as patch:
+        for name in HOST_READS:
+            patch.setattr(torch.Tensor, name, counting(name))
+        trainer.train()
+    assert trainer.global_step == epochs * steps
+    return reads
+
+
+def test_no_host_sync_per_step_in_the_training_loop(tmp_path, monkeypatch):
+    """Our code reads device values once per log_step and once per epoch, never per batch."""
+    epochs, steps, log_step = 2, 10, 4
+    for in_memory in (True, False):
+        reads = host_reads(tmp_path / f"in_memory_{in_memory}", monkeypatch, epochs=epochs, steps=steps,
+                           log_step=log_step, in_memory=in_memory)
+        assert len(reads) <= math.ceil(epochs * steps / log_step) + PER_EPOCH_READS * epochs, reads
+
+
+def test_host_syncs_grow_with_the_log_steps_only_not_with_the_steps(tmp_path, monkeypatch):
+    """Twice the steps per epoch with the same log_step: at most the extra log_step reads more, whatever C is."""
+    epochs, log_step = 2, 4
+    for in_memory in (True, False):
+        counts = {steps: len(host_reads(tmp_path / f"{in_memory}_{steps}", monkeypatch, epochs=epochs, steps=steps,
+                                        log_step=log_step, in_memory=in_memory))
+                  for steps in (10, 20)}
+        extra_log_reads = math.ceil(epochs * 20 / log_step) - math.ceil(epochs * 10 / log_step)
+        assert counts[20] - counts[10] <= extra_log_reads, (in_memory, counts)
