@@ -11,7 +11,7 @@ from typing import Callable
 from utils.errors import UserError
 
 # Relative to the project root only: a nested model/data/ or tests/saved/ is user code and is kept.
-TOP_LEVEL_EXCLUDED = {".git", "saved", "data", "new_project.py", "tests/test_new_project.py"}
+TOP_LEVEL_EXCLUDED = {".git", "saved", "data", "new_project.py", "tests/integration/test_new_project.py"}
 CACHES = ("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache",
           "*.egg-info", ".ipynb_checkpoints")
 

@@ -1,8 +1,15 @@
-"""Shared fixtures: a tiny, fast config written into a temporary directory, and ways to run the CLI."""
+"""Shared fixtures and helpers: a tiny, fast config written into a temporary directory, ways to run the CLI and
+read a run's outputs, and a config with one mistake of each kind.
+
+Tests live in unit/ (one file per source module) and integration/ (commands run end to end); pyproject.toml puts
+this directory on sys.path, so they import from conftest, fake_data and tiny_trainers. Tests marked slow are
+left out by python -m pytest -m "not slow".
+"""
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -60,3 +67,71 @@ def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 300,
                           text=True, timeout=timeout, env=env)
 
 
+def events(log_dir: Path) -> "EventAccumulator":
+    """The TensorBoard events of a log directory, every one kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def restore_logging():
+    """train.main and setup_logging reconfigure the root logger; give the other test modules theirs back.
+
+    A module that changes it asks for this with pytestmark = pytest.mark.usefixtures("restore_logging")."""
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        if handler not in saved:
+            handler.close()
+    for handler in saved:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def digits_batch():
+    from data_loader.data_loaders import DigitsDataLoader
+
+    x, y = next(iter(DigitsDataLoader(batch_size=4, shuffle=False, validation_split=0)))
+    return x, y
+
+
+# ---- a config with one mistake of each kind: unit/test_parse_config.py checks that validation reports them
+# all, integration/test_train_cli.py that train.py prints them
+
+
+def write(tmp_path, config, name="config.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _bad_config(tmp_path) -> dict:
+    config = tiny_config(tmp_path / "saved")
+    config["lr_sheduler"] = config.pop("lr_scheduler")                   # misspelled top-level key
+    config["trainer"]["epoch"] = 3                                        # misspelled trainer key
+    config["arch"]["type"] = "DigitModel"                                 # unknown arch
+    config["optimizer"]["args"].update(lrr=0.1, lr="fast")               # unknown arg, wrong type
+    config["data_loader"] = {"type": "MnistDataLoader", "args": {"shuffle": True}}  # missing required args
+    config["metrics"] = ["accuracy", "accuracy", "acuracy"]               # duplicate, unknown
+    config["trainer"]["monitor"] = "minimum val_loss"                     # bad monitor
+    return config
+
+
+BAD_CONFIG_PROBLEMS = [
+    "config key 'lr_sheduler' is not known. Did you mean 'lr_scheduler'?",
+    "config key 'trainer.epoch' is not known. Did you mean 'trainer.epochs'",
+    "arch.type: unknown arch 'DigitModel'. Did you mean 'DigitsModel'",
+    "optimizer.args.lrr: Adam has no argument 'lrr'. Did you mean 'lr'?",
+    "optimizer.args.lr: Adam expects a number (default 0.001), got 'fast'",
+    "data_loader.args: MnistDataLoader needs the argument 'data_dir'; add it to data_loader.args",
+    "data_loader.args: MnistDataLoader needs the argument 'batch_size'; add it to data_loader.args",
+    "metrics.2: unknown metric 'acuracy'. Did you mean 'accuracy'?",
+    "metrics: 'accuracy' appears twice",
+    "trainer.monitor must be 'min <key>', 'max <key>' or 'off', got 'minimum val_loss'",
+]

@@ -1,7 +1,11 @@
-"""The README's promises: its Quick start is what CI runs, and it documents every command and flag."""
+"""The README's promises: its Quick start is what CI runs, and it documents every command, flag and config key."""
 import re
 
+import pytest
+
 from conftest import ROOT
+from utils.config_schema import flat_keys
+
 
 README = (ROOT / "README.md").read_text()
 
@@ -34,3 +38,10 @@ def test_every_cli_flag_is_documented():
                 assert flag in README, flag
     for short in ("-c", "-r", "-d cpu", "--out", "new_project.py", "test.py -r"):
         assert short in README, short
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").is_file(), reason="no README.md")
+def test_readme_documents_every_config_key():
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key in flat_keys() if f"`{key}`" not in readme]
+    assert missing == [], f"document these keys in README.md: {missing}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # import new_project and utils however pytest is started
     sys.path.insert(0, str(ROOT))
 
@@ -44,7 +44,7 @@ DROPPED = [
     "my_project.egg-info/PKG-INFO",
     "saved/models/x.pth",
     "tests/.pytest_cache/v",
-    "tests/test_new_project.py",
+    "tests/integration/test_new_project.py",
 ]
 
 
@@ -136,10 +136,12 @@ def test_ignore_keeps_top_level_exclusions_top_level():
     ignore = new_project.ignore_for(ROOT)
     names = ["data", "saved", ".git", "new_project.py", "test_new_project.py", "__pycache__", "a.py"]
     assert ignore(str(ROOT), names) == {"data", "saved", ".git", "new_project.py", "__pycache__"}
-    assert ignore(str(ROOT / "tests"), names) == {"test_new_project.py", "__pycache__"}
+    assert ignore(str(ROOT / "tests"), names) == {"__pycache__"}
+    assert ignore(str(ROOT / "tests" / "integration"), names) == {"test_new_project.py", "__pycache__"}
     assert ignore(str(ROOT / "model"), names) == {"__pycache__"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "train.py").exists() or not (ROOT / "config.json").exists(),
                     reason="the real project has no train.py/config.json yet")
 def test_scaffolded_real_project_trains_and_tests(tmp_path: Path):
@@ -147,7 +149,7 @@ def test_scaffolded_real_project_trains_and_tests(tmp_path: Path):
     result = scaffold(ROOT / "new_project.py", new)
     assert result.returncode == 0, result.stderr
     assert not (new / "new_project.py").exists() and not (new / ".git").exists()
-    assert not (new / "tests/test_new_project.py").exists()
+    assert not (new / "tests/integration/test_new_project.py").exists()
 
     train = subprocess.run(
         [sys.executable, "train.py", "-c", "config.json", "trainer.epochs=1", "--run-id", "scaffold"],
@@ -157,7 +159,7 @@ def test_scaffolded_real_project_trains_and_tests(tmp_path: Path):
     save_dir = new / config["trainer"].get("save_dir", "saved")
     assert (save_dir / "models" / config["name"] / "scaffold" / "checkpoint-epoch1.pth").is_file()
 
-    if (new / "tests/test_registry.py").exists():
-        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_registry.py"],
+    if (new / "tests/unit/test_registry.py").exists():
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/unit/test_registry.py"],
                                cwd=new, capture_output=True, text=True, timeout=300)
         assert tests.returncode == 0, tests.stdout[-3000:]

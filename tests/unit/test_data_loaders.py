@@ -1,21 +1,111 @@
-"""The data catalogue: torchvision datasets read from files in their real formats, image files with a CSV of
-labels, ImageFolder trees, transforms from config, and reproducible loading with workers."""
+"""Tests for data_loader/data_loaders.py: Digits, the torchvision datasets read from files in their real formats,
+image files with a CSV of labels, and ImageFolder trees."""
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 import torch
 
-import test as test_script
-import train
-from base.base_data_loader import BaseDataLoader
-from data_loader.data_loaders import (Cifar10DataLoader, Cifar100DataLoader, FashionMnistDataLoader,
+from data_loader.data_loaders import (Cifar10DataLoader, Cifar100DataLoader, DigitsDataLoader, FashionMnistDataLoader,
                                       ImageCsvDataLoader, ImageFolderDataLoader, KmnistDataLoader, MnistDataLoader)
-from data_loader.transforms import build_transforms, image_pipeline
 from fake_data import write_cifar, write_image, write_image_csv, write_image_folder, write_mnist
 from utils.errors import UserError
+
+
+# ---- digits ----
+
+def _rows(x):
+    return {tuple(row) for row in x.reshape(len(x), -1).tolist()}
+
+
+def test_digits_sizes_shapes_and_dtypes():
+    train = DigitsDataLoader(batch_size=64, validation_split=0.1)
+    test = DigitsDataLoader(batch_size=64, validation_split=0.0, training=False)
+    assert len(test.dataset) == 360  # ceil(0.2 * 1797)
+    assert len(train.dataset) == 1797 - 360
+    assert train.n_samples == 1437 - 143 and len(train.valid_sampler) == 143  # int(0.1 * 1437)
+    assert test.n_samples == 360 and test.split_validation() is None
+    x, y = next(iter(train))
+    assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32
+    assert y.shape == (64,) and y.dtype == torch.int64
+    images = train.dataset.tensors[0]
+    assert abs(images.mean().item()) < 1e-4 and abs(images.std().item() - 1) < 1e-3  # normalised on this part
+    assert set(test.dataset.tensors[1].tolist()) == set(range(10))  # stratified: every class in the test part
+
+
+def test_digits_validation_split_as_a_count():
+    loader = DigitsDataLoader(validation_split=200)
+    assert loader.n_samples == 1437 - 200
+    assert len(loader.split_validation().dataset) == 1437  # the same dataset, restricted by the sampler
+    assert sum(len(y) for _, y in loader.split_validation()) == 200
+
+
+def test_digits_test_part_is_disjoint_from_the_training_part_and_fixed():
+    torch.manual_seed(1)
+    train = DigitsDataLoader(validation_split=0.1)
+    test = DigitsDataLoader(validation_split=0.0, training=False)
+    assert not _rows(train.dataset.tensors[0]) & _rows(test.dataset.tensors[0])
+    assert len(_rows(train.dataset.tensors[0]) | _rows(test.dataset.tensors[0])) == 1797
+    torch.manual_seed(2)
+    train2 = DigitsDataLoader(validation_split=0.1)
+    test2 = DigitsDataLoader(validation_split=0.0, training=False)
+    assert torch.equal(train.dataset.tensors[0], train2.dataset.tensors[0])
+    assert torch.equal(test.dataset.tensors[0], test2.dataset.tensors[0])
+    assert torch.equal(train.valid_sampler.indices, train2.valid_sampler.indices)
+    assert train.sampler.seed != train2.sampler.seed  # ... while the training order follows the seed
+
+
+def test_digits_image_target_for_autoencoders():
+    loader = DigitsDataLoader(batch_size=8, target="image", validation_split=0.0)
+    data, target = next(iter(loader))
+    assert torch.equal(data, target) and data.shape == (8, 1, 8, 8)
+    with pytest.raises(UserError, match="target must be 'label' or 'image'"):
+        DigitsDataLoader(target="pixels")
+
+
+# ---- MNIST (tiny files in the real IDX format; nothing is downloaded) ----
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    return tmp_path, write_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("training, split", [(True, "train"), (False, "t10k")])
+def test_mnist_reads_idx_files_and_normalises(mnist_dir, training, split):
+    root, data = mnist_dir
+    loader = MnistDataLoader(data_dir=root, batch_size=4, shuffle=False, num_workers=0, training=training, download=False)
+    images, labels = data[split]
+    assert len(loader.dataset) == len(images) and loader.split_validation() is None
+    x, y = next(iter(loader))
+    assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32
+    expected = (torch.as_tensor(images[:4], dtype=torch.float32).unsqueeze(1) / 255 - 0.1307) / 0.3081
+    assert torch.allclose(x, expected, atol=1e-5)
+    assert y.tolist() == labels[:4].tolist()
+    assert sorted(int(v) for _, y in loader for v in y) == sorted(labels.tolist())
+
+
+def test_mnist_missing_files_without_download(tmp_path):
+    with pytest.raises(UserError, match=r"MNIST files are not in .*MNIST/raw and data_loader\.args\.download is false"):
+        MnistDataLoader(data_dir=tmp_path, batch_size=4, download=False)
+
+
+def test_mnist_missing_files_when_the_download_fails(tmp_path, monkeypatch):
+    import torchvision
+
+    # A closed local port: the download fails at once, here and on machines with a network.
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(UserError, match=r"not in .*MNIST/raw and the download failed.*t10k-labels-idx1-ubyte"):
+        MnistDataLoader(data_dir=tmp_path, batch_size=4, download=True)
+
+
+def test_mnist_needs_all_four_files_even_for_one_split(mnist_dir):
+    root, _ = mnist_dir
+    (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()  # torchvision checks all four
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte, train-labels-idx1-ubyte"):
+        MnistDataLoader(data_dir=root, batch_size=4, training=True, download=False)
+
+
+# ---- torchvision datasets ----
 
 # loader, writer of its files, the folder under data_dir, the test split's key, channels, mean, std
 TORCHVISION = [
@@ -42,8 +132,6 @@ def batches(loader) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*loader)
     return torch.cat(xs), torch.cat(ys)
 
-
-# ---- torchvision datasets ----
 
 @pytest.mark.parametrize("cls, write, folder, test_key, mean, std", TORCHVISION, ids=IDS)
 @pytest.mark.parametrize("training", [True, False])
@@ -130,67 +218,6 @@ def test_mean_and_std_can_be_set(tmp_path):
         Cifar10DataLoader(str(tmp_path), batch_size=4, download=False, std=[0.0])
 
 
-# ---- transforms from config ----
-
-def test_transforms_by_name_with_args_nested_and_in_order():
-    from torchvision.transforms import v2
-
-    built = build_transforms(["RandomHorizontalFlip", {"type": "RandomCrop", "args": {"size": 8, "padding": 2}},
-                              {"type": "RandomApply", "args": {"transforms": [{"type": "ColorJitter",
-                                                                               "args": {"brightness": 0.2}}]}}],
-                             "data_loader.args.transforms")
-    assert [type(t) for t in built] == [v2.RandomHorizontalFlip, v2.RandomCrop, v2.RandomApply]
-    assert built[1].size == (8, 8) and built[1].padding == [2, 2, 2, 2]
-    assert isinstance(built[2].transforms[0], v2.ColorJitter)
-
-
-def test_the_pipeline_converts_then_normalises_once():
-    image = torch.randint(0, 256, (3, 6, 6), dtype=torch.uint8)
-    out = image_pipeline([{"type": "CenterCrop", "args": {"size": 4}}], [0.5] * 3, [0.25] * 3, "t")(image)
-    assert type(out) is torch.Tensor and out.dtype == torch.float32
-    assert torch.allclose(out, (image[:, 1:5, 1:5].float() / 255 - 0.5) / 0.25)
-    # ToDtype listed: the conversion happens there (a dtype by name), not again
-    listed = image_pipeline([{"type": "ToDtype", "args": {"dtype": "float32", "scale": True}},
-                             {"type": "Resize", "args": {"size": 6, "interpolation": "nearest"}}], [0.0], [1.0], "t")
-    assert torch.allclose(listed(image), image.float() / 255)
-    with pytest.raises(UserError, match=r"t\[0\]\.args\.dtype: 'float3' is not a torch dtype"):
-        image_pipeline([{"type": "ToDtype", "args": {"dtype": "float3"}}], [0.0], [1.0], "t")
-
-
-@pytest.mark.parametrize("spec, message", [
-    (["RandomCorp"], r"transforms\[0\]\.type: no transform 'RandomCorp' in torchvision\.transforms\.v2\. "
-                     r"Did you mean 'RandomCrop'"),
-    ([{"type": "RandomCrop", "args": {"sise": 4}}], r"transforms\[0\]\.args: RandomCrop\(sise=4\) failed: .*sise"),
-    (["RandomHorizontalFlip", "Normalize"], r"transforms\[1\]\.type: Normalize cannot be listed: the pipeline "
-                                            r"normalises last: set mean and std"),
-    (["ToTensor"], r"ToTensor cannot be listed: the pipeline converts images to tensors first"),
-    (["MixUp"], r"MixUp cannot be listed: it mixes whole batches"),
-    ([{"type": "RandomApply", "args": {"transforms": ["Blur"]}}], r"transforms\[0\]\.args\.transforms\[0\]\.type"),
-    ([{"kind": "RandomCrop"}], r"transforms\[0\]: expected a transform name or"),
-    ("RandomCrop", r"transforms: expected a list of transforms"),
-])
-def test_bad_transforms_are_named_with_the_fix(spec, message):
-    with pytest.raises(UserError, match=message):
-        build_transforms(spec, "data_loader.args.transforms")
-
-
-def test_a_bad_transform_in_a_config_stops_train_py_with_status_2(tmp_path, write_config, capsys):
-    from conftest import tiny_config
-    from utils.errors import run_cli
-
-    write_mnist(tmp_path / "data")
-    config = tiny_config(tmp_path / "saved")
-    config["arch"] = {"type": "MnistModel", "args": {}}
-    config["data_loader"] = {"type": "MnistDataLoader", "args": {"data_dir": str(tmp_path / "data"), "batch_size": 8,
-                                                                 "download": False, "transforms": ["RandomFlip"]}}
-    config["optimizer"]["args"]["lr"] = "fast"  # reported together, before anything is built
-    assert run_cli(train.main, ["-c", str(write_config(config))]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 2 and "data_loader.args.transforms[0].type: no transform 'RandomFlip'" in err
-    assert "optimizer.args.lr" in err
-    assert not (tmp_path / "saved").exists()
-
-
 # ---- images listed in a CSV ----
 
 @pytest.fixture
@@ -246,7 +273,9 @@ def test_missing_csv_and_image_dir_are_named(tmp_path, image_csv):
         ImageCsvDataLoader(str(csv_file), str(img_dir), training=False)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+# 2 workers: starting them, and shutting down the iterator the error leaves behind when it is garbage-collected
+# (about 10 s, in whichever later test that happens), is slow
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_an_unreadable_image_is_named_even_from_a_worker(image_csv, num_workers):
     img_dir, csv_file = image_csv
     (img_dir / "img4.png").write_bytes(b"\x89PNG truncated")
@@ -281,26 +310,6 @@ def test_given_classes_map_test_labels_the_same_way(tmp_path, image_csv):
                            classes=["cat", "dog"], validation_split=0)
 
 
-def test_train_py_saves_the_class_names_and_test_py_uses_them(tmp_path, write_config):
-    from conftest import tiny_config
-
-    img_dir = tmp_path / "images"
-    write_image_csv(img_dir, tmp_path / "train.csv", ["dog", "cat"] * 8)
-    write_image_csv(img_dir, tmp_path / "test.csv", ["dog", "dog", "dog"], first=100)
-    config = tiny_config(tmp_path / "saved", epochs=1)
-    config["arch"] = {"type": "CNN", "args": {"input": 3, "blocks": "cnf4 m d", "num_classes": 2}}
-    config["data_loader"] = {"type": "ImageCsvDataLoader", "args": {
-        "annotations_file": str(tmp_path / "train.csv"), "img_dir": str(img_dir), "batch_size": 4,
-        "validation_split": 4, "test_annotations_file": str(tmp_path / "test.csv")}}
-    train.main(["-c", str(write_config(config)), "--run-id", "r"])
-    run = tmp_path / "saved" / "models" / config["name"] / "r"
-    assert json.loads((run / "config.json").read_text())["data_loader"]["args"]["classes"] == ["cat", "dog"]
-    checkpoint = torch.load(run / "checkpoint-epoch1.pth", weights_only=True)
-    assert checkpoint["config"]["data_loader"]["args"]["classes"] == ["cat", "dog"]
-    results = test_script.main(["-r", str(run)])
-    assert results["n_samples"] == 3  # only dogs: label 1 as in training, not 0 as the test CSV alone would give
-
-
 # ---- ImageFolder ----
 
 def test_image_folder_classes_are_the_sorted_folders_and_test_dir_keeps_them(tmp_path):
@@ -328,64 +337,3 @@ def test_image_folder_errors_name_the_directory(tmp_path):
     loader = ImageFolderDataLoader(str(tmp_path / "broken"), batch_size=2, validation_split=0)
     with pytest.raises(UserError, match=r"broken/a/1\.png: cannot read the image"):
         batches(loader)
-
-
-# ---- reproducible loading ----
-
-class RandomDataset(torch.utils.data.Dataset):
-    """Each sample: a draw from the worker's torch RNG, the worker's id, and a draw from numpy's RNG."""
-
-    def __len__(self) -> int:
-        return 16
-
-    def __getitem__(self, index: int):
-        info = torch.utils.data.get_worker_info()
-        return torch.rand(()), info.id if info else -1, float(np.random.rand())
-
-
-def draws(loader, epoch: int) -> tuple[list, list, list]:
-    loader.set_epoch(epoch)
-    out = [torch.cat([torch.as_tensor(v).view(-1) for v in column]) for column in zip(*loader)]
-    return out[0].tolist(), out[1].tolist(), out[2].tolist()
-
-
-def test_worker_seeds_follow_seed_rank_worker_and_epoch():
-    def loader(seed=7):
-        return BaseDataLoader(RandomDataset(), batch_size=2, shuffle=True, validation_split=0, num_workers=2,
-                              seed=seed)
-
-    first, again = draws(loader(), 0), draws(loader(), 0)
-    assert first == again  # same seed, same epoch: the same numbers, numpy's included
-    torch_draws, workers, numpy_draws = first
-    assert set(workers) == {0, 1}
-    by_worker = {w: [d for d, wk in zip(torch_draws, workers) if wk == w] for w in (0, 1)}
-    assert not set(by_worker[0]) & set(by_worker[1])  # workers differ
-    assert draws(loader(), 1)[0] != torch_draws and draws(loader(), 1)[2] != numpy_draws  # epochs differ
-    assert draws(loader(seed=8), 0)[0] != torch_draws  # seeds differ
-    other_rank = loader()
-    other_rank.shard(1, 2)
-    assert not set(draws(other_rank, 0)[0]) & set(torch_draws)  # ranks differ
-
-
-def test_two_seeded_runs_with_workers_and_augmentation_give_identical_weights(tmp_path, write_config):
-    from conftest import tiny_config
-
-    write_mnist(tmp_path / "data", n_train=48)
-    config = tiny_config(tmp_path / "saved", epochs=2)
-    config["arch"] = {"type": "MnistModel", "args": {}}
-    config["data_loader"] = {"type": "MnistDataLoader", "args": {
-        "data_dir": str(tmp_path / "data"), "batch_size": 8, "download": False, "num_workers": 2,
-        "validation_split": 8, "transforms": [{"type": "RandomCrop", "args": {"size": 28, "padding": 3}},
-                                              {"type": "RandomRotation", "args": {"degrees": 15}}]}}
-    path = write_config(config)
-
-    def weights(run_id: str, *overrides: str) -> dict:
-        train.main(["-c", str(path), "--run-id", run_id, *overrides])
-        run = tmp_path / "saved" / "models" / config["name"] / run_id
-        return torch.load(run / "checkpoint-epoch2.pth", weights_only=True)["state_dict"]
-
-    first, second, other = weights("a"), weights("b"), weights("c", "seed=5")
-    assert first.keys() == second.keys()
-    for key in first:
-        assert torch.equal(first[key], second[key]), key
-    assert any(not torch.equal(first[k], other[k]) for k in first)

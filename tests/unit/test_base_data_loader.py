@@ -1,14 +1,14 @@
-"""Tests for base/base_data_loader.py and data_loader/data_loaders.py."""
+"""Tests for base/base_data_loader.py: EpochSampler and BaseDataLoader (the split, the order of each epoch,
+sharding across ranks, in-memory batching, the workers' seeds)."""
+from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from base.base_data_loader import BaseDataLoader, EpochSampler
-from data_loader.data_loaders import DigitsDataLoader, MnistDataLoader
 from utils.errors import UserError
-
-from fake_data import write_mnist
 
 
 def _values(loader):
@@ -19,49 +19,6 @@ def _values(loader):
 def _numbered(n):
     """A dataset whose sample i is the number i (and label i % 10)."""
     return TensorDataset(torch.arange(n), torch.arange(n) % 10)
-
-
-def _rows(x):
-    return {tuple(row) for row in x.reshape(len(x), -1).tolist()}
-
-
-# ---- digits ----
-
-def test_digits_sizes_shapes_and_dtypes():
-    train = DigitsDataLoader(batch_size=64, validation_split=0.1)
-    test = DigitsDataLoader(batch_size=64, validation_split=0.0, training=False)
-    assert len(test.dataset) == 360  # ceil(0.2 * 1797)
-    assert len(train.dataset) == 1797 - 360
-    assert train.n_samples == 1437 - 143 and len(train.valid_sampler) == 143  # int(0.1 * 1437)
-    assert test.n_samples == 360 and test.split_validation() is None
-    x, y = next(iter(train))
-    assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32
-    assert y.shape == (64,) and y.dtype == torch.int64
-    images = train.dataset.tensors[0]
-    assert abs(images.mean().item()) < 1e-4 and abs(images.std().item() - 1) < 1e-3  # normalised on this part
-    assert set(test.dataset.tensors[1].tolist()) == set(range(10))  # stratified: every class in the test part
-
-
-def test_digits_validation_split_as_a_count():
-    loader = DigitsDataLoader(validation_split=200)
-    assert loader.n_samples == 1437 - 200
-    assert len(loader.split_validation().dataset) == 1437  # the same dataset, restricted by the sampler
-    assert sum(len(y) for _, y in loader.split_validation()) == 200
-
-
-def test_digits_test_part_is_disjoint_from_the_training_part_and_fixed():
-    torch.manual_seed(1)
-    train = DigitsDataLoader(validation_split=0.1)
-    test = DigitsDataLoader(validation_split=0.0, training=False)
-    assert not _rows(train.dataset.tensors[0]) & _rows(test.dataset.tensors[0])
-    assert len(_rows(train.dataset.tensors[0]) | _rows(test.dataset.tensors[0])) == 1797
-    torch.manual_seed(2)
-    train2 = DigitsDataLoader(validation_split=0.1)
-    test2 = DigitsDataLoader(validation_split=0.0, training=False)
-    assert torch.equal(train.dataset.tensors[0], train2.dataset.tensors[0])
-    assert torch.equal(test.dataset.tensors[0], test2.dataset.tensors[0])
-    assert torch.equal(train.valid_sampler.indices, train2.valid_sampler.indices)
-    assert train.sampler.seed != train2.sampler.seed  # ... while the training order follows the seed
 
 
 # ---- EpochSampler and BaseDataLoader ----
@@ -165,51 +122,99 @@ def test_user_subclass_in_the_original_templates_style():
     assert MyDataLoader("data/", 5, training=False).split_validation() is None
 
 
-# ---- MNIST (tiny files in the real IDX format; nothing is downloaded) ----
+# ---- sharding across ranks ----
 
-@pytest.fixture
-def mnist_dir(tmp_path):
-    return tmp_path, write_mnist(tmp_path)
-
-
-@pytest.mark.parametrize("training, split", [(True, "train"), (False, "t10k")])
-def test_mnist_reads_idx_files_and_normalises(mnist_dir, training, split):
-    root, data = mnist_dir
-    loader = MnistDataLoader(data_dir=root, batch_size=4, shuffle=False, num_workers=0, training=training, download=False)
-    images, labels = data[split]
-    assert len(loader.dataset) == len(images) and loader.split_validation() is None
-    x, y = next(iter(loader))
-    assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32
-    expected = (torch.as_tensor(images[:4], dtype=torch.float32).unsqueeze(1) / 255 - 0.1307) / 0.3081
-    assert torch.allclose(x, expected, atol=1e-5)
-    assert y.tolist() == labels[:4].tolist()
-    assert sorted(int(v) for _, y in loader for v in y) == sorted(labels.tolist())
+def test_every_sample_is_seen_once_per_epoch_across_ranks():
+    for n, world, batch in ((103, 2, 8), (96, 3, 4), (17, 2, 8)):
+        loaders = [BaseDataLoader(TensorDataset(torch.arange(n)), batch, True, 0, 0, seed=1) for _ in range(world)]
+        for rank, loader in enumerate(loaders):
+            loader.shard(rank, world)
+            loader.set_epoch(3)
+        parts = [torch.cat([b[0] for b in loader]) for loader in loaders]
+        assert len({len(list(loader)) for loader in loaders}) == 1  # the same number of steps on every rank
+        seen = torch.cat(parts)
+        assert len(seen) == len(set(seen.tolist())) >= n - (world - 1)  # no sample twice; < world dropped
 
 
-def test_mnist_missing_files_without_download(tmp_path):
-    with pytest.raises(UserError, match=r"MNIST files are not in .*MNIST/raw and data_loader\.args\.download is false"):
-        MnistDataLoader(data_dir=tmp_path, batch_size=4, download=False)
+# ---- in-memory batching ----
+
+class PerSample(Dataset):
+    """The same tensors behind per-sample __getitem__ (the standard DataLoader path), counting calls."""
+
+    def __init__(self, *tensors):
+        self.tensors, self.calls = tensors, 0
+
+    def __len__(self):
+        return len(self.tensors[0])
+
+    def __getitem__(self, i):
+        self.calls += 1
+        return tuple(t[i] for t in self.tensors)
 
 
-def test_mnist_missing_files_when_the_download_fails(tmp_path, monkeypatch):
-    import torchvision
-
-    # A closed local port: the download fails at once, here and on machines with a network.
-    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
-    with pytest.raises(UserError, match=r"not in .*MNIST/raw and the download failed.*t10k-labels-idx1-ubyte"):
-        MnistDataLoader(data_dir=tmp_path, batch_size=4, download=True)
+def batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [[t.clone() for t in batch] for batch in loader]
 
 
-def test_mnist_needs_all_four_files_even_for_one_split(mnist_dir):
-    root, _ = mnist_dir
-    (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()  # torchvision checks all four
-    with pytest.raises(UserError, match=r"train-images-idx3-ubyte, train-labels-idx1-ubyte"):
-        MnistDataLoader(data_dir=root, batch_size=4, training=True, download=False)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_in_memory_slicing_gives_exactly_the_standard_loaders_batches(shuffle):
+    x, y = torch.randn(103, 3, 4, 4), torch.randint(0, 5, (103,))
+    fast = BaseDataLoader(TensorDataset(x, y), 16, shuffle, 0.2, 0, seed=3)
+    per_sample = PerSample(x, y)
+    slow = BaseDataLoader(per_sample, 16, shuffle, 0.2, 0, seed=3)
+    assert fast.in_memory and not slow.in_memory
+    for epoch in (1, 2):
+        a, b = batches(fast, epoch), batches(slow, epoch)
+        assert len(a) == len(b) == len(fast) == 6
+        assert all(torch.equal(p, q) for pa, pb in zip(a, b) for p, q in zip(pa, pb))
+    fast.sampler.set_epoch(2), slow.sampler.set_epoch(2)
+    fast.sampler.skip(32), slow.sampler.skip(32)
+    assert all(torch.equal(p, q) for pa, pb in zip(fast, slow) for p, q in zip(pa, pb))
+    va, vb = fast.split_validation(), slow.split_validation()
+    assert all(torch.equal(p, q) for pa, pb in zip(va, vb) for p, q in zip(pa, pb))
 
 
-def test_digits_image_target_for_autoencoders():
-    loader = DigitsDataLoader(batch_size=8, target="image", validation_split=0.0)
-    data, target = next(iter(loader))
-    assert torch.equal(data, target) and data.shape == (8, 1, 8, 8)
-    with pytest.raises(UserError, match="target must be 'label' or 'image'"):
-        DigitsDataLoader(target="pixels")
+def test_in_memory_batches_never_call_getitem():
+    x, y = torch.randn(50, 2), torch.zeros(50)
+    dataset = TensorDataset(x, y)
+    dataset.__class__ = type("Counting", (TensorDataset,), {"__getitem__": lambda self, i: 1 / 0})
+    loader = BaseDataLoader(dataset, 8, True, 0.1, 0)
+    assert sum(len(b[0]) for b in loader) == loader.n_samples
+
+
+# ---- reproducible loading with workers ----
+
+class RandomDataset(torch.utils.data.Dataset):
+    """Each sample: a draw from the worker's torch RNG, the worker's id, and a draw from numpy's RNG."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, index: int):
+        info = torch.utils.data.get_worker_info()
+        return torch.rand(()), info.id if info else -1, float(np.random.rand())
+
+
+def draws(loader, epoch: int) -> tuple[list, list, list]:
+    loader.set_epoch(epoch)
+    out = [torch.cat([torch.as_tensor(v).view(-1) for v in column]) for column in zip(*loader)]
+    return out[0].tolist(), out[1].tolist(), out[2].tolist()
+
+
+def test_worker_seeds_follow_seed_rank_worker_and_epoch():
+    def loader(seed=7):
+        return BaseDataLoader(RandomDataset(), batch_size=2, shuffle=True, validation_split=0, num_workers=2,
+                              seed=seed)
+
+    first, again = draws(loader(), 0), draws(loader(), 0)
+    assert first == again  # same seed, same epoch: the same numbers, numpy's included
+    torch_draws, workers, numpy_draws = first
+    assert set(workers) == {0, 1}
+    by_worker = {w: [d for d, wk in zip(torch_draws, workers) if wk == w] for w in (0, 1)}
+    assert not set(by_worker[0]) & set(by_worker[1])  # workers differ
+    assert draws(loader(), 1)[0] != torch_draws and draws(loader(), 1)[2] != numpy_draws  # epochs differ
+    assert draws(loader(seed=8), 0)[0] != torch_draws  # seeds differ
+    other_rank = loader()
+    other_rank.shard(1, 2)
+    assert not set(draws(other_rank, 0)[0]) & set(torch_draws)  # ranks differ

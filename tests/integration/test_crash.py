@@ -20,6 +20,8 @@ import torch
 
 from conftest import ROOT, read_metrics, run_cli, run_dir, tiny_config
 
+pytestmark = pytest.mark.slow  # every test starts train.py or another Python process
+
 DELAYS = random.Random(2026)  # fixed per run of the suite; the assertions do not depend on them
 
 

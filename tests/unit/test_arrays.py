@@ -1,14 +1,11 @@
 """Tests for data_loader/arrays.py: ArrayDataLoader over .npy/.npz/.blosc2 files, and save_blosc2/load_blosc2."""
 from __future__ import annotations
 
-import json
-import math
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import read_metrics, run_cli, run_dir, tiny_config
 
 from data_loader.arrays import ArrayDataLoader, load_blosc2, save_blosc2
 from utils.errors import UserError
@@ -248,31 +245,3 @@ def test_blosc2_file_without_blosc2_installed_says_pip_install(tmp_path, monkeyp
         save_blosc2(tmp_path / "y.blosc2", np.zeros(3))
     np.save(tmp_path / "x.npy", np.zeros((4, 2)))  # .npy and .npz files do not need blosc2
     assert _loader(data_file=str(tmp_path / "x.npy"), targets_key=None).n_samples == 4
-
-
-# ---- end to end: train.py and test.py as a user runs them ----
-
-def test_train_and_test_cli_on_npz_files(tmp_path, write_config):
-    rng = np.random.RandomState(0)
-    centers = rng.randn(3, 5) * 3
-    for name, n in (("train", 90), ("test", 30)):
-        y = np.arange(n) % 3
-        np.savez(tmp_path / f"{name}.npz", x=(centers[y] + rng.randn(n, 5)).astype(np.float32), y=y)
-    config = tiny_config(tmp_path / "saved", epochs=1)  # the shipped config.json, shrunk
-    config["name"] = "Arrays_MLP"
-    config["arch"] = {"type": "MLP", "args": {"input_dim": 5, "output_dim": 3, "cfg": {"hidden_dim": 16}}}
-    config["data_loader"] = {"type": "ArrayDataLoader", "args": {
-        "data_file": str(tmp_path / "train.npz"), "test_file": str(tmp_path / "test.npz"), "batch_size": 16}}
-    config["loss"], config["metrics"] = "cross_entropy", ["accuracy"]
-    path = write_config(config)
-    result = run_cli("train.py", "-c", str(path), "--run-id", "a", "-d", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
-    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "a", name="Arrays_MLP")
-    rows = read_metrics(log_dir)
-    assert [r["epoch"] for r in rows] == [1]
-    assert math.isfinite(rows[0]["loss"]) and math.isfinite(rows[0]["val_loss"])
-
-    result = run_cli("test.py", "-r", str(ckpt_dir), "-d", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
-    results = json.loads((ckpt_dir / "test_results.json").read_text())
-    assert results["n_samples"] == 30 and math.isfinite(results["loss"]) and 0 <= results["accuracy"] <= 1

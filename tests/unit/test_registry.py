@@ -1,9 +1,9 @@
-"""Tests for utils/registry.py, and every registered name built the way the config builds it."""
+"""Tests for utils/registry.py: the Registry object, and every registered arch, optimizer and scheduler built the
+way the config builds it."""
 from __future__ import annotations
 
 import importlib.util
 import inspect
-import re
 import types
 import warnings
 
@@ -13,10 +13,7 @@ from torch import nn
 
 from utils.config_validation import check_args
 from utils.errors import UserError
-from utils.registry import (ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, REGISTRIES, Registry,
-                            load_user_modules)
-
-from conftest import run_cli
+from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, METRICS, OPTIMIZERS, Registry, load_user_modules
 
 load_user_modules()
 
@@ -101,35 +98,12 @@ def test_unknown_name_names_path_nearest_names_and_how_to_list():
         METRICS.get("zzz", "metrics.0")
 
 
-def test_every_registry_kind_is_a_list_choice_of_train_py():
-    import train
-
-    choices = next(a.choices for a in train.build_parser([])._actions if a.dest == "list")
-    assert sorted(choices) == sorted(REGISTRIES)
-
-
-def test_list_optimizer_cli():
-    result = run_cli("train.py", "--list", "optimizer")
-    assert result.returncode == 0, result.stderr
-    names = result.stdout.split()
-    assert "Adam" in names and "AdaBelief" in names and "SGD" in names
-    assert names == OPTIMIZERS.names()
-
-
 # ---- every registered name builds (STYLE 15) ----
-
-@pytest.fixture(scope="module")
-def digits_batch():
-    from data_loader.data_loaders import DigitsDataLoader
-
-    x, y = next(iter(DigitsDataLoader(batch_size=4, shuffle=False, validation_split=0)))
-    return x, y
-
 
 ARCH_INPUTS = {"MnistModel": (2, 1, 28, 28)}  # LeNet's fully connected layer is sized for 28x28 MNIST
 
 
-# The builders' archs need shapes (obs_shape, feature_dim, ...): tests/test_zoo_builders.py builds each of them.
+# The builders' archs need shapes (obs_shape, feature_dim, ...): tests/unit/test_builders.py builds each of them.
 CLASSIFIERS = [n for n in ARCHS.names() if ARCHS.find(n).__module__ != "model.builders"]
 
 
@@ -146,40 +120,6 @@ def test_every_arch_builds_with_defaults_and_runs_forward(name, digits_batch):
 
 def test_data_loaders_are_registered():
     assert {"DigitsDataLoader", "MnistDataLoader"} <= set(DATA_LOADERS.names())
-
-
-USER_LOSSES = [n for n in LOSSES.names() if LOSSES.find(n).__module__ == "model.loss"]
-
-
-@pytest.mark.parametrize("name", USER_LOSSES)
-def test_every_loss_of_loss_py_computes(name, digits_batch):
-    output = torch.log_softmax(torch.randn(6, 10, requires_grad=True), dim=1)
-    target = torch.tensor([0, 1, 2, 3, 4, 5])
-    value = LOSSES.get(name, "loss")(output, target)
-    assert value.shape == () and torch.isfinite(value) and value > 0
-    value.backward()
-
-
-def test_loss_py_is_registered_along_with_torch_losses():
-    assert {"nll_loss", "cross_entropy"} <= set(USER_LOSSES)
-    assert LOSSES.find("CrossEntropyLoss") is nn.CrossEntropyLoss and LOSSES.from_library(nn.CrossEntropyLoss)
-
-
-@pytest.mark.parametrize("name", METRICS.names())
-def test_every_metric_computes(name):
-    output = torch.eye(10)[[0, 1, 2, 3]] + 0.01 * torch.arange(10)  # argmax = 0, 1, 2, 3
-    value = float(METRICS.get(name, "metrics.0")(output, torch.tensor([0, 1, 2, 9])))
-    assert 0.0 <= value <= 1.0
-    if name == "accuracy":
-        assert value == 0.75
-
-
-def test_top_k_acc_counts_targets_among_the_k_best():
-    output = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.5, 0.3, 0.2, 0.0]])
-    top_k_acc = METRICS.get("top_k_acc", "metrics.0")
-    assert float(top_k_acc(output, torch.tensor([2, 3]), k=3)) == 0.5
-    assert float(top_k_acc(output, torch.tensor([2, 3]), k=2)) == 0.0
-    assert float(top_k_acc(output[:, :2], torch.tensor([0, 1]), k=3)) == 1.0  # k above the 2 classes: every target
 
 
 # ---- optimizers: every one steps with default args, except these ----
@@ -390,39 +330,3 @@ def test_every_scheduler_builds_or_names_its_missing_args(name):
         scheduler.step(1.0) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else scheduler.step()
     assert all(group["lr"] >= 0 for group in optimizer.param_groups)
     assert isinstance(scheduler.state_dict(), dict)  # checkpointable
-
-
-# ---- argument checks against the libraries' signatures ----
-
-def test_every_plain_default_passes_its_own_type_check():
-    """check_args must not reject the value an argument has by default (e.g. SGD's momentum=0 takes 0.9)."""
-    checked = 0
-    for registry in REGISTRIES.values():
-        for name in registry.names():
-            obj = registry.find(name)
-            try:
-                params = inspect.signature(obj).parameters.values()
-            except (TypeError, ValueError):
-                continue
-            args = {p.name: p.default for p in params if type(p.default) in (int, float, bool, str, type(None))}
-            assert [p for p in check_args(obj, args, "x") if "expects" in p] == [], name
-            checked += len(args)
-    assert checked > 500
-
-
-@pytest.mark.parametrize("cls, args, problem", [
-    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}, None),
-    (torch.optim.SGD, {"lr": "fast"}, r"lr: SGD expects a number \(default 0.001\), got 'fast'"),
-    (torch.optim.SGD, {"momentum": True}, "momentum: SGD expects a number"),
-    (torch.optim.SGD, {"nesterov": 1}, "nesterov: SGD expects true or false"),
-    (torch.optim.Adam, {"lr": None}, "lr: Adam expects a number"),
-    (torch.optim.lr_scheduler.ReduceLROnPlateau, {"min_lr": 1e-6, "mode": "max"}, None),
-    (torch.optim.lr_scheduler.OneCycleLR, {"max_lr": 0.1, "total_steps": None}, None),
-    (torch.optim.lr_scheduler.StepLR, {"step_size": 2.5}, "step_size: StepLR expects an integer, got 2.5"),
-])
-def test_arg_types_follow_annotations(cls, args, problem):
-    problems = check_args(cls, args, "section.args", 1)
-    if problem is None:
-        assert problems == []
-    else:
-        assert len(problems) == 1 and re.search(problem, problems[0]), problems

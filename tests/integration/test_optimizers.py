@@ -14,6 +14,7 @@ def trained_state(tmp_path, write_config, *overrides: str) -> dict:
     return torch.load(run_dir(tmp_path / "saved", "o")[0] / "checkpoint-epoch1.pth", weights_only=True)
 
 
+@pytest.mark.slow
 def test_no_weight_decay_on_biases_and_norms_when_asked(tmp_path, write_config):
     state = trained_state(tmp_path, write_config, 'optimizer={"type": "AdamW", "args": {"lr": 0.01, '
                           '"weight_decay": 0.1}}', "+optimizer.no_decay_bias_norm=true")
@@ -25,12 +26,14 @@ def test_no_weight_decay_on_biases_and_norms_when_asked(tmp_path, write_config):
     assert len(groups[1]["params"]) == sum(d <= 1 for d in shapes.values())
 
 
+@pytest.mark.slow
 def test_schedule_free_optimizers_validate_and_save_their_eval_weights(tmp_path, write_config):
     state = trained_state(tmp_path, write_config, 'optimizer={"type": "ScheduleFreeAdamW", "args": {"lr": 0.01}}',
                           "lr_scheduler=null")
     assert all(group["train_mode"] is False for group in state["optimizer"]["param_groups"])
 
 
+@pytest.mark.slow
 def test_second_order_optimizers_get_a_differentiable_backward(tmp_path, write_config):
     trained_state(tmp_path, write_config, 'optimizer={"type": "AdaHessian", "args": {"lr": 0.1}}')
     log = (run_dir(tmp_path / "saved", "o")[1] / "metrics.jsonl").read_text()

@@ -5,6 +5,8 @@ import torch
 import train
 from conftest import run_dir
 
+pytestmark = pytest.mark.slow  # each test trains through train.main
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 

@@ -1,9 +1,9 @@
-"""Model zoo: activations by name, networks built from JSON config, distribution heads."""
+"""Tests for model/builders.py: networks built from JSON config (MLPs, conv nets, ResNets, a ViT, and encoders and
+decoders around them)."""
 from __future__ import annotations
 
 import inspect
 import json
-import math
 
 import pytest
 import torch
@@ -12,15 +12,6 @@ from torch import nn
 
 import model  # noqa: F401  (registers the archs)
 from model import builders
-from model.activations import (
-    Activation,
-    CRReLU,
-    L2Norm,
-    REReLU,
-    SiGLU,
-    TanhExp,
-    activation_names,
-)
 from model.builders import (
     MLP,
     AutoEncoder,
@@ -37,117 +28,10 @@ from model.builders import (
     ViT,
     ViTConfig,
 )
-from model.distributions import (
-    BernoulliResult,
-    CategoricalResult,
-    Distribution,
-    NormalResult,
-    cat_dist,
-    stack_dist,
-)
 from utils.errors import UserError
 from utils.registry import ARCHS
 
 torch.manual_seed(0)
-
-# ------------------------------------------------------------------ activations
-
-TORCH_ACTIVATIONS = [
-    name for name, obj in vars(torch.nn.modules.activation).items()
-    if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == "torch.nn.modules.activation"
-    and name != "MultiheadAttention"
-]
-CUSTOM = ["REReLU", "SiGLU", "CRReLU", "TanhExp", "L2Norm"]
-REQUIRED_ARGS = {"Threshold": {"threshold": 0.1, "value": -1.0}}
-
-
-def test_activation_names_cover_torch_and_custom():
-    names = set(activation_names())
-    assert set(TORCH_ACTIVATIONS) | set(CUSTOM) <= names
-    assert len(TORCH_ACTIVATIONS) > 20  # the scan found torch's activations
-
-
-@pytest.mark.parametrize("name", sorted(set(TORCH_ACTIVATIONS) | set(CUSTOM)))
-@pytest.mark.filterwarnings("ignore:Implicit dimension choice")
-def test_every_activation_builds_and_runs(name):
-    for spelling in (name, name.lower(), name.upper()):
-        act = Activation(spelling, **REQUIRED_ARGS.get(name, {}))
-        x = torch.randn(2, 4, 6, requires_grad=True)
-        y = act(x)
-        assert torch.isfinite(y).all()
-        y.float().sum().backward()
-    expected = getattr(nn, name, None) or getattr(__import__("model.activations", fromlist=[name]), name)
-    assert type(act) is expected
-
-
-@pytest.mark.parametrize("alias, cls", [("swish", nn.SiLU), ("leaky_relu", nn.LeakyReLU), ("Leaky-ReLU", nn.LeakyReLU),
-                                        ("identity", nn.Identity), ("none", nn.Identity), ("gelu", nn.GELU)])
-def test_activation_aliases(alias, cls):
-    assert type(Activation(alias)) is cls
-
-
-def test_activation_kwargs_are_passed():
-    assert Activation("leakyrelu", negative_slope=0.3).negative_slope == 0.3
-    assert Activation("siglu", dim=1).dim == 1
-
-
-def test_unknown_activation_names_the_nearest():
-    with pytest.raises(UserError, match=r"unknown name 'gleu'.*Did you mean .*'GELU'"):
-        Activation("gleu")
-    with pytest.raises(UserError, match="bad arguments"):
-        Activation("relu", slope=2)
-
-
-def test_rerelu_forward_is_relu_and_gradient_is_gelus():
-    x = torch.linspace(-4, 4, 101, dtype=torch.float64, requires_grad=True)
-    y = REReLU()(x)
-    torch.testing.assert_close(y, torch.relu(x))
-    (grad,) = torch.autograd.grad(y.sum(), x)
-    x2 = x.detach().clone().requires_grad_()
-    (gelu_grad,) = torch.autograd.grad(F.gelu(x2).sum(), x2)
-    torch.testing.assert_close(grad, gelu_grad)
-    assert not torch.allclose(grad, (x > 0).double())  # not ReLU's step gradient
-
-
-def test_siglu_halves_the_dim():
-    x = torch.randn(3, 8, dtype=torch.float64)
-    a, b = x[:, :4], x[:, 4:]
-    torch.testing.assert_close(SiGLU()(x), a * b / (1 + torch.exp(-b)))
-    x = torch.randn(2, 6, 5)
-    out = SiGLU(dim=1)(x)
-    assert out.shape == (2, 3, 5)
-    torch.testing.assert_close(out, x[:, :3] * torch.sigmoid(x[:, 3:]) * x[:, 3:])
-    with pytest.raises(ValueError, match="odd size 5"):
-        SiGLU()(x)
-
-
-def test_crrelu_formula_and_learnable_eps():
-    act = CRReLU()
-    assert isinstance(act.eps, nn.Parameter) and act.eps.requires_grad
-    assert act.eps.item() == pytest.approx(0.01)
-    assert [p for p in act.parameters()] == [act.eps]
-    with torch.no_grad():
-        act.eps.fill_(0.5)
-    x = torch.randn(50, dtype=torch.float64)
-    expected = x.clamp(min=0) + 0.5 * x * torch.exp(-x ** 2 / 2)
-    y = act(x.float())
-    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-6)
-    y.sum().backward()
-    torch.testing.assert_close(act.eps.grad.double(), (x * torch.exp(-x ** 2 / 2)).sum(), rtol=1e-4, atol=1e-5)
-
-
-def test_tanhexp_formula_and_large_inputs():
-    x = torch.linspace(-10, 5, 61, dtype=torch.float64)
-    expected = torch.tensor([v * math.tanh(math.exp(v)) for v in x.tolist()], dtype=torch.float64)
-    torch.testing.assert_close(TanhExp()(x), expected)
-    big = TanhExp()(torch.tensor([100.0, 1000.0]))
-    assert big.tolist() == [100.0, 1000.0]
-
-
-def test_l2norm():
-    x = torch.randn(4, 7, 3)
-    torch.testing.assert_close(L2Norm()(x).norm(dim=-1), torch.ones(4, 7))
-    torch.testing.assert_close(L2Norm(dim=1)(x).norm(dim=1), torch.ones(4, 3))
 
 
 # ------------------------------------------------------------------ configs from JSON
@@ -366,121 +250,3 @@ def test_every_arch_builds_through_the_registry(name):
     assert check_args(cls, args, "arch.args") == []  # what train.py's validation checks
     net = cls(**json.loads(json.dumps(args)))
     assert net(torch.randn(in_shape)).shape == out_shape
-
-
-# ------------------------------------------------------------------ distributions
-
-def test_normal_head():
-    head = Distribution(4, "normal")
-    x = torch.randn(2, 3, 8, requires_grad=True)
-    res = head(x)
-    assert isinstance(res, NormalResult)
-    assert res.mean.shape == res.std.shape == res.sample.shape == (2, 3, 4)
-    assert (res.std > 0).all()
-    torch.testing.assert_close(res.mean, x[..., :4])
-    dist = res.get_distribution()
-    assert isinstance(dist, torch.distributions.Independent) and isinstance(dist.base_dist, torch.distributions.Normal)
-    expected = torch.distributions.Normal(res.mean, res.std).log_prob(res.sample).sum(-1)
-    torch.testing.assert_close(dist.log_prob(res.sample), expected)
-    res.sample.sum().backward()  # reparametrised
-    assert x.grad[..., 4:].abs().sum() > 0
-    with pytest.raises(UserError, match="reads 8 features, got 6"):
-        head(torch.randn(2, 6))
-
-
-def test_categorical_head_straight_through():
-    head = Distribution(12, "categorical", n_groups=3)
-    x = torch.randn(5, 12, requires_grad=True)
-    res = head(x)
-    assert isinstance(res, CategoricalResult)
-    assert res.logits.shape == res.probs.shape == (5, 3, 4) and res.sample.shape == (5, 12)
-    onehot = res.sample.reshape(5, 3, 4)
-    assert ((onehot == 0) | (onehot == 1)).all() and (onehot.sum(-1) == 1).all()
-    torch.testing.assert_close(res.probs.sum(-1), torch.ones(5, 3))
-    dist = res.get_distribution()
-    assert isinstance(dist.base_dist, torch.distributions.OneHotCategorical)
-    logp = dist.log_prob(onehot)
-    assert logp.shape == (5,)
-    torch.testing.assert_close(logp, (onehot * res.probs.log()).sum((-1, -2)))
-    # straight-through: the gradient of the one-hot sample is the gradient of probs
-    w = torch.randn(12)
-    (res.sample * w).sum().backward()
-    x2 = x.detach().clone().requires_grad_()
-    (x2.reshape(5, 3, 4).softmax(-1).reshape(5, 12) * w).sum().backward()
-    torch.testing.assert_close(x.grad, x2.grad)
-    assert x.grad.abs().sum() > 0
-
-
-def test_bernoulli_head():
-    head = Distribution(8, "bernoulli", n_groups=2)
-    x = torch.randn(4, 8, requires_grad=True)
-    res = head(x)
-    assert isinstance(res, BernoulliResult)
-    assert res.logits.shape == (4, 2, 4) and res.sample.shape == (4, 8)
-    assert ((res.sample == 0) | (res.sample == 1)).all()
-    dist = res.get_distribution()
-    assert isinstance(dist.base_dist, torch.distributions.Bernoulli)
-    assert dist.log_prob(res.sample.reshape(4, 2, 4)).shape == (4,)
-    res.sample.sum().backward()
-    torch.testing.assert_close(x.grad, (torch.sigmoid(x) * (1 - torch.sigmoid(x))).detach())
-
-
-def test_spherical_samples():
-    cat = Distribution(12, "categorical", n_groups=3, spherical=True)(torch.randn(5, 12))
-    assert set(cat.sample.unique().tolist()) == {-1.0, 1.0}
-    ber = Distribution(8, "bernoulli", n_groups=2, spherical=True)(torch.randn(5, 8))
-    torch.testing.assert_close(ber.sample.reshape(5, 2, 4).norm(dim=-1), torch.ones(5, 2))
-    with pytest.raises(UserError, match="spherical applies to"):
-        Distribution(4, "normal", spherical=True)
-
-
-@pytest.mark.parametrize("kind", ["normal", "categorical", "bernoulli"])
-def test_deterministic_mode(kind):
-    x = torch.randn(6, 16)
-    in_dim = 8 if kind == "normal" else 16
-    head = Distribution(in_dim, kind, n_groups=1 if kind == "normal" else 4, deterministic=True)
-    torch.manual_seed(1)
-    a = head(x).sample
-    torch.manual_seed(2)
-    b = head(x).sample
-    assert torch.equal(a, b)
-    res = head(x)
-    if kind == "normal":
-        assert torch.equal(res.sample, res.mean)
-    elif kind == "categorical":
-        assert torch.equal(res.sample.reshape(res.probs.shape).argmax(-1), res.probs.argmax(-1))
-    else:
-        assert torch.equal(res.sample.reshape(res.probs.shape), res.probs.round())
-    stochastic = Distribution(in_dim, kind, n_groups=1 if kind == "normal" else 4)
-    assert not torch.equal(stochastic(x).sample, stochastic(x).sample)
-    assert torch.equal(stochastic(x, deterministic=True).sample, a)
-
-
-@pytest.mark.parametrize("kind", ["normal", "categorical", "bernoulli"])
-def test_stack_and_cat(kind):
-    head = Distribution(6 if kind == "normal" else 12, kind, n_groups=1 if kind == "normal" else 3)
-    feats = 12
-    results = [head(torch.randn(4, feats)) for _ in range(3)]
-    stacked = stack_dist(results)
-    assert type(stacked) is type(results[0])
-    for field, value in vars(stacked).items():
-        assert value.shape == (3, *getattr(results[0], field).shape)
-        torch.testing.assert_close(value[1], getattr(results[1], field))
-    joined = cat_dist(results)
-    assert joined.sample.shape == (4, 3 * results[0].sample.shape[-1])
-    if kind != "normal":
-        assert joined.logits.shape == (4, 9, 4)  # groups joined, classes kept
-        assert joined.get_distribution().log_prob(joined.sample.reshape(4, 9, 4)).shape == (4,)
-    else:
-        assert joined.mean.shape == (4, 18)
-    with pytest.raises(ValueError, match="different kinds"):
-        cat_dist([results[0], Distribution(4, "normal")(torch.randn(4, 8))] if kind != "normal"
-                 else [results[0], Distribution(12, "bernoulli")(torch.randn(4, 12))])
-
-
-def test_distribution_is_not_an_arch():
-    assert "Distribution" not in ARCHS.names()
-    with pytest.raises(UserError, match="unknown 'gauss'"):
-        Distribution(4, "gauss")
-    with pytest.raises(UserError, match="does not split into n_groups 5"):
-        Distribution(12, "categorical", n_groups=5)

@@ -1,4 +1,5 @@
-"""Tests for parse_config.py and utils/config_schema.py: reading, merging, overrides, validation, run dirs."""
+"""Tests for parse_config.py: reading, merging, overrides, declared options, resume precedence, validation, run
+dirs."""
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,11 @@ import parse_config
 import train
 from parse_config import (ConfigParser, apply_override, coerce, deep_merge, merge_changes, parse_overrides,
                           read_json, with_defaults)
-from utils.config_validation import validate
-from utils.config_schema import SCHEMA, flat_keys
-from utils.errors import UserError, run_cli as run_main
+from utils.errors import UserError
 from utils.registry import ARCHS, LOSSES, LR_SCHEDULERS, OPTIMIZERS, Registry
 
-from conftest import ROOT, run_cli, tiny_config
+from conftest import BAD_CONFIG_PROBLEMS, _bad_config, tiny_config, write
+
 
 # The original victoresque/pytorch-template config.json, verbatim.
 ORIGINAL = json.loads("""
@@ -78,12 +78,6 @@ ORIGINAL = json.loads("""
 """)
 
 
-def write(tmp_path, config, name="config.json"):
-    path = tmp_path / name
-    path.write_text(json.dumps(config))
-    return path
-
-
 def from_cli(*argv: str) -> ConfigParser:
     """ConfigParser.from_args on train.py's own command line."""
     return ConfigParser.from_args(train.build_parser(train.OPTIONS).parse_intermixed_args(list(argv)), train.OPTIONS)
@@ -94,22 +88,7 @@ def cfg_file(tmp_path):
     return write(tmp_path, tiny_config(tmp_path / "saved"))
 
 
-# ---- shipped configs and the original template's format ----
-
-def test_shipped_config_validates():
-    config = ConfigParser(read_json(ROOT / "config.json"))
-    assert config["arch"]["type"] == "DigitsModel" and config["seed"] == 123
-    assert config["trainer"]["len_epoch"] is None and config["lr_scheduler"]["interval"] == "epoch"
-
-
-CONFIG_FILES = sorted((ROOT / "configs").rglob("*.json")) if (ROOT / "configs").is_dir() else []
-
-
-@pytest.mark.skipif(not CONFIG_FILES, reason="no configs/ directory with *.json files")
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_config_file_validates(path):
-    ConfigParser(read_json(path))
-
+# ---- the original template's format ----
 
 def test_original_template_config_runs_unchanged():
     config = ConfigParser(copy.deepcopy(ORIGINAL))
@@ -178,6 +157,7 @@ def _leaves(node, prefix=()):
     return {k: v for key, value in node.items() for k, v in _leaves(value, prefix + (key,)).items()}
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(CONFIGS, CONFIGS)
 def test_deep_merge_properties(base, override):
@@ -396,33 +376,7 @@ def test_resume_errors_are_user_errors(tmp_path):
         ConfigParser.from_args(_namespace())
 
 
-# ---- validation: every problem at once ----
-
-def _bad_config(tmp_path) -> dict:
-    config = tiny_config(tmp_path / "saved")
-    config["lr_sheduler"] = config.pop("lr_scheduler")                   # misspelled top-level key
-    config["trainer"]["epoch"] = 3                                        # misspelled trainer key
-    config["arch"]["type"] = "DigitModel"                                 # unknown arch
-    config["optimizer"]["args"].update(lrr=0.1, lr="fast")               # unknown arg, wrong type
-    config["data_loader"] = {"type": "MnistDataLoader", "args": {"shuffle": True}}  # missing required args
-    config["metrics"] = ["accuracy", "accuracy", "acuracy"]               # duplicate, unknown
-    config["trainer"]["monitor"] = "minimum val_loss"                     # bad monitor
-    return config
-
-
-BAD_CONFIG_PROBLEMS = [
-    "config key 'lr_sheduler' is not known. Did you mean 'lr_scheduler'?",
-    "config key 'trainer.epoch' is not known. Did you mean 'trainer.epochs'",
-    "arch.type: unknown arch 'DigitModel'. Did you mean 'DigitsModel'",
-    "optimizer.args.lrr: Adam has no argument 'lrr'. Did you mean 'lr'?",
-    "optimizer.args.lr: Adam expects a number (default 0.001), got 'fast'",
-    "data_loader.args: MnistDataLoader needs the argument 'data_dir'; add it to data_loader.args",
-    "data_loader.args: MnistDataLoader needs the argument 'batch_size'; add it to data_loader.args",
-    "metrics.2: unknown metric 'acuracy'. Did you mean 'accuracy'?",
-    "metrics: 'accuracy' appears twice",
-    "trainer.monitor must be 'min <key>', 'max <key>' or 'off', got 'minimum val_loss'",
-]
-
+# ---- validation: every problem at once (the bad config is in conftest.py) ----
 
 def test_validation_reports_every_problem_at_once_and_builds_nothing(tmp_path):
     path = write(tmp_path, _bad_config(tmp_path))
@@ -451,23 +405,6 @@ def test_unknown_optimizer_type_is_reported_with_the_rest(tmp_path):
     assert re.fullmatch(r"loss\.type: unknown loss 'cros_entropy'\. Did you mean 'cross_entropy'( or '\w+')*\? "
                         r"List them all with: python train\.py --list loss", problems[2])
     assert problems[3:] == ["trainer.epochs must be at least 1, got 0", "trainer.verbosity must be 0, 1 or 2, got 5"]
-
-
-def test_malformed_sections_are_reported_once_without_crashing(tmp_path):
-    config = tiny_config(tmp_path / "saved")
-    config.update(trainer=[1], metrics="accuracy", lr_scheduler="StepLR", loss=5, arch={"type": 3}, seed="x")
-    del config["optimizer"]
-    problems = validate(with_defaults(config))
-    assert problems == [
-        "config key 'seed' must be an integer or null, got 'x'",
-        "config key 'arch.type' must be a string, got 3",
-        "config key 'optimizer.type' is missing: any torch.optim optimizer, else any pytorch_optimizer "
-        "optimizer, by class name",
-        "config key 'loss' must be a string or an object, got 5",
-        "config key 'metrics' must be a list, got 'accuracy'",
-        "config key 'lr_scheduler' must be an object {...}",
-        "config key 'trainer' must be an object {...}",
-    ]
 
 
 def test_loss_and_metrics_as_objects(tmp_path):
@@ -510,31 +447,6 @@ def test_a_library_refusing_a_value_is_a_user_error(tmp_path):
     parser.config["arch"]["type"] = "Broken"
     with pytest.raises(ValueError, match="a bug in user code"):
         parser.init_obj("arch", mine)
-
-
-# ---- the command line ----
-
-def test_cli_reports_every_problem_on_its_own_line_with_status_2(tmp_path):
-    path = write(tmp_path, _bad_config(tmp_path), "bad.json")
-    result = run_cli("train.py", "-c", str(path), cwd=tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.splitlines()
-    assert len(lines) == len(BAD_CONFIG_PROBLEMS) and all(line.startswith("error: ") for line in lines), lines
-    for expected in BAD_CONFIG_PROBLEMS:
-        assert sum(expected in line for line in lines) == 1, expected
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
-
-
-def test_cli_missing_and_invalid_config_files(tmp_path, capsys):
-    assert run_main(train.main, ["-c", str(tmp_path / "missing.json")]) == 2
-    err = capsys.readouterr().err
-    assert err == f"error: config file {tmp_path / 'missing.json'} not found; give an existing file with -c\n"
-    bad = tmp_path / "invalid.json"
-    bad.write_text('{"name": "x",\n "trainer": {"epochs": 2\n}')
-    assert run_main(train.main, ["-c", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert re.fullmatch(rf"error: config file {re.escape(str(bad))} is not valid JSON: .* at line 3 column \d+\n", err)
 
 
 # ---- seed and run directories ----
@@ -581,23 +493,3 @@ def test_resumed_run_reuses_its_directories(tmp_path, checkpoint):
     checkpoint.rename(moved)
     dirs = from_cli("-r", str(run)).make_run_dirs()
     assert dirs.checkpoint_dir == run and dirs.log_dir == tmp_path / "saved" / "log" / "Digits_CNN" / "r1"
-
-
-# ---- the schema and the docs ----
-
-def test_schema_defaults_pass_their_own_types():
-    from utils.config_schema import REQUIRED, type_ok
-
-    for key, (types, default, meaning) in flat_keys().items():
-        assert default is REQUIRED or type_ok(default, types), key
-        assert meaning and "\n" not in meaning, key
-    assert "trainer.epochs" in flat_keys() and "lr_scheduler.interval" in flat_keys()
-    assert set(SCHEMA) >= {"name", "n_gpu", "arch", "data_loader", "optimizer", "loss", "metrics", "lr_scheduler",
-                           "trainer"}
-
-
-@pytest.mark.skipif(not (ROOT / "README.md").is_file(), reason="no README.md")
-def test_readme_documents_every_config_key():
-    readme = (ROOT / "README.md").read_text()
-    missing = [key for key in flat_keys() if f"`{key}`" not in readme]
-    assert missing == [], f"document these keys in README.md: {missing}"

@@ -1,4 +1,5 @@
-"""Scale out: DDP through torchrun (gloo on the CPU), mixed precision, accumulation, clipping."""
+"""Scale out: DDP through torchrun (gloo on the CPU): one run directory, a single process's numbers, resume, and
+early stopping on every rank."""
 from __future__ import annotations
 
 import json
@@ -8,18 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
 
 import test as test_script
 import train
-from base import BaseDataLoader
 from conftest import ROOT, read_metrics, run_dir, tiny_config
-from trainer import Trainer
-from utils.checkpoint import Checkpointer
-from utils.distributed import Dist
-from utils.errors import UserError
-from utils.monitor import Monitor
+
+pytestmark = pytest.mark.slow  # each test starts torchrun, or reads the runs of a fixture that did
 
 
 def deterministic_config(tmp_path: Path, batch_size: int, **trainer) -> Path:
@@ -41,8 +36,6 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     # on failure keep what the ranks said, not torchrun's summary
     result.stderr = "\n".join(line for line in result.stderr.splitlines() if line.startswith("[rank")) or result.stderr
     return result
-
-
 
 
 @pytest.fixture(scope="module")
@@ -91,84 +84,9 @@ def test_resume_under_torchrun_and_a_single_process_checkpoint_under_torchrun(dd
     assert [r["epoch"] for r in read_metrics(single_log)] == [1, 2, 3]
 
 
-def test_sync_batchnorm_on_the_cpu_is_a_clear_error():
-    config = {"channels_last": False, "compile": False, "sync_batchnorm": True}
-    with pytest.raises(UserError, match="trainer.sync_batchnorm needs GPUs"):
-        train.place_model(nn.BatchNorm1d(3), torch.device("cpu"), [], config, Dist(0, 2, 0))
-
-
-def test_every_sample_is_seen_once_per_epoch_across_ranks():
-    for n, world, batch in ((103, 2, 8), (96, 3, 4), (17, 2, 8)):
-        loaders = [BaseDataLoader(TensorDataset(torch.arange(n)), batch, True, 0, 0, seed=1) for _ in range(world)]
-        for rank, loader in enumerate(loaders):
-            loader.shard(rank, world)
-            loader.set_epoch(3)
-        parts = [torch.cat([b[0] for b in loader]) for loader in loaders]
-        assert len({len(list(loader)) for loader in loaders}) == 1  # the same number of steps on every rank
-        seen = torch.cat(parts)
-        assert len(seen) == len(set(seen.tolist())) >= n - (world - 1)  # no sample twice; < world dropped
-
-
-# ---- in one process: mixed precision, accumulation, clipping
-
-def regression_trainer(tmp_path: Path, batch_size: int, **kwargs) -> Trainer:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    x = torch.randn(64, 5)
-    y = x @ torch.randn(5, 1)
-    loader = BaseDataLoader(TensorDataset(x, y), batch_size, False, 0, 0, seed=0)
-    model = nn.Linear(5, 1)
-    return Trainer(model, nn.functional.mse_loss, {}, torch.optim.SGD(model.parameters(), lr=0.05),
-                   device=torch.device("cpu"), epochs=kwargs.pop("epochs", 2), data_loader=loader, progress=False,
-                   monitor=Monitor("off"), checkpointer=Checkpointer(tmp_path), **kwargs)
-
-
-def test_accumulating_k_batches_equals_one_batch_k_times_larger(tmp_path):
-    big = regression_trainer(tmp_path / "a", 32)
-    small = regression_trainer(tmp_path / "b", 8, accumulate_steps=4)
-    big.train(), small.train()
-    assert torch.allclose(big.model.weight, small.model.weight, atol=1e-6)
-    assert small.global_step == 16 and big.global_step == 4
-
-
-def test_clip_grad_norm_bounds_each_update(tmp_path):
-    trainer = regression_trainer(tmp_path, 64, epochs=1, clip_grad_norm=0.01)
-    before = trainer.model.weight.detach().clone()
-    trainer.train()
-    step = torch.cat([trainer.model.weight.detach() - before, trainer.model.bias.detach().view(1, 1)], 1)
-    assert step[:, :-1].norm() <= 0.05 * 0.01 + 1e-7  # lr * max_norm
-
-
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_on_the_cpu_trains_to_the_same_accuracy_band(tmp_path, write_config, amp):
-    config = write_config(epochs=4)
-    train.main(["-c", str(config), "--run-id", "fp32", "optimizer.args.lr=0.01"])
-    train.main(["-c", str(config), "--run-id", amp, f"trainer.amp={amp}", "optimizer.args.lr=0.01"])
-    full, mixed = (read_metrics(run_dir(tmp_path / "saved", r)[1])[-1]["val_accuracy"] for r in ("fp32", amp))
-    assert mixed > 0.8 and abs(mixed - full) < 0.05
-    state = torch.load(run_dir(tmp_path / "saved", amp)[0] / "checkpoint-epoch4.pth", weights_only=True)
-    assert (state["scaler"] is not None) == (amp == "fp16")  # the GradScaler's state is checkpointed
-
-
-def test_lbfgs_with_accumulation_is_refused_clearly(tmp_path):
-    with pytest.raises(UserError, match="LBFGS re-evaluates the loss through a closure"):
-        model = nn.Linear(5, 1)
-        loader = BaseDataLoader(TensorDataset(torch.randn(8, 5), torch.randn(8, 1)), 4, False, 0, 0)
-        Trainer(model, nn.functional.mse_loss, {}, torch.optim.LBFGS(model.parameters()), device=torch.device("cpu"),
-                epochs=1, data_loader=loader, accumulate_steps=2)
-
-
 def test_early_stop_stops_every_rank(tmp_path):
     # 'max lr' never improves after epoch 1: patience 1 stops after epoch 2 on every rank, or the job would hang
     result = torchrun("-c", str(deterministic_config(tmp_path, 64, epochs=5, monitor="max lr", early_stop=1)),
                       "--run-id", "stop")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["epoch"] for r in read_metrics(run_dir(tmp_path / "saved", "stop")[1])] == [1, 2]
-
-
-def test_more_gpus_asked_than_exist_warns_and_uses_what_exists(caplog):
-    from utils.util import prepare_device
-
-    device, ids = prepare_device(torch.cuda.device_count() + 2)
-    assert f"n_gpu is {torch.cuda.device_count() + 2} but only {torch.cuda.device_count()}" in caplog.text
-    assert len(ids) == torch.cuda.device_count()

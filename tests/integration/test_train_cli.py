@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -12,13 +13,15 @@ import torch
 
 import test as test_script
 import train
-from conftest import ROOT, read_metrics, run_cli, run_dir, tiny_config
+from conftest import BAD_CONFIG_PROBLEMS, ROOT, _bad_config, read_metrics, run_cli, run_dir, tiny_config, write
 from fake_data import write_mnist
-from utils.errors import UserError
+from utils.errors import run_cli as run_main
+from utils.registry import OPTIMIZERS
 
 
+# ---- training and testing ----
 
-
+@pytest.mark.slow
 def test_default_config_trains_and_reaches_good_accuracy(tmp_path):
     """The shipped config.json as it is (only the save_dir moved): the Quick start promise."""
     save = tmp_path / "saved"
@@ -31,6 +34,7 @@ def test_default_config_trains_and_reaches_good_accuracy(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_run_id_overrides_and_run_directory_layout(tmp_path, write_config):
     train.main(["-c", str(write_config()), "--run-id", "r1", "trainer.epochs=3", "trainer.save_period=2",
                 "optimizer.args.lr=0.01"])
@@ -47,6 +51,7 @@ def test_run_id_overrides_and_run_directory_layout(tmp_path, write_config):
         assert ckpt["config"] == saved_config and ckpt["arch"] == "DigitsModel"
 
 
+@pytest.mark.slow
 def test_timestamp_run_ids_are_unique_within_a_second(tmp_path, write_config):
     config = write_config()
     for _ in range(2):
@@ -54,12 +59,14 @@ def test_timestamp_run_ids_are_unique_within_a_second(tmp_path, write_config):
     assert len(list((tmp_path / "saved" / "models" / "Digits_CNN").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_seed_null_is_drawn_and_recorded(tmp_path, write_config):
     train.main(["-c", str(write_config()), "--run-id", "s", "seed=null", "trainer.epochs=1"])
     seed = json.loads((run_dir(tmp_path / "saved", "s")[0] / "config.json").read_text())["seed"]
     assert isinstance(seed, int)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(tmp_path, write_config):
     config = write_config()
     for rid in ("a", "b"):
@@ -68,73 +75,13 @@ def test_same_seed_gives_identical_weights(tmp_path, write_config):
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
+@pytest.mark.slow
 def test_a_config_without_an_lr_scheduler_section_trains(tmp_path, write_config):
     config = tiny_config(tmp_path / "saved", epochs=1)
     del config["lr_scheduler"]
     train.main(["-c", str(write_config(config)), "--run-id", "r"])
     checkpoint = torch.load(run_dir(tmp_path / "saved", "r")[0] / "checkpoint-epoch1.pth", weights_only=True)
     assert checkpoint["lr_scheduler"] is None and checkpoint["config"]["lr_scheduler"] is None
-
-
-@pytest.mark.parametrize("resume_from", ["file", "run_dir"])
-def test_resume_continues_the_same_run_and_equals_a_straight_run(tmp_path, write_config, resume_from):
-    config = write_config()
-    train.main(["-c", str(config), "--run-id", "straight", "trainer.epochs=3"])
-    train.main(["-c", str(config), "--run-id", "split", "trainer.epochs=2"])
-    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "split")
-    target = ckpt_dir / "checkpoint-epoch2.pth" if resume_from == "file" else ckpt_dir
-    train.main(["-r", str(target), "trainer.epochs=3"])
-    assert sorted(p.name for p in (tmp_path / "saved" / "models" / "Digits_CNN").iterdir()) == ["split", "straight"]
-    straight = torch.load(run_dir(tmp_path / "saved", "straight")[0] / "checkpoint-epoch3.pth", weights_only=True)
-    resumed = torch.load(ckpt_dir / "checkpoint-epoch3.pth", weights_only=True)
-    for key in ("state_dict",):
-        assert all(torch.equal(straight[key][k], resumed[key][k]) for k in straight[key])
-    assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
-    assert all(torch.equal(straight["optimizer"]["state"][i]["exp_avg"], resumed["optimizer"]["state"][i]["exp_avg"])
-               for i in straight["optimizer"]["state"])
-    assert straight["lr_scheduler"] == resumed["lr_scheduler"] and straight["monitor"] == resumed["monitor"]
-    assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2, 3]
-    assert read_metrics(log_dir, timing=False) == read_metrics(run_dir(tmp_path / "saved", "straight")[1], timing=False)
-
-
-def test_resume_restores_best_value_and_early_stop_counter(tmp_path, write_config):
-    # 'max lr' never strictly improves after epoch 1 (StepLR keeps it for 10 epochs): a pure patience count.
-    config = write_config(monitor="max lr", early_stop=3)
-    train.main(["-c", str(config), "--run-id", "p", "trainer.epochs=2"])
-    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "p")
-    train.main(["-r", str(ckpt_dir), "trainer.epochs=10"])
-    assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2, 3, 4]  # stopped after 3 epochs without improvement
-    assert (ckpt_dir / "checkpoint-epoch4.pth").is_file()
-
-
-def test_resume_with_a_new_learning_rate_applies_it_and_says_so(tmp_path, write_config):
-    train.main(["-c", str(write_config()), "--run-id", "lr", "trainer.epochs=1"])
-    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "lr")
-    train.main(["-r", str(ckpt_dir), "--lr", "0.0005", "trainer.epochs=2", "trainer.verbosity=1"])
-    assert [r["lr"] for r in read_metrics(log_dir)] == [0.002, 0.0005]
-    assert "Learning rate changed from 0.002 to 0.0005" in (log_dir / "info.log").read_text()
-
-
-def test_resume_with_another_optimizer_warns_and_starts_its_state_fresh(tmp_path, write_config):
-    train.main(["-c", str(write_config()), "--run-id", "o", "trainer.epochs=1"])
-    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "o")
-    override = tmp_path / "sgd.json"
-    override.write_text(json.dumps({"optimizer": {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}}}))
-    train.main(["-r", str(ckpt_dir), "-c", str(override), "trainer.epochs=2", "trainer.verbosity=1"])
-    assert "optimizer.type differs from the checkpoint's (Adam)" in (log_dir / "info.log").read_text()
-    ckpt = torch.load(ckpt_dir / "checkpoint-epoch2.pth", weights_only=True)
-    assert ckpt["config"]["optimizer"]["type"] == "SGD"
-    assert ckpt["config"]["optimizer"]["args"] == {"lr": 0.01, "momentum": 0.9}  # a new type: args replaced
-    assert all("momentum_buffer" in s for s in ckpt["optimizer"]["state"].values())  # SGD state, not Adam's
-
-
-def test_resume_with_a_changed_architecture_warns(tmp_path, write_config):
-    train.main(["-c", str(write_config()), "--run-id", "a", "trainer.epochs=1"])
-    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "a")
-    with pytest.raises(UserError, match="weights do not fit arch DigitsModel"):
-        train.main(["-r", str(ckpt_dir), "arch.args.channels=8", "trainer.epochs=2"])
-    assert "arch.args.channels" in (log_dir / "info.log").read_text()
-    assert (ckpt_dir / "checkpoint-epoch1.pth").is_file() and not (ckpt_dir / "checkpoint-epoch2.pth").exists()
 
 
 def test_dry_run_builds_everything_prints_the_summary_and_writes_nothing(tmp_path, write_config, capsys):
@@ -144,6 +91,7 @@ def test_dry_run_builds_everything_prints_the_summary_and_writes_nothing(tmp_pat
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.slow
 def test_device_cpu_flag(tmp_path, write_config):
     train.main(["-c", str(write_config()), "-d", "cpu", "--run-id", "cpu", "trainer.epochs=1"])
     assert (run_dir(tmp_path / "saved", "cpu")[0] / "checkpoint-epoch1.pth").is_file()
@@ -165,6 +113,7 @@ def test_test_script_evaluates_the_test_split_without_a_new_run_directory(tmp_pa
     assert json.loads(out.read_text())["epoch"] == 2 and again["checkpoint"].endswith("checkpoint-epoch2.pth")
 
 
+@pytest.mark.slow
 def test_test_script_uses_only_the_checkpoint(tmp_path, write_config):
     """Moving the checkpoint away from its run directory and config changes nothing."""
     train.main(["-c", str(write_config()), "--run-id", "m", "trainer.epochs=1"])
@@ -176,6 +125,49 @@ def test_test_script_uses_only_the_checkpoint(tmp_path, write_config):
     assert (tmp_path / "test_results.json").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_on_the_cpu_trains_to_the_same_accuracy_band(tmp_path, write_config, amp):
+    config = write_config(epochs=4)
+    train.main(["-c", str(config), "--run-id", "fp32", "optimizer.args.lr=0.01"])
+    train.main(["-c", str(config), "--run-id", amp, f"trainer.amp={amp}", "optimizer.args.lr=0.01"])
+    full, mixed = (read_metrics(run_dir(tmp_path / "saved", r)[1])[-1]["val_accuracy"] for r in ("fp32", amp))
+    assert mixed > 0.8 and abs(mixed - full) < 0.05
+    state = torch.load(run_dir(tmp_path / "saved", amp)[0] / "checkpoint-epoch4.pth", weights_only=True)
+    assert (state["scaler"] is not None) == (amp == "fp16")  # the GradScaler's state is checkpointed
+
+
+# ---- the command line itself ----
+
+def test_help_lists_every_option():
+    out = run_cli("train.py", "--help").stdout
+    for flag in ("-c", "--resume", "--device", "--lr", "--bs", "--run-id", "--dry-run", "--list", "key.path=value"):
+        assert flag in out
+    assert "--out" in run_cli("test.py", "--help").stdout
+
+
+@pytest.mark.slow
+def test_list_optimizer_cli():
+    result = run_cli("train.py", "--list", "optimizer")
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.split()
+    assert "Adam" in names and "AdaBelief" in names and "SGD" in names
+    assert names == OPTIMIZERS.names()
+
+
+@pytest.mark.slow
+def test_device_flag_selects_gpus_through_cuda_visible_devices():
+    """-d 0,1 sets CUDA_VISIBLE_DEVICES before anything touches CUDA (in a subprocess: CUDA reads it once)."""
+    code = "import os, train; train.main(['-d', '2,3', '--list', 'arch']); print(os.environ['CUDA_VISIBLE_DEVICES'])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "2,3" and "DigitsModel" in result.stdout
+
+
+# ---- mistakes: status 2, one line each, no traceback ----
+
+@pytest.mark.slow
 def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path, write_config):
     config = tiny_config(tmp_path / "saved")
     config["arch"]["type"] = "DigitModel"
@@ -195,6 +187,48 @@ def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path, write_config
         assert __import__("re").search(message, result.stderr, __import__("re").I), result.stderr
 
 
+@pytest.mark.slow
+def test_cli_reports_every_problem_on_its_own_line_with_status_2(tmp_path):
+    path = write(tmp_path, _bad_config(tmp_path), "bad.json")
+    result = run_cli("train.py", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(BAD_CONFIG_PROBLEMS) and all(line.startswith("error: ") for line in lines), lines
+    for expected in BAD_CONFIG_PROBLEMS:
+        assert sum(expected in line for line in lines) == 1, expected
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_cli_missing_and_invalid_config_files(tmp_path, capsys):
+    assert run_main(train.main, ["-c", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: config file {tmp_path / 'missing.json'} not found; give an existing file with -c\n"
+    bad = tmp_path / "invalid.json"
+    bad.write_text('{"name": "x",\n "trainer": {"epochs": 2\n}')
+    assert run_main(train.main, ["-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: config file {re.escape(str(bad))} is not valid JSON: .* at line 3 column \d+\n", err)
+
+
+def test_a_bad_transform_in_a_config_stops_train_py_with_status_2(tmp_path, write_config, capsys):
+    from conftest import tiny_config
+    from utils.errors import run_cli
+
+    write_mnist(tmp_path / "data")
+    config = tiny_config(tmp_path / "saved")
+    config["arch"] = {"type": "MnistModel", "args": {}}
+    config["data_loader"] = {"type": "MnistDataLoader", "args": {"data_dir": str(tmp_path / "data"), "batch_size": 8,
+                                                                 "download": False, "transforms": ["RandomFlip"]}}
+    config["optimizer"]["args"]["lr"] = "fast"  # reported together, before anything is built
+    assert run_cli(train.main, ["-c", str(write_config(config))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "data_loader.args.transforms[0].type: no transform 'RandomFlip'" in err
+    assert "optimizer.args.lr" in err
+    assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.slow
 def test_corrupt_and_malicious_checkpoints_are_refused(tmp_path):
     truncated = tmp_path / "truncated.pth"
     buffer = tmp_path / "full.pth"
@@ -215,6 +249,9 @@ def test_corrupt_and_malicious_checkpoints_are_refused(tmp_path):
     assert not marker.exists()
 
 
+# ---- a project in the original template's format ----
+
+@pytest.mark.slow
 def test_a_project_in_the_original_templates_format_runs_unchanged(tmp_path):
     """Scaffold a project, add the user's own model/loss/metric the original way, train and test it."""
     project = tmp_path / "MyProject"
@@ -249,27 +286,3 @@ def test_a_project_in_the_original_templates_format_runs_unchanged(tmp_path):
     result = run_cli("test.py", "-r", str(ckpt_dir / "checkpoint-epoch2.pth"), cwd=project, project=project)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((ckpt_dir / "test_results.json").read_text())["n_samples"] == 20
-
-
-def test_help_lists_every_option():
-    out = run_cli("train.py", "--help").stdout
-    for flag in ("-c", "--resume", "--device", "--lr", "--bs", "--run-id", "--dry-run", "--list", "key.path=value"):
-        assert flag in out
-    assert "--out" in run_cli("test.py", "--help").stdout
-
-
-def test_resume_with_a_changed_dataset_or_seed_warns_with_the_differing_keys(tmp_path, write_config):
-    train.main(["-c", str(write_config()), "--run-id", "w", "trainer.epochs=1"])
-    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "w")
-    train.main(["-r", str(ckpt_dir), "seed=5", "data_loader.args.validation_split=0.2", "trainer.epochs=2"])
-    log = (log_dir / "info.log").read_text()
-    assert "settings that differ from the checkpoint's: data_loader.args.validation_split, seed" in log
-
-
-def test_device_flag_selects_gpus_through_cuda_visible_devices():
-    """-d 0,1 sets CUDA_VISIBLE_DEVICES before anything touches CUDA (in a subprocess: CUDA reads it once)."""
-    code = "import os, train; train.main(['-d', '2,3', '--list', 'arch']); print(os.environ['CUDA_VISIBLE_DEVICES'])"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "2,3" and "DigitsModel" in result.stdout

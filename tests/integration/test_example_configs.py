@@ -1,4 +1,5 @@
-"""Every shipped example config in configs/ trains one epoch in-process and its checkpoint evaluates."""
+"""The shipped configs: config.json and every file in configs/ validate, and every example in configs/ trains one
+epoch in-process and its checkpoint evaluates."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,12 @@ import torch
 
 import test as test_script
 import train
+from conftest import ROOT
 from fake_data import write_arrays, write_cifar, write_image_csv, write_image_folder, write_mnist
+from parse_config import ConfigParser, read_json
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))
 
 # Tiny files in the real formats where a config expects its data (paths relative to the working directory).
 DATA = {
@@ -35,6 +39,7 @@ def test_the_example_configs_are_there():
     assert {"mlp_digits", "autoencoder_digits", "pytorch_optimizer_warmup", *DATA} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_example_config_trains_one_epoch_and_evaluates(path, tmp_path, monkeypatch):
     config = json.loads(path.read_text())
@@ -56,3 +61,20 @@ def test_example_config_trains_one_epoch_and_evaluates(path, tmp_path, monkeypat
         key = metric if isinstance(metric, str) else metric.get("name") or metric["type"]
         assert 0.0 <= results[key] <= 1.0
     assert json.loads(checkpoint.with_name("test_results.json").read_text())["epoch"] == 1
+
+
+# ---- validation ----
+
+def test_shipped_config_validates():
+    config = ConfigParser(read_json(ROOT / "config.json"))
+    assert config["arch"]["type"] == "DigitsModel" and config["seed"] == 123
+    assert config["trainer"]["len_epoch"] is None and config["lr_scheduler"]["interval"] == "epoch"
+
+
+CONFIG_FILES = sorted((ROOT / "configs").rglob("*.json")) if (ROOT / "configs").is_dir() else []
+
+
+@pytest.mark.skipif(not CONFIG_FILES, reason="no configs/ directory with *.json files")
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_file_validates(path):
+    ConfigParser(read_json(path))

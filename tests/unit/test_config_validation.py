@@ -1,0 +1,69 @@
+"""Tests for utils/config_validation.py: arguments checked against the libraries' signatures, and the checks of a
+whole config."""
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from parse_config import with_defaults
+from utils.config_validation import check_args, validate
+from utils.registry import REGISTRIES
+
+
+# ---- argument checks against the libraries' signatures ----
+
+def test_every_plain_default_passes_its_own_type_check():
+    """check_args must not reject the value an argument has by default (e.g. SGD's momentum=0 takes 0.9)."""
+    checked = 0
+    for registry in REGISTRIES.values():
+        for name in registry.names():
+            obj = registry.find(name)
+            try:
+                params = inspect.signature(obj).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            args = {p.name: p.default for p in params if type(p.default) in (int, float, bool, str, type(None))}
+            assert [p for p in check_args(obj, args, "x") if "expects" in p] == [], name
+            checked += len(args)
+    assert checked > 500
+
+
+@pytest.mark.parametrize("cls, args, problem", [
+    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}, None),
+    (torch.optim.SGD, {"lr": "fast"}, r"lr: SGD expects a number \(default 0.001\), got 'fast'"),
+    (torch.optim.SGD, {"momentum": True}, "momentum: SGD expects a number"),
+    (torch.optim.SGD, {"nesterov": 1}, "nesterov: SGD expects true or false"),
+    (torch.optim.Adam, {"lr": None}, "lr: Adam expects a number"),
+    (torch.optim.lr_scheduler.ReduceLROnPlateau, {"min_lr": 1e-6, "mode": "max"}, None),
+    (torch.optim.lr_scheduler.OneCycleLR, {"max_lr": 0.1, "total_steps": None}, None),
+    (torch.optim.lr_scheduler.StepLR, {"step_size": 2.5}, "step_size: StepLR expects an integer, got 2.5"),
+])
+def test_arg_types_follow_annotations(cls, args, problem):
+    problems = check_args(cls, args, "section.args", 1)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and re.search(problem, problems[0]), problems
+
+
+# ---- a whole config ----
+
+def test_malformed_sections_are_reported_once_without_crashing(tmp_path):
+    config = tiny_config(tmp_path / "saved")
+    config.update(trainer=[1], metrics="accuracy", lr_scheduler="StepLR", loss=5, arch={"type": 3}, seed="x")
+    del config["optimizer"]
+    problems = validate(with_defaults(config))
+    assert problems == [
+        "config key 'seed' must be an integer or null, got 'x'",
+        "config key 'arch.type' must be a string, got 3",
+        "config key 'optimizer.type' is missing: any torch.optim optimizer, else any pytorch_optimizer "
+        "optimizer, by class name",
+        "config key 'loss' must be a string or an object, got 5",
+        "config key 'metrics' must be a list, got 'accuracy'",
+        "config key 'lr_scheduler' must be an object {...}",
+        "config key 'trainer' must be an object {...}",
+    ]

@@ -1,0 +1,51 @@
+"""Tests for logger/visualization.py: the TensorBoard writer, read back, and the do-nothing writer."""
+from __future__ import annotations
+
+from conftest import events
+from logger import NullWriter, TensorboardWriter, make_writer
+
+
+def public_methods(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}
+
+
+def test_null_writer_has_the_tensorboard_writers_methods():
+    assert public_methods(NullWriter) == public_methods(TensorboardWriter)
+    # each one overridden: a method left to the NullWriter base would drop data silently
+    assert all(name in vars(TensorboardWriter) for name in public_methods(NullWriter))
+
+
+def test_make_writer_null_when_disabled_or_no_dir(tmp_path):
+    assert type(make_writer(None, True)) is NullWriter
+    assert type(make_writer(tmp_path, False)) is NullWriter
+    assert list(tmp_path.iterdir()) == []
+    writer = make_writer(tmp_path, True)
+    writer.close()
+    assert type(writer) is TensorboardWriter
+
+
+def test_tensorboard_writer_scalar_reads_back(tmp_path):
+    writer = TensorboardWriter(tmp_path)
+    writer.add_scalar("x/train", 1.5, 3)
+    writer.close()
+    assert [(e.step, e.value) for e in events(tmp_path).Scalars("x/train")] == [(3, 1.5)]
+
+
+def test_tensorboard_writer_supersedes_later_steps_of_earlier_files(tmp_path):
+    first = TensorboardWriter(tmp_path)
+    for step in (1, 2, 3):
+        first.add_scalar("epoch_axis", step, step)
+        first.add_scalar("step_axis", step, 10 * step)
+    first.add_scalar("untouched", 7.0, 5)
+    first.close()
+    second = TensorboardWriter(tmp_path)  # a resume from epoch 1: per tag, its first step supersedes the rest
+    second.add_scalar("epoch_axis", 20.0, 2)
+    second.add_scalar("step_axis", 200.0, 20)
+    second.flush()
+    acc = events(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars("epoch_axis")] == [(1, 1.0), (2, 20.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("step_axis")] == [(10, 1.0), (20, 200.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("untouched")] == [(5, 7.0)]
+    second.add_scalar("epoch_axis", 30.0, 3)
+    second.close()
+    assert [(e.step, e.value) for e in events(tmp_path).Scalars("epoch_axis")] == [(1, 1.0), (2, 20.0), (3, 30.0)]
