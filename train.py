@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print("\n".join(REGISTRIES[args.list].names()))
         return
-    resumed = find_checkpoint(args.resume) if args.resume else (None, None)  # (path, checkpoint)
-    config = ConfigParser.from_args(args, OPTIONS, resume=resumed[0],
-                                    checkpoint_config=resumed[1]["config"] if resumed[1] else None)
+    config, checkpoint = load_config(args)
     settings = config.settings()
     dist = distributed.init(settings.dist_backend, settings.dist_timeout)
     try:
@@ -78,11 +76,20 @@ def main(argv: list[str] | None = None) -> None:
             print_summary(trainer)
             return
         run = open_run(config, trainer, dist)
-        if resumed[1] is not None:
-            resume(trainer, *resumed, config)
+        if checkpoint is not None:
+            resume(trainer, checkpoint, config)
         train(trainer, run)
     finally:
         distributed.shutdown()
+
+
+def load_config(args: argparse.Namespace) -> tuple[ConfigParser, dict | None]:
+    """The validated config, and with -r the checkpoint it resumes (loaded here and passed on as data: the
+    config object holds no tensors; config.resume is the checkpoint's path)."""
+    path, checkpoint = find_checkpoint(args.resume) if args.resume else (None, None)
+    config = ConfigParser.from_args(args, OPTIONS, resume=path,
+                                    checkpoint_config=checkpoint["config"] if checkpoint else None)
+    return config, checkpoint
 
 
 def build(config: ConfigParser, device: torch.device, device_ids: list[int] = (), dist: Dist = SINGLE, *,
@@ -206,7 +213,7 @@ def place_model(model: torch.nn.Module, device: torch.device, device_ids: list[i
     return torch.nn.DataParallel(model, device_ids=device_ids) if len(device_ids) > 1 else model
 
 
-def resume(trainer: BaseTrainer, path, checkpoint: dict, config: ConfigParser) -> None:
+def resume(trainer: BaseTrainer, checkpoint: dict, config: ConfigParser) -> None:
     """Load the checkpoint into the trainer, saying what differs from the config it was trained with."""
     logger = get_logger("train")
     old = checkpoint["config"]
@@ -222,7 +229,7 @@ def resume(trainer: BaseTrainer, path, checkpoint: dict, config: ConfigParser) -
     if same_optimizer and new_lr is not None and new_lr != old_lr:
         trainer.set_lr(new_lr)
         logger.info("Learning rate changed from %s to %s for the resumed run.", old_lr, new_lr)
-    logger.info("Resumed from %s: continuing at epoch %d of %d.", path, trainer.start_epoch, trainer.epochs)
+    logger.info("Resumed from %s: continuing at epoch %d of %d.", config.resume, trainer.start_epoch, trainer.epochs)
 
 
 def print_summary(trainer: BaseTrainer) -> None:

@@ -182,6 +182,11 @@ class BaseTrainer:
     def global_step(self) -> int:
         return self.state.global_step
 
+    @property
+    def lr_scheduler(self) -> Any:
+        """The torch scheduler (or None), as the original template's trainers named it."""
+        return self.schedule.scheduler
+
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 

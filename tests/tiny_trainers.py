@@ -14,11 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from base import BaseDataLoader
-from logger import MetricsFile
+from base import BaseDataLoader, RunOutputs, TrainerSettings
 from trainer import Trainer
-from utils.checkpoint import Checkpointer, load_checkpoint
-from utils.monitor import Monitor
+from utils.checkpoint import RunDirs, load_checkpoint
+from utils.schedule import LRSchedule
 from utils.util import seed_everything
 
 
@@ -29,20 +28,27 @@ def mse(output, target):
     return nn.functional.mse_loss(output, target)
 
 
+def outputs_in(directory: Path, settings: TrainerSettings) -> RunOutputs:
+    """Checkpoints and metrics.jsonl written straight into directory (TensorBoard only if settings ask)."""
+    return RunOutputs().open(RunDirs(directory, directory), settings)
+
+
 def make_trainer(tmp_path: Path, *, lr: float = 0.1, epochs: int = 3, monitor: str = "min val_loss",
                  patience: int = 0, save_period: int = 1, cls: type = Trainer, scheduler=None,
-                 optimizer: type = torch.optim.SGD, **kwargs) -> Trainer:
+                 scheduler_interval: str = "epoch", optimizer: type = torch.optim.SGD, metrics: dict | None = None,
+                 **settings) -> Trainer:
+    """Linear regression; settings: any other TrainerSettings field (len_epoch, log_step, ...)."""
     torch.manual_seed(0)
     x = torch.randn(N, 3)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
     loader = BaseDataLoader(TensorDataset(x, y), BATCH, True, 0.2, 0, seed=0)
     model = nn.Linear(3, 1)
     optimizer = optimizer(model.parameters(), lr=lr)
-    lr_scheduler = scheduler(optimizer) if scheduler else None
-    return cls(model, mse, {}, optimizer, device=torch.device("cpu"), epochs=epochs,
-               data_loader=loader, valid_data_loader=loader.split_validation(), progress=False,
-               monitor=Monitor(monitor, patience), checkpointer=Checkpointer(tmp_path, save_period),
-               metrics_file=MetricsFile(tmp_path / "metrics.jsonl"), lr_scheduler=lr_scheduler, **kwargs)
+    schedule = LRSchedule(scheduler(optimizer) if scheduler else None, scheduler_interval)
+    settings = TrainerSettings(**{"epochs": epochs, "monitor": monitor, "early_stop": patience,
+                                  "save_period": save_period, "verbosity": 0, "tensorboard": False, **settings})
+    return cls(model, mse, metrics or {}, optimizer, settings, data_loader=loader,
+               valid_data_loader=loader.split_validation(), lr_scheduler=schedule, outputs=outputs_in(tmp_path, settings))
 
 
 class NoisyDigits(Dataset):
@@ -60,8 +66,9 @@ class NoisyDigits(Dataset):
         return self.x[i] + 0.1 * torch.randn(16), self.y[i]
 
 
-def build(tmp_path: Path, *, epochs: int = 3, workers: int = 0, len_epoch: int | None = None, **kwargs) -> Trainer:
-    """A trainer with shuffling, dropout, augmentation, Adam and a per-step scheduler, seeded like train.py."""
+def build(tmp_path: Path, *, epochs: int = 3, workers: int = 0, **kwargs) -> Trainer:
+    """A trainer with shuffling, dropout, augmentation, Adam and a per-step scheduler, seeded like train.py;
+    kwargs: lr_scheduler (a torch scheduler instead), or TrainerSettings fields."""
     seed_everything(7)
     loader = BaseDataLoader(NoisyDigits(), 16, True, 0.25, workers)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 4))
@@ -69,16 +76,12 @@ def build(tmp_path: Path, *, epochs: int = 3, workers: int = 0, len_epoch: int |
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.9)
     accuracy = lambda output, target: (output.argmax(1) == target).float().mean()  # noqa: E731
     tmp_path.mkdir(parents=True, exist_ok=True)
-    return Trainer(model, nn.functional.cross_entropy, {"accuracy": accuracy}, optimizer,
-                   device=torch.device("cpu"), epochs=epochs, data_loader=loader,
-                   valid_data_loader=loader.split_validation(), lr_scheduler=lr_scheduler_or(scheduler, kwargs),
-                   scheduler_interval="step", monitor=Monitor("min val_loss", 5), progress=False,
-                   checkpointer=Checkpointer(tmp_path), metrics_file=MetricsFile(tmp_path / "metrics.jsonl"),
-                   len_epoch=len_epoch, **kwargs)
-
-
-def lr_scheduler_or(scheduler, kwargs):
-    return kwargs.pop("lr_scheduler", scheduler)
+    schedule = LRSchedule(kwargs.pop("lr_scheduler", scheduler), "step")
+    settings = TrainerSettings(**{"epochs": epochs, "monitor": "min val_loss", "early_stop": 5, "verbosity": 0,
+                                  "tensorboard": False, **kwargs})
+    return Trainer(model, nn.functional.cross_entropy, {"accuracy": accuracy}, optimizer, settings,
+                   data_loader=loader, valid_data_loader=loader.split_validation(), lr_scheduler=schedule,
+                   outputs=outputs_in(tmp_path, settings))
 
 
 def resumed(tmp_path: Path, checkpoint: Path, **kwargs) -> Trainer:

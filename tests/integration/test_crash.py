@@ -111,12 +111,13 @@ def test_a_second_signal_exits_at_once_without_touching_files(tmp_path):
     driver = tmp_path / "slow.py"
     driver.write_text(textwrap.dedent(f"""
         import sys, time
+        from pathlib import Path
         sys.path.insert(0, {str(ROOT)!r})
         import torch
         from torch.utils.data import TensorDataset
-        from base import BaseDataLoader
+        from base import BaseDataLoader, RunOutputs, TrainerSettings
         from trainer import Trainer
-        from utils.checkpoint import Checkpointer
+        from utils.checkpoint import RunDirs
 
         class Slow(Trainer):
             def train_step(self, data, target):
@@ -126,9 +127,11 @@ def test_a_second_signal_exits_at_once_without_touching_files(tmp_path):
 
         model = torch.nn.Linear(2, 1)
         loader = BaseDataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), 4, True, 0, 0)
-        Slow(model, torch.nn.functional.mse_loss, {{}}, torch.optim.SGD(model.parameters(), lr=0.1),
-             device=torch.device("cpu"), epochs=1, data_loader=loader, progress=False,
-             checkpointer=Checkpointer({str(tmp_path)!r})).train()
+        settings = TrainerSettings(epochs=1, verbosity=0, tensorboard=False)
+        run = Path({str(tmp_path)!r})
+        outputs = RunOutputs().open(RunDirs(run, run), settings)
+        Slow(model, torch.nn.functional.mse_loss, {{}}, torch.optim.SGD(model.parameters(), lr=0.1), settings,
+             data_loader=loader, outputs=outputs).train()
     """))
     process = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "step"

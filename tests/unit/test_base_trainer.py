@@ -2,19 +2,18 @@
 stop-and-resume runs compared tensor by tensor), and subclassing BaseTrainer."""
 from __future__ import annotations
 
+import dataclasses
 import signal
 
 import pytest
 import torch
 from torch import nn
 
-from base import BaseTrainer
+from base import BaseTrainer, TrainerSettings
 from conftest import read_metrics
-from logger import MetricsFile
-from tiny_trainers import assert_same_state, build, make_trainer, mse, resumed, sigterm_at
-from utils.checkpoint import Checkpointer, find_checkpoint, load_checkpoint
+from tiny_trainers import assert_same_state, build, make_trainer, mse, outputs_in, resumed, sigterm_at
+from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.interrupt import TrainingInterrupted
-from utils.monitor import Monitor
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: starts worker processes
@@ -54,7 +53,7 @@ def test_a_checkpoint_loads_into_a_data_parallel_model_and_back(tmp_path):
     trainer = build(tmp_path / "dp")
     trainer.model = nn.DataParallel(trainer.model)  # on the CPU it simply wraps the module
     trainer.load_state_dict(load_checkpoint(tmp_path / "checkpoint-epoch1.pth"))
-    trainer.epochs = 2
+    trainer.settings = dataclasses.replace(trainer.settings, epochs=2)
     trainer.train()
     plain = build(tmp_path / "plain")
     plain.load_state_dict(load_checkpoint(tmp_path / "dp" / "checkpoint-epoch2.pth"))
@@ -96,9 +95,9 @@ def test_subclassing_base_trainer_with_only_train_epoch(tmp_path):
             return {"loss": 1.0 / epoch}
 
     model = nn.Linear(1, 1)
-    trainer = Fixed(model, mse, {}, torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"),
-                    epochs=3, monitor=Monitor("min loss"), checkpointer=Checkpointer(tmp_path, 2),
-                    metrics_file=MetricsFile(tmp_path / "metrics.jsonl"))
+    settings = TrainerSettings(epochs=3, monitor="min loss", save_period=2, tensorboard=False)
+    trainer = Fixed(model, mse, {}, torch.optim.SGD(model.parameters(), lr=0.1), settings,
+                    outputs=outputs_in(tmp_path, settings))
     trainer.train()
     assert [e["loss"] for e in read_metrics(tmp_path)] == [1.0, 0.5, 1.0 / 3]
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch2.pth", "checkpoint-epoch3.pth",

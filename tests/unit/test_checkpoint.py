@@ -11,9 +11,7 @@ from utils.errors import UserError
 
 
 def test_save_every_steps_and_keep_last(tmp_path):
-    trainer = build(tmp_path, save_every_steps=5)
-    trainer.checkpointer.keep_last = 2
-    trainer.train()
+    build(tmp_path, save_every_steps=5, keep_last=2).train()
     names = sorted(p.name for p in tmp_path.glob("checkpoint-*.pth"))
     assert names == ["checkpoint-epoch3.pth", "checkpoint-step15.pth"]  # 5 steps per epoch: steps 5, 10, 15
     assert (tmp_path / "model_best.pth").is_file()

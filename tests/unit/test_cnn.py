@@ -14,9 +14,9 @@ from model.cnn import CNN, ChannelLayerNorm, DropPath, ResBlock, set_drop_path, 
 from model.summary import layer_table
 from utils.config_validation import check_args
 from utils.errors import UserError
-from utils.registry import ARCHS, load_user_modules
+from utils.registry import ARCHS
 
-load_user_modules()
+import parse_config  # noqa: E402,F401  (registers the project's classes)
 
 
 RESNET18 = "(c64_7_2 n f m3_2) 2r r128_3_2 r r256_3_2 r r512_3_2 r"

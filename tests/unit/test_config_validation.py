@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from parse_config import with_defaults
-from utils.config_validation import check_args, validate
+from parse_config import validate, with_defaults
+from utils.config_validation import check_args
 from utils.registry import REGISTRIES
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.registry import METRICS, load_user_modules
+from utils.registry import METRICS
 
-load_user_modules()
+import parse_config  # noqa: E402,F401  (registers the project's classes)
 
 
 @pytest.mark.parametrize("name", METRICS.names())

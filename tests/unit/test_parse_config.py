@@ -7,6 +7,7 @@ import copy
 import json
 import re
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ ORIGINAL = json.loads("""
 
 def from_cli(*argv: str) -> ConfigParser:
     """ConfigParser.from_args on train.py's own command line."""
-    return ConfigParser.from_args(train.build_parser(train.OPTIONS).parse_intermixed_args(list(argv)), train.OPTIONS)
+    return train.load_config(train.build_parser(train.OPTIONS).parse_intermixed_args(list(argv)))[0]
 
 
 @pytest.fixture
@@ -341,25 +342,41 @@ def test_precedence_checkpoint_then_file_then_options_then_overrides(tmp_path, c
               overrides=["optimizer.args.lr=0.1", "trainer.epochs=9"]), (9, 0.1, 16)),
     ]
     for args, (epochs, lr, batch_size) in layers:
-        config = ConfigParser.from_args(_namespace(**args), train.OPTIONS)
+        config, loaded = train.load_config(_namespace(**args))
         assert (config["trainer"]["epochs"], config["optimizer"]["args"]["lr"],
                 config["data_loader"]["args"]["batch_size"]) == (epochs, lr, batch_size), args
         # nested keys the -c file does not name are kept from the checkpoint
         assert config["optimizer"]["args"]["amsgrad"] is True and config["data_loader"]["args"]["shuffle"] is True
-        assert config.resume == checkpoint and config.checkpoint["epoch"] == 1
+        assert config.resume == checkpoint and loaded["epoch"] == 1
     assert list(tmp_path.glob("saved")) == []  # nothing created
 
 
 def test_resume_through_the_command_line(tmp_path, checkpoint):
-    config = from_cli("-r", str(checkpoint), "--lr", "0.25", "trainer.epochs=6")
+    args = train.build_parser(train.OPTIONS).parse_intermixed_args(["-r", str(checkpoint), "--lr", "0.25",
+                                                                    "trainer.epochs=6"])
+    config, loaded = train.load_config(args)
     assert config["trainer"]["epochs"] == 6 and config["optimizer"]["args"]["lr"] == 0.25
-    assert config.checkpoint["config"]["optimizer"]["args"]["lr"] == 0.5
+    assert loaded["config"]["optimizer"]["args"]["lr"] == 0.5
+
+
+def test_the_config_object_holds_plain_data_only(tmp_path, checkpoint):
+    torch.save({**torch.load(checkpoint, weights_only=True), "state_dict": {"w": torch.ones(3)}}, checkpoint)
+    config, loaded = train.load_config(_namespace(resume=str(checkpoint)))
+    assert isinstance(loaded["state_dict"]["w"], torch.Tensor)  # the entry point has the tensors ...
+
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(plain(k) and plain(v) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (str, int, float, bool, Path))
+    assert plain(vars(config)), vars(config)  # ... the config object does not
 
 
 def test_resume_with_another_section_type_takes_only_its_new_args(tmp_path, checkpoint):
     changes = write(tmp_path, {"optimizer": {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}},
                                "lr_scheduler": {"args": {"gamma": 0.9}}}, "sgd.json")
-    config = ConfigParser.from_args(_namespace(resume=str(checkpoint), config=str(changes)), train.OPTIONS)
+    config = train.load_config(_namespace(resume=str(checkpoint), config=str(changes)))[0]
     assert (config["optimizer"]["type"], config["optimizer"]["args"]) == ("SGD", {"lr": 0.01, "momentum": 0.9})  # no amsgrad
     assert config["lr_scheduler"]["args"] == {"step_size": 10, "gamma": 0.9}  # same type: merged
     assert merge_changes({"loss": {"type": "a", "args": {"x": 1}}}, {"loss": {"type": "b"}}) == {
@@ -368,12 +385,12 @@ def test_resume_with_another_section_type_takes_only_its_new_args(tmp_path, chec
 
 def test_resume_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match=r"checkpoint .*nope\.pth not found"):
-        ConfigParser.from_args(_namespace(resume=str(tmp_path / "nope.pth")))
+        train.load_config(_namespace(resume=str(tmp_path / "nope.pth")))
     torch.save({"state_dict": {}}, tmp_path / "partial.pth")
     with pytest.raises(UserError, match=r"partial\.pth is not a checkpoint of this template: it lacks config, epoch"):
-        ConfigParser.from_args(_namespace(resume=str(tmp_path / "partial.pth")))
+        train.load_config(_namespace(resume=str(tmp_path / "partial.pth")))
     with pytest.raises(UserError, match=r"no config given: add -c config\.json"):
-        ConfigParser.from_args(_namespace())
+        train.load_config(_namespace())
 
 
 # ---- validation: every problem at once (the bad config is in conftest.py) ----

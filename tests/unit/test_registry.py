@@ -11,11 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+import parse_config  # noqa: F401  (importing it registers the project's classes)
 from utils.config_validation import check_args
 from utils.errors import UserError
-from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, METRICS, OPTIMIZERS, Registry, load_user_modules
-
-load_user_modules()
+from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, METRICS, OPTIMIZERS, TRAINERS, Registry
 
 
 # ---- the Registry object ----
@@ -120,6 +119,17 @@ def test_every_arch_builds_with_defaults_and_runs_forward(name, digits_batch):
 
 def test_data_loaders_are_registered():
     assert {"DigitsDataLoader", "MnistDataLoader"} <= set(DATA_LOADERS.names())
+
+
+def test_trainers_are_the_public_base_trainer_subclasses_of_the_trainer_package():
+    from base import BaseTrainer
+    from trainer import Trainer
+
+    assert TRAINERS.names() == ["Trainer"] and TRAINERS.get("Trainer", "trainer.type") is Trainer
+    assert "BaseTrainer" not in TRAINERS and BaseTrainer not in TRAINERS._entries.values()  # abstract: not offered
+    with pytest.raises(UserError, match=r"trainer\.type: unknown trainer 'Trainr'.*--list trainer") as info:
+        TRAINERS.get("Trainr", "trainer.type")
+    assert "Did you mean 'Trainer'?" in str(info.value)
 
 
 # ---- optimizers: every one steps with default args, except these ----

@@ -9,13 +9,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from base import BaseDataLoader
+from base import BaseDataLoader, TrainerSettings
 from conftest import read_metrics
-from tiny_trainers import make_trainer, poisoned
+from tiny_trainers import make_trainer, outputs_in, poisoned
 from trainer import Trainer
-from utils.checkpoint import Checkpointer
 from utils.errors import UserError
-from utils.monitor import Monitor
 
 
 def regression_trainer(tmp_path: Path, batch_size: int, **kwargs) -> Trainer:
@@ -25,9 +23,9 @@ def regression_trainer(tmp_path: Path, batch_size: int, **kwargs) -> Trainer:
     y = x @ torch.randn(5, 1)
     loader = BaseDataLoader(TensorDataset(x, y), batch_size, False, 0, 0, seed=0)
     model = nn.Linear(5, 1)
-    return Trainer(model, nn.functional.mse_loss, {}, torch.optim.SGD(model.parameters(), lr=0.05),
-                   device=torch.device("cpu"), epochs=kwargs.pop("epochs", 2), data_loader=loader, progress=False,
-                   monitor=Monitor("off"), checkpointer=Checkpointer(tmp_path), **kwargs)
+    settings = TrainerSettings(**{"epochs": 2, "verbosity": 0, "tensorboard": False, **kwargs})
+    return Trainer(model, nn.functional.mse_loss, {}, torch.optim.SGD(model.parameters(), lr=0.05), settings,
+                   data_loader=loader, outputs=outputs_in(tmp_path, settings))
 
 
 def test_accumulating_k_batches_equals_one_batch_k_times_larger(tmp_path):
@@ -50,8 +48,8 @@ def test_lbfgs_with_accumulation_is_refused_clearly(tmp_path):
     with pytest.raises(UserError, match="LBFGS re-evaluates the loss through a closure"):
         model = nn.Linear(5, 1)
         loader = BaseDataLoader(TensorDataset(torch.randn(8, 5), torch.randn(8, 1)), 4, False, 0, 0)
-        Trainer(model, nn.functional.mse_loss, {}, torch.optim.LBFGS(model.parameters()), device=torch.device("cpu"),
-                epochs=1, data_loader=loader, accumulate_steps=2)
+        Trainer(model, nn.functional.mse_loss, {}, torch.optim.LBFGS(model.parameters()),
+                TrainerSettings(epochs=1, accumulate_steps=2), data_loader=loader)
 
 
 @pytest.mark.parametrize("name", ["LBFGS", "SGD", "Adam"])

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import read_metrics
 from tiny_trainers import PoisonedDigits, build, make_trainer, poisoned, resumed
-from trainer import evaluate, loss_step
+from trainer import evaluate
 from utils.checkpoint import find_checkpoint
 from utils.errors import UserError
 
@@ -20,7 +20,8 @@ def test_epoch_metrics_are_sample_weighted():
     loader = DataLoader(data, batch_size=2)
     model = nn.Linear(1, 1)
     mean_target = lambda output, target: target.mean()  # noqa: E731
-    result = evaluate(model, loader, loss_step(model, lambda o, t: t.mean()), {"m": mean_target}, torch.device("cpu"))
+    step = lambda data, target: (target.mean(), model(data))  # noqa: E731
+    result = evaluate(model, loader, step, {"m": mean_target}, torch.device("cpu"))
     assert result["m"] == pytest.approx(3 / 5) and result["loss"] == pytest.approx(3 / 5)
 
 
@@ -29,9 +30,7 @@ def test_metrics_returning_python_floats_still_work(tmp_path):
     def old_style(output, target):
         return float((output - target).abs().mean().item())
 
-    trainer = make_trainer(tmp_path, epochs=1)
-    trainer.metric_ftns = {"mae": old_style}
-    trainer.train()
+    make_trainer(tmp_path, epochs=1, metrics={"mae": old_style}).train()
     assert read_metrics(tmp_path)[0]["mae"] > 0 and "val_mae" in read_metrics(tmp_path)[0]
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import train
+from base import TrainerSettings
 from utils.distributed import Dist
 from utils.errors import UserError
 from utils.registry import REGISTRIES
@@ -19,6 +20,6 @@ def test_every_registry_kind_is_a_list_choice_of_train_py():
 
 
 def test_sync_batchnorm_on_the_cpu_is_a_clear_error():
-    config = {"channels_last": False, "compile": False, "sync_batchnorm": True}
+    settings = TrainerSettings(epochs=1, sync_batchnorm=True)
     with pytest.raises(UserError, match="trainer.sync_batchnorm needs GPUs"):
-        train.place_model(nn.BatchNorm1d(3), torch.device("cpu"), [], config, Dist(0, 2, 0))
+        train.place_model(nn.BatchNorm1d(3), torch.device("cpu"), [], settings, Dist(0, 2, 0))

@@ -2,6 +2,7 @@
 directly; and the bound on host syncs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -11,14 +12,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from base import BaseDataLoader
+from base import BaseDataLoader, TrainerSettings
 from conftest import ROOT, read_metrics
-from logger import MetricsFile
-from tiny_trainers import BATCH, build, make_trainer, mse, resumed, sigterm_at
+from tiny_trainers import BATCH, build, make_trainer, mse, outputs_in, resumed, sigterm_at
 from trainer import Trainer
-from utils.checkpoint import Checkpointer, load_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.interrupt import TrainingInterrupted
-from utils.monitor import Monitor
 
 
 def test_len_epoch_runs_exactly_that_many_batches(tmp_path):
@@ -111,7 +110,7 @@ def test_resume_skips_by_index_without_loading_the_skipped_batches(tmp_path):
     original = type(dataset).__getitem__
     type(dataset).__getitem__ = lambda self, i: (loaded.append(i), original(self, i))[1]
     try:
-        trainer.epochs = 1
+        trainer.settings = dataclasses.replace(trainer.settings, epochs=1)
         trainer.train()
     finally:
         type(dataset).__getitem__ = original
@@ -170,10 +169,10 @@ def host_reads(tmp_path, monkeypatch, *, epochs: int, steps: int, log_step: int,
     assert len(loader) == steps and loader.in_memory == in_memory
     model = nn.Linear(3, 1)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, mse, {}, torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"),
-                      epochs=epochs, data_loader=loader, valid_data_loader=loader.split_validation(),
-                      log_step=log_step, progress=False, monitor=Monitor("min val_loss"),
-                      checkpointer=Checkpointer(tmp_path), metrics_file=MetricsFile(tmp_path / "metrics.jsonl"))
+    settings = TrainerSettings(epochs=epochs, log_step=log_step, monitor="min val_loss", verbosity=0,
+                               tensorboard=False)
+    trainer = Trainer(model, mse, {}, torch.optim.SGD(model.parameters(), lr=0.1), settings, data_loader=loader,
+                      valid_data_loader=loader.split_validation(), outputs=outputs_in(tmp_path, settings))
     with monkeypatch.context() as patch:
         for name in HOST_READS:
             patch.setattr(torch.Tensor, name, counting(name))
