@@ -254,7 +254,7 @@ class ImageFolderDataLoader(_ImageFilesDataLoader):
         key = "data_dir" if training else "test_dir"
         if not training:
             data_dir = test_source(test_dir, key, "a folder of test images in the same <class name>/<image> layout")
-        from data_loader.image_folder import image_folder
+        from data_loader.image_folder import image_folder  # imports torchvision: only for this loader
 
         dataset = image_folder(data_dir, classes, image_reader(mode), f"data_loader.args.{key}")
         self.classes = dataset.classes

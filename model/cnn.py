@@ -30,6 +30,7 @@ from torch import nn
 
 from base import BaseModel
 from model.activations import Activation, activation_names
+from model.summary import layer_table
 from utils.errors import UserError, did_you_mean
 from utils.settings import signature_with
 
@@ -433,8 +434,6 @@ class CNN(BaseModel):
 
     def table(self, input_size: Sequence[int] | None = None) -> str:
         """The layer table (shapes, parameters, share) for an input of input_size ([C, H, W] or [N, C, H, W])."""
-        from model.summary import layer_table
-
         size = self.input_size if input_size is None else _with_batch(input_size)
         if size is None:
             raise ValueError("CNN.table needs an input_size, e.g. model.table([1, 8, 8])")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -83,8 +84,8 @@ class EpochBatches:
 
 class TrainMetrics:
     """The epoch's loss and metrics, summed on the device weighted by batch size; the losses since the last
-    sync point (to name the first NaN or infinite one); the batches skipped. In a mid-epoch checkpoint it
-    holds the partial sums (every rank's, carried by rank 0)."""
+    sync point (to name the first NaN or infinite one); the batches skipped; the samples per second. In a
+    mid-epoch checkpoint it holds the partial sums (every rank's, carried by rank 0)."""
 
     def __init__(self, metric_ftns: dict[str, Callable], dist: Dist, outputs: RunOutputs):
         self.metric_ftns = metric_ftns
@@ -92,17 +93,19 @@ class TrainMetrics:
         self.outputs = outputs
         self.tracker = MetricTracker()
         self.guard = NonFiniteGuard()
-        self.skipped = 0
+        self.skipped = self.samples = 0
+        self.started = 0.0
         self.open = False  # an epoch is under way (its sums belong in a checkpoint)
 
     def start_epoch(self, global_step: int) -> None:
         """Start an epoch's sums, or go on with those of a checkpoint taken in the middle of it."""
         if not self.open:
             self.tracker.reset()
-        self.open, self.skipped = True, 0
+        self.open, self.skipped, self.samples, self.started = True, 0, 0, time.perf_counter()
         self.guard.reset(global_step)
 
     def update(self, loss: torch.Tensor, output: Any, target: Any, counted: bool) -> None:
+        self.samples += batch_size_of(target)
         if counted:
             track(self.tracker, self.metric_ftns, loss, output, target)
             self.guard.update(loss)
@@ -127,8 +130,9 @@ class TrainMetrics:
                 f"optimizer.args.lr or check the data, or set trainer.nonfinite_loss=\"skip\" to skip such batches")
 
     def result(self, epoch: int) -> dict[str, float]:
-        """The epoch's means (summed over ranks): one host sync. Ends the epoch."""
+        """The epoch's means (summed over ranks: one host sync) and the job's samples per second. Ends the epoch."""
         log = self.tracker.result(across_ranks=self.dist.enabled)
+        log["samples_per_sec"] = self.samples * self.dist.world_size / (time.perf_counter() - self.started)
         if not math.isfinite(log.get("loss", 0.0)):
             self.check_finite(epoch)
         if self.skipped:

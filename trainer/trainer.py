@@ -2,7 +2,6 @@
 trainer.type. One optimizer step per batch, validation each epoch, no host sync per step."""
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -86,12 +85,8 @@ class Trainer(BaseTrainer):
         return self.train_step(data, target)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
-        _optimizer_mode(self.optimizer, "train")
-        self.metrics.start_epoch(self.global_step)
-        bar = tqdm(total=self.batches.samples(), desc=f"Epoch {epoch}", disable=not self.progress, leave=False,
-                   unit="samples", dynamic_ncols=True)
-        state, samples, started = self.state, 0, time.perf_counter()
+        bar = self._start_epoch(epoch)
+        state = self.state
         for data, target in self.batches.epoch(epoch, state.batch_in_epoch, state.global_step):
             data, target = to_device(data, self.device, self.settings.channels_last), to_device(target, self.device)
             micro, group = self.batches.accumulation(state.batch_in_epoch, self.stepper.accumulate_steps)
@@ -99,7 +94,6 @@ class Trainer(BaseTrainer):
             state.global_step += 1
             state.batch_in_epoch += 1
             self.metrics.update(loss, output, target, counted)
-            samples += batch_size_of(target)
             bar.update(batch_size_of(target))
             synced = self.step_log.on_step_end(state.global_step, epoch, loss, self.metrics, bar)
             self.images.on_step_end(state.batch_in_epoch, epoch, data)
@@ -111,14 +105,20 @@ class Trainer(BaseTrainer):
                     raise StopRequested
         bar.close()
         log = self.metrics.result(epoch)
-        log["samples_per_sec"] = samples * self.dist.world_size / (time.perf_counter() - started)  # the job's
         _optimizer_mode(self.optimizer, "eval")  # schedule-free: validate and save the averaged weights
         if self.validation.should_validate(epoch):
             set_epoch(self.valid_data_loader, epoch)
-            valid = self.evaluate(self.valid_data_loader, desc=f"Valid {epoch}")
-            log.update({f"val_{k}": v for k, v in valid.items()})
+            log.update({f"val_{k}": v for k, v in self.evaluate(self.valid_data_loader, f"Valid {epoch}").items()})
         self.histograms.on_epoch_end(self.model, epoch)
         return log
+
+    def _start_epoch(self, epoch: int) -> tqdm:
+        """Training mode, the epoch's sums (or those of a mid-epoch checkpoint's), and the epoch's progress bar."""
+        self.model.train()
+        _optimizer_mode(self.optimizer, "train")
+        self.metrics.start_epoch(self.global_step)
+        return tqdm(total=self.batches.samples(), desc=f"Epoch {epoch}", disable=not self.progress, leave=False,
+                    unit="samples", dynamic_ncols=True)
 
     def evaluate(self, loader: Iterable, desc: str = "valid") -> dict[str, float]:
         """Loss and metrics over loader through eval_step, with the AMP autocast and memory format of training
