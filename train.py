@@ -97,7 +97,9 @@ def build(config: ConfigParser, device: torch.device, device_ids: list[int] = ()
     """The data, model, loss, metrics, optimizer, scheduler and the configured trainer, in dependency order.
     test.py builds through it too (training=False: the test split, no validation), so it evaluates exactly as
     validation does."""
-    settings = config.settings() if training else dataclasses.replace(config.settings(), monitor="off")
+    settings = config.settings()
+    if not training:  # evaluation: nothing to monitor, and test.py prints only its results
+        settings = dataclasses.replace(settings, monitor="off", verbosity=0)
     data_loader, valid_data_loader = build_data(config, training, dist)
     model = place_model(config.init_obj("arch", ARCHS), device, list(device_ids), settings, dist)
     criterion, metrics = config.build_loss(), config.build_metrics()
