@@ -51,3 +51,46 @@ def test_truncated_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_p
     path, state = find_checkpoint(tmp_path)
     assert path.name == "checkpoint-epoch1.pth" and state["epoch"] == 1
     assert "checkpoint-epoch2.pth is truncated or corrupt" in caplog.text
+
+
+# ---- a checkpoint is named parts: one loop each way ----
+
+class Counter:
+    """A stateful part."""
+
+    def __init__(self, value: int = 0):
+        self.value = value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+def test_gather_and_restore_are_mirror_images_over_named_parts():
+    from base.base_trainer import TrainState
+    from utils.checkpoint import FORMAT, FORMAT_VERSION, TRAIN_STATE, gather, restore
+
+    saved = {TRAIN_STATE: TrainState(3, 40, 2), "a": Counter(1), "b": Counter(2)}
+    checkpoint = gather(saved, config={"name": "x"})
+    assert checkpoint == {FORMAT: FORMAT_VERSION, "config": {"name": "x"}, "epoch": 3, "global_step": 40,
+                          "batch_in_epoch": 2, "a": {"value": 1}, "b": {"value": 2}}  # train state at the top level
+    loaded = {TRAIN_STATE: TrainState(), "a": Counter(), "b": Counter(), "new": Counter(7)}
+    restore(loaded, checkpoint, skip=("b",))
+    assert loaded[TRAIN_STATE] == TrainState(3, 40, 2) and loaded["a"].value == 1
+    assert loaded["b"].value == 0  # skipped
+    assert loaded["new"].value == 7  # a part the checkpoint does not hold keeps its own state
+
+
+def test_a_trainer_checkpoint_holds_each_part_under_its_format_1_name(tmp_path):
+    from utils.checkpoint import FORMAT, FORMAT_VERSION
+
+    trainer = build(tmp_path, epochs=1)
+    trainer.train()
+    state = load_checkpoint(tmp_path / "checkpoint-epoch1.pth")
+    assert set(trainer.checkpoint_parts()) == {"train_state", "state_dict", "optimizer", "lr_scheduler", "monitor",
+                                               "rng", "scaler", "epoch_tracker"}
+    assert set(state) == {FORMAT, "arch", "config", "monitor_best", "epoch", "global_step", "batch_in_epoch",
+                          "state_dict", "optimizer", "lr_scheduler", "monitor", "rng", "scaler", "epoch_tracker"}
+    assert state[FORMAT] == FORMAT_VERSION and state["epoch_tracker"] is None and state["scaler"] is None
