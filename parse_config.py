@@ -10,6 +10,7 @@ the user's classes by name.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -17,7 +18,7 @@ import json
 import random
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import data_loader  # noqa: F401  (registers the data loaders)
 import model  # noqa: F401  (registers models, losses and metrics)
@@ -45,21 +46,52 @@ def validate(config: dict) -> list[str]:
 # ---------------------------------------------------------------- reading and merging
 
 def read_json(path: str | Path) -> dict:
-    """The JSON object in path; a missing or malformed file is a UserError naming it."""
+    """The JSON object in path; a missing, unreadable or malformed file is a UserError naming it and the fix."""
     path = Path(path)
+    where = f"config file {path}"
+    if path.is_dir():
+        raise UserError(f"{where} is a directory; give a JSON file with -c, e.g. {path / 'config.json'}")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"config file {path} not found; give an existing file with -c") from None
+        raise UserError(f"{where} not found; give an existing file with -c") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        f"save it as UTF-8") from None
     except OSError as e:
-        raise UserError(f"config file {path} cannot be read: {e.strerror}") from None
+        raise UserError(f"{where} cannot be read: {e.strerror}") from None
+    if not text.strip():
+        raise UserError(f"{where} is empty; write a JSON object in it, e.g. start from the shipped config.json")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise UserError(f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:  # deeper than the JSON parser goes
+        raise _too_deep(where) from None
+    if _depth(data) > MAX_DEPTH:
+        raise _too_deep(where)
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a JSON object {{...}}, not {type(data).__name__}")
+        raise UserError(f"{where} must hold a JSON object {{...}}, not {type(data).__name__}")
     return data
+
+
+MAX_DEPTH = 64  # far more than any config needs, far less than what Python's recursion allows
+
+
+def _too_deep(where: str) -> UserError:
+    return UserError(f"{where} is nested too deeply for a config (objects or lists more than {MAX_DEPTH} levels "
+                     f"inside each other); flatten it")
+
+
+def _depth(value: Any) -> int:
+    """How many objects/lists deep value goes (without recursion: the value may be very deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -109,8 +141,10 @@ def coerce(text: str, current: Any, path: str) -> Any:
     """The override text as JSON (else a string), of the type of the value it replaces or one the schema allows."""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         value = text
+    if _depth(value) > MAX_DEPTH:
+        raise UserError(f"override {path}: the value is nested more than {MAX_DEPTH} levels deep; flatten it")
     if current is None or value is None:  # null: the schema check decides whether the key allows it
         return value
     if isinstance(current, float) and type_ok(value, float):
@@ -245,12 +279,8 @@ class ConfigParser:
         """registry[config[name].type](*args, **config[name].args, **kwargs); kwargs win over the config."""
         spec = self.config[name]
         cls = _lookup(registry, spec["type"], f"{name}.type")
-        try:
+        with _refusals(name, spec["type"], spec["args"], isinstance(registry, Registry) and registry.from_library(cls)):
             return cls(*args, **{**spec["args"], **kwargs})
-        except (TypeError, ValueError) as e:  # a library refusing a value such as lr=-1
-            if not (isinstance(registry, Registry) and registry.from_library(cls)):
-                raise  # an error in the user's own code keeps its traceback
-            raise UserError(f"{name}.args: {spec['type']} refused {spec['args']}: {e}") from None
 
     def init_ftn(self, name: str, registry: Registry | Any, *args, **kwargs) -> Any:
         """registry[config[name].type] with its args bound by functools.partial."""
@@ -303,8 +333,32 @@ def _build_callable(spec: str | dict, registry: Registry, path: str) -> Any:
     obj = registry.get(spec["type"], path)
     args = spec.get("args", {})
     if inspect.isclass(obj):
-        return obj(**args)
+        with _refusals(path, spec["type"], args, registry.from_library(obj)):
+            return obj(**args)
     return functools.partial(obj, **args) if args else obj
+
+
+# What a library raises when the arguments it was given do not suit it (e.g. Adam with betas=[]).
+LIBRARY_REFUSALS = (TypeError, ValueError, IndexError, KeyError, RuntimeError, AssertionError, OverflowError)
+
+
+@contextlib.contextmanager
+def _refusals(section: str, name: str, args: dict, library: bool) -> Iterator[None]:
+    """Turn a library class refusing the config's arguments, or any class failing to allocate what they ask
+    for, into one line naming the section, the class and the library's message; an error in the user's or
+    the template's own code keeps its traceback."""
+    try:
+        yield
+    except MemoryError:
+        raise UserError(f"{section}.args: building {name} with {args} ran out of memory; use smaller sizes") from None
+    except LIBRARY_REFUSALS as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if library:
+            raise UserError(f"{section}.args: {name} refused {args}: {message}") from None
+        if isinstance(e, RuntimeError) and ("alloc" in message.lower() or "out of memory" in message.lower()):
+            raise UserError(f"{section}.args: building {name} with {args} failed to allocate memory ({message}); "
+                            f"use smaller sizes") from None
+        raise
 
 
 def _new_run_dirs(save_dir: Path, name: str, run_id: str | None) -> RunDirs:

@@ -7,6 +7,8 @@ anything is built. The schema and the settings classes are given by the caller (
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import re
 from typing import Any, Iterable
 
@@ -145,10 +147,43 @@ def check_optimizer(obj: Any) -> list[str]:
             f"(python train.py --list optimizer), or build it in your own train.py"]
 
 
+# The least value of arguments the template knows by name, whichever class of the section takes them.
+ARG_MINIMUMS = {"data_loader": {"batch_size": 1, "num_workers": 0}, "optimizer": {"lr": 0}}
+
+
+def check_arg_ranges(config: dict) -> list[str]:
+    """Problems with the arguments of ARG_MINIMUMS below their least value."""
+    problems = []
+    for section, minimums in ARG_MINIMUMS.items():
+        args = config.get(section, {}).get("args") if isinstance(config.get(section), dict) else None
+        for key, least in minimums.items():
+            value = args.get(key) if isinstance(args, dict) else None
+            if type_ok(value, (int, float)) and math.isfinite(value) and value < least:  # NaN/inf: check_finite
+                problems.append(f"{section}.args.{key} must be at least {least}, got {value}")
+    return problems
+
+
+def check_finite(config: dict) -> list[str]:
+    """Problems with NaN and infinite numbers (JSON's NaN/Infinity literals) anywhere but under extra."""
+    problems, stack = [], [(key, value) for key, value in config.items() if key != "extra"]
+    while stack:
+        path, value = stack.pop(0)
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}", v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"config key {path!r} is {json.dumps(value)}: NaN and Infinity are not numbers a "
+                            f"config can use; write a finite number")
+    return problems
+
+
 def validate(config: dict, schema: dict, settings: dict[str, type]) -> list[str]:
     """Every problem in a defaults-filled config, all at once (empty when it is fine); settings maps a
     section to the class that declares its keys' ranges (utils/settings.py)."""
     problems = check_schema(config, schema)  # the checks below skip values it found missing or mistyped
+    problems.extend(check_finite(config))
+    problems.extend(check_arg_ranges(config))
     for section, registry, n_positional in BUILT:
         spec = config.get(section)
         if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):

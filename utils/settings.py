@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from typing import Any, Callable
@@ -70,12 +71,17 @@ def range_problems(cls: type, values: dict, prefix: str) -> list[str]:
     kinds = json_types(cls)
     problems = []
     for f in dataclasses.fields(cls):
-        if f.name not in values or values[f.name] is None or not type_ok(values[f.name], kinds[f.name]):
-            continue
+        value = values.get(f.name)
+        if value is None or not type_ok(value, kinds[f.name]) or not _finite(value):
+            continue  # missing, mistyped or not finite: the checks of those report it
         rule = _rule(f.metadata, nullable=NONE in kinds[f.name])
-        if rule and not _in_range(values[f.name], f.metadata):
-            problems.append(f"{prefix}{f.name} must be {rule}, got {values[f.name]!r}")
+        if rule and not _in_range(value, f.metadata):
+            problems.append(f"{prefix}{f.name} must be {rule}, got {value!r}")
     return problems
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _in_range(value: Any, meta: dict) -> bool:

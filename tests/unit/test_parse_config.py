@@ -18,7 +18,7 @@ import parse_config
 import train
 from parse_config import (ConfigParser, apply_override, coerce, deep_merge, merge_changes, parse_overrides,
                           read_json, with_defaults)
-from utils.errors import UserError
+from utils.errors import UserError, run_cli
 from utils.registry import ARCHS, LOSSES, LR_SCHEDULERS, OPTIMIZERS, Registry
 
 from conftest import BAD_CONFIG_PROBLEMS, _bad_config, tiny_config, write
@@ -444,11 +444,11 @@ def test_loss_and_metrics_as_objects(tmp_path):
 
 def test_a_library_refusing_a_value_is_a_user_error(tmp_path):
     config = tiny_config(tmp_path / "saved")
-    config["optimizer"]["args"]["lr"] = -1
+    config["optimizer"]["args"]["betas"] = []  # torch's Adam raises an IndexError
     config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.1}}  # needs total_steps at run time
     parser = ConfigParser(config)
     model = parser.init_obj("arch", ARCHS)
-    with pytest.raises(UserError, match=r"optimizer\.args: Adam refused .*'lr': -1.*Invalid learning rate: -1"):
+    with pytest.raises(UserError, match=r"^optimizer\.args: Adam refused .*'betas': \[\].*: list index out of range$"):
         parser.init_obj("optimizer", OPTIMIZERS, model.parameters())
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(UserError, match=r"lr_scheduler\.args: OneCycleLR refused \{'max_lr': 0\.1\}: .*total_steps"):
@@ -510,3 +510,79 @@ def test_resumed_run_reuses_its_directories(tmp_path, checkpoint):
     checkpoint.rename(moved)
     dirs = from_cli("-r", str(run)).make_run_dirs()
     assert dirs.checkpoint_dir == run and dirs.log_dir == tmp_path / "saved" / "log" / "Digits_CNN" / "r1"
+
+
+# ---- files and values that used to escape as tracebacks: one line each ----
+
+def run_train(capsys, *argv: str) -> tuple[int, list[str]]:
+    """train.py's exit status and stderr lines for argv, run in-process as the CLI runs it."""
+    status = run_cli(train.main, list(argv))
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe{}", r"is not UTF-8 text \(byte 0xff at offset 0\); save it as UTF-8"),
+    (b"", r"is empty; write a JSON object in it"),
+    (b"  \n", r"is empty; write a JSON object in it"),
+    (b"[" * 100_000 + b"]" * 100_000, r"is nested too deeply for a config .*; flatten it"),
+    (b'{"extra": {"x": ' + b"[" * 900 + b"]" * 900 + b"}}", r"is nested too deeply for a config"),
+    (b"null", r"must hold a JSON object \{\.\.\.\}, not NoneType"),
+])
+def test_a_config_file_that_is_not_a_json_object_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    status, lines = run_train(capsys, "-c", str(path))
+    assert status == 2 and len(lines) == 1 and re.search(f"^error: config file {re.escape(str(path))} {message}",
+                                                         lines[0]), lines
+
+
+def test_a_directory_given_as_the_config_names_the_fix(tmp_path, capsys):
+    status, lines = run_train(capsys, "-c", str(tmp_path))
+    assert status == 2 and lines == [f"error: config file {tmp_path} is a directory; give a JSON file with -c, "
+                                     f"e.g. {tmp_path / 'config.json'}"]
+
+
+def test_nan_and_infinity_are_refused_wherever_a_number_is_used_but_extra(tmp_path, capsys):
+    config = tiny_config(tmp_path / "saved")
+    config["optimizer"]["args"]["lr"] = float("nan")
+    config["extra"] = {"anything": float("inf")}  # free-form: never validated
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))  # json writes NaN and Infinity literals
+    status, lines = run_train(capsys, "-c", str(path), "trainer.clip_grad_norm=-Infinity")
+    assert status == 2 and sorted(lines) == [
+        "error: config key 'optimizer.args.lr' is NaN: NaN and Infinity are not numbers a config can use; "
+        "write a finite number",
+        "error: config key 'trainer.clip_grad_norm' is -Infinity: NaN and Infinity are not numbers a config can "
+        "use; write a finite number"]
+
+
+def test_the_arguments_the_template_knows_are_checked_for_range(tmp_path, capsys):
+    path = write(tmp_path, tiny_config(tmp_path / "saved"))
+    status, lines = run_train(capsys, "-c", str(path), "--bs", "0", "data_loader.args.num_workers=-1",
+                              "optimizer.args.lr=-0.1")
+    assert status == 2 and lines == ["error: data_loader.args.batch_size must be at least 1, got 0",
+                                     "error: data_loader.args.num_workers must be at least 0, got -1",
+                                     "error: optimizer.args.lr must be at least 0, got -0.1"]
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_model_too_large_to_allocate_is_one_line_naming_the_section(tmp_path, capsys):
+    path = write(tmp_path, tiny_config(tmp_path / "saved"))
+    status, lines = run_train(capsys, "-c", str(path), "arch.args.channels=100000000", "--dry-run")
+    assert status == 2 and len(lines) == 1, lines
+    assert re.fullmatch(r"error: arch\.args: building DigitsModel with \{'channels': 100000000\} failed to allocate "
+                        r"memory \(.*\); use smaller sizes", lines[0])
+
+
+def test_an_error_in_the_users_own_class_keeps_its_traceback(tmp_path):
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            raise IndexError("a bug in the model's code")
+
+    registry = Registry("arch")
+    registry.register(Broken)
+    parser = ConfigParser(tiny_config(tmp_path / "saved"))
+    parser.config["arch"] = {"type": "Broken", "args": {}}
+    with pytest.raises(IndexError, match="a bug in the model's code"):
+        parser.init_obj("arch", registry)
