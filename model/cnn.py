@@ -395,17 +395,18 @@ class CNN(BaseModel):
         self,
         input: int = 1,
         blocks: str = "(cnf32 cnf32 m) (cnf64 cnf64 m)",
-        num_classes: int | None = 10,
+        num_classes: int | None = None,
         pool: str | None = "avg",
-        flat: bool = False,
+        flat: bool = True,
         dropout: float | list[float] = 0.0,
         drop_path: float | list[float] = 0.0,
         input_size: list[int] | None = None,
         **block_options: Any,
     ):
-        """input: image channels; num_classes: null for no head; pool ("avg", "max" or null) and then a flatten
-        are applied when there is a head or flat is true; input_size ([C, H, W]) makes print(model) a layer table;
-        block_options: the fields of BlockOptions (norm, activation, norm_before, ...), named arguments of CNN."""
+        """input: image channels; num_classes: a linear head to that many outputs (null: none, the features are
+        the output); pool ("avg", "max" or null) then a flatten turn the feature map into features unless flat is
+        false (the (N, C, H, W) map is the output; no head); input_size ([C, H, W]) makes print(model) a layer
+        table; block_options: the fields of BlockOptions (norm, activation, norm_before, ...), named arguments."""
         super().__init__()
         options = BlockOptions(**block_options)
         if pool is not None:
@@ -413,6 +414,9 @@ class CNN(BaseModel):
         if num_classes is not None and pool is None:
             raise UserError("arch.args.pool: null flattens the whole feature map, whose size the head cannot know; "
                             "use 'avg' or 'max' with num_classes")
+        if num_classes is not None and not flat:
+            raise UserError("arch.args.flat: false keeps the feature map, which a linear head cannot take; set flat "
+                            "to true or num_classes to null")
         self.input_size = None if input_size is None else _with_batch(input_size)
         if self.input_size is not None and self.input_size[1] != input:
             raise UserError(f"arch.args.input_size: {input_size} has {self.input_size[1]} channels but arch.args.input "
@@ -420,7 +424,7 @@ class CNN(BaseModel):
         layers, channels = Builder(options).sequence(parse(blocks), input)
         self.blocks = nn.Sequential(*layers)
         head: list[nn.Module] = []
-        if num_classes is not None or flat:
+        if flat:
             head += [POOLS[pool](1)] if pool else []
             head += [nn.Flatten()]
         if num_classes is not None:

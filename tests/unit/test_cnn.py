@@ -24,8 +24,8 @@ CONFIGS = ["configs/cnn_blocks.json", "configs/resnet_digits.json"]
 
 
 def body(blocks: str, input: int = 3, **kwargs) -> CNN:
-    """A CNN without a head."""
-    return CNN(input=input, blocks=blocks, num_classes=None, **kwargs)
+    """A CNN without a head whose output is the feature map."""
+    return CNN(input=input, blocks=blocks, **{"flat": False, **kwargs})
 
 
 def n_params(model: nn.Module) -> int:
@@ -49,6 +49,21 @@ def test_resnet18_string_is_torchvision_resnet18_without_its_head():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x).flatten(1), reference.eval()(x))
+
+
+def test_without_num_classes_the_seed_documents_cnn_is_resnet18s_feature_extractor():
+    """CNN(input=..., blocks=...) as the seed document writes it: pool, flatten, no head: 512 features."""
+    torch.manual_seed(0)
+    model, reference = CNN(input=3, blocks=RESNET18), torchvision.models.resnet18(weights=None)
+    assert n_params(model) == 11_176_512 and isinstance(model.head[-1], nn.Flatten)
+    theirs = [v for k, v in reference.state_dict().items() if not k.startswith("fc.")]
+    model.load_state_dict(dict(zip(model.state_dict(), theirs)))
+    reference.fc = nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.eval()(x)
+        assert features.shape == (2, 512)
+        torch.testing.assert_close(features, reference.eval()(x))
 
 
 # ---- each token ----
@@ -267,7 +282,8 @@ def test_bad_block_strings_name_the_token_and_its_position(blocks, message):
     (dict(activation="relux"), r"arch.args.activation: 'relux' is not an activation; .* Did you mean 'relu'"),
     (dict(activation_inside="nope"), r"arch.args.activation_inside: 'nope' is not an activation"),
     (dict(pool="mean"), r"arch.args.pool: 'mean' is not one of 'avg', 'max'"),
-    (dict(pool=None), r"arch.args.pool: null flattens the whole feature map"),
+    (dict(pool=None, num_classes=10), r"arch.args.pool: null flattens the whole feature map"),
+    (dict(flat=False, num_classes=10), r"arch.args.flat: false keeps the feature map, which a linear head cannot"),
     (dict(scale="matrix"), r"arch.args.scale: 'matrix' is not one of 'none', 'scalar', 'vector'"),
     (dict(input_size=[8, 8]), r"arch.args.input_size: \[8, 8\] is not an image size"),
     (dict(input_size=[3, 8, 8]), r"arch.args.input_size: \[3, 8, 8\] has 3 channels but arch.args.input is 1"),
@@ -312,4 +328,5 @@ def test_print_shows_the_layer_table_when_the_model_knows_its_input_size():
     assert text == model.table() == layer_table(model, (1, 1, 8, 8))
     assert "1x1x8x8 -> 1x32x8x8" in text and "Trainable parameters:" in text
     assert "Trainable parameters:" in str(CNN()) and "->" not in str(CNN())
-    assert "2x1x8x8 -> 2x10" in CNN().table([2, 1, 8, 8])
+    assert "2x1x8x8 -> 2x64" in CNN().table([2, 1, 8, 8])  # no num_classes: the pooled features
+    assert "2x1x8x8 -> 2x10" in CNN(num_classes=10).table([2, 1, 8, 8])
