@@ -184,16 +184,18 @@ def checkpoints_in(directory: Path) -> list[Path]:
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, dict]:
-    """Load a checkpoint file, or a run directory's newest valid one: its `latest` pointer first, then
-    the others newest first; a truncated or corrupt file there is reported and skipped."""
+    """Load a checkpoint file, or a run directory's newest valid state: its `latest` pointer first, then the
+    checkpoints and model_best.pth newest first; a truncated or corrupt file there is reported and skipped."""
     path = Path(path)
     if not path.is_dir():
         return path, load_checkpoint(path)
     pointer = path / LATEST
     named = [path / pointer.read_text().strip()] if pointer.is_file() else []
-    candidates = list(dict.fromkeys(p for p in named + checkpoints_in(path) if p.is_file()))
+    others = checkpoints_in(path) + ([path / BEST] if (path / BEST).is_file() else [])
+    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    candidates = list(dict.fromkeys(p for p in named + others if p.is_file()))
     if not candidates:
-        raise UserError(f"run directory {path} holds no checkpoint-epoch<N>.pth; nothing to resume")
+        raise UserError(f"run directory {path} holds no checkpoint-*.pth or {BEST}; nothing to resume")
     for candidate in candidates:
         try:
             return candidate, load_checkpoint(candidate)
@@ -213,7 +215,10 @@ def run_dirs_of(checkpoint: Path) -> RunDirs:
 
 class Checkpointer:
     """Decides which checkpoint files to write, writes them safely, and keeps the newest keep_last.
-    Without a directory it writes nothing (dry runs, test.py, ranks other than 0)."""
+    Without a directory it writes nothing (dry runs, test.py, ranks other than 0).
+
+    Every epoch's state is written, so that a crash loses at most the epoch under way; save_period decides
+    which checkpoint-epoch<N>.pth files stay: the others are replaced by the next epoch's."""
 
     def __init__(self, directory: Path | None, save_period: int = 1, keep_last: int | None = None):
         self.directory = None if directory is None else Path(directory)
@@ -221,18 +226,30 @@ class Checkpointer:
         self.keep_last = keep_last
         pointer = self.directory / LATEST if self.directory is not None else None
         self.latest: Path | None = self.directory / pointer.read_text().strip() if pointer and pointer.is_file() else None
+        # An epoch's file that is not to be kept, deleted once the next one is in place (on resume: the newest
+        # file, when save_period would not have kept it).
+        self._replaceable = self.latest if self.latest is not None and not self._kept(self.latest.name) else None
 
     @property
     def writes(self) -> bool:
         return self.directory is not None
 
+    def _kept(self, name: str) -> bool:
+        """Whether save_period keeps this file (step checkpoints and other files are not this class's to drop)."""
+        match = CHECKPOINT_RE.search(name)
+        return not (match and match.group(1) == "epoch" and int(match.group(2)) % self.save_period)
+
     def save(self, state: dict, epoch: int, *, is_best: bool, is_last: bool) -> list[Path]:
-        """Write checkpoint-epoch<N>.pth every save_period epochs and at the last; model_best.pth on improvement."""
+        """Write checkpoint-epoch<N>.pth (kept every save_period epochs and at the last, else replaced by the next
+        epoch's) and model_best.pth on improvement; returns the files that stay."""
         if self.directory is None:
             return []
-        written = []
-        if epoch % self.save_period == 0 or is_last:
-            written.append(self._write(state, f"checkpoint-epoch{epoch}.pth"))
+        path = self._write(state, f"checkpoint-epoch{epoch}.pth")
+        if self._replaceable is not None and self._replaceable != path:
+            self._replaceable.unlink(missing_ok=True)  # only now that the new state is on disk
+        kept = epoch % self.save_period == 0 or is_last
+        self._replaceable = None if kept else path
+        written = [path] if kept else []
         if is_best:
             atomic_save(state, self.directory / BEST)
             written.append(self.directory / BEST)

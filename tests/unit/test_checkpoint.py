@@ -48,9 +48,45 @@ def test_truncated_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_p
     build(tmp_path, epochs=2).train()
     newest = tmp_path / "checkpoint-epoch2.pth"
     newest.write_bytes(newest.read_bytes()[:1000])
+    (tmp_path / "model_best.pth").unlink()
     path, state = find_checkpoint(tmp_path)
     assert path.name == "checkpoint-epoch1.pth" and state["epoch"] == 1
     assert "checkpoint-epoch2.pth is truncated or corrupt" in caplog.text
+
+
+def test_model_best_counts_as_a_complete_state_to_resume(tmp_path):
+    build(tmp_path, epochs=2).train()
+    for path in tmp_path.glob("checkpoint-*.pth"):
+        path.unlink()
+    (tmp_path / "latest").unlink()
+    path, state = find_checkpoint(tmp_path)
+    assert path.name == "model_best.pth" and state["epoch"] >= 1
+
+
+def test_every_epoch_is_on_disk_until_the_next_and_save_period_decides_what_stays(tmp_path):
+    trainer = build(tmp_path, epochs=5, save_period=2)
+    seen = []
+    save = trainer.outputs.checkpointer.save
+
+    def recording(*args, **kwargs):
+        written = save(*args, **kwargs)
+        seen.append(sorted(p.name for p in tmp_path.glob("checkpoint-epoch*.pth")))
+        return written
+    trainer.outputs.checkpointer.save = recording
+    trainer.train()
+    assert seen == [["checkpoint-epoch1.pth"], ["checkpoint-epoch2.pth"],
+                    ["checkpoint-epoch2.pth", "checkpoint-epoch3.pth"], ["checkpoint-epoch2.pth", "checkpoint-epoch4.pth"],
+                    ["checkpoint-epoch2.pth", "checkpoint-epoch4.pth", "checkpoint-epoch5.pth"]]  # 5: the last
+    assert (tmp_path / "latest").read_text().strip() == "checkpoint-epoch5.pth"
+
+
+def test_a_resumed_run_replaces_the_epoch_file_save_period_would_not_keep(tmp_path):
+    build(tmp_path, epochs=3, save_period=2, early_stop=0).train()  # keeps 2 and 3 (the last)
+    trainer = build(tmp_path, epochs=5, save_period=2)
+    trainer.load_state_dict(load_checkpoint(tmp_path / "checkpoint-epoch3.pth"))
+    trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-epoch*.pth")) == [
+        "checkpoint-epoch2.pth", "checkpoint-epoch4.pth", "checkpoint-epoch5.pth"]
 
 
 # ---- a checkpoint is named parts: one loop each way ----

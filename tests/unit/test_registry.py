@@ -100,6 +100,7 @@ def test_unknown_name_names_path_nearest_names_and_how_to_list():
 # ---- every registered name builds (STYLE 15) ----
 
 ARCH_INPUTS = {"MnistModel": (2, 1, 28, 28)}  # LeNet's fully connected layer is sized for 28x28 MNIST
+ARCH_OUTPUTS = {"CNN": 64}  # without num_classes the CNN gives its features (the default blocks end with 64 channels)
 
 
 # The builders' archs need shapes (obs_shape, feature_dim, ...): tests/unit/test_builders.py builds each of them.
@@ -113,7 +114,7 @@ def test_every_arch_builds_with_defaults_and_runs_forward(name, digits_batch):
     model.eval()
     with torch.no_grad():
         out = model(x)
-    assert out.shape == (x.shape[0], 10) and torch.isfinite(out).all()
+    assert out.shape == (x.shape[0], ARCH_OUTPUTS.get(name, 10)) and torch.isfinite(out).all()
     assert "Trainable parameters:" in str(model)
 
 
