@@ -22,7 +22,8 @@ class TrainerSettings:
     type: str = setting("Trainer", "trainer class: Trainer, or your own BaseTrainer subclass in trainer/trainer.py")
     epochs: int = setting(meaning="number of epochs to train (the last epoch number when resuming)", minimum=1)
     save_dir: str = setting("saved/", "root of run outputs: models/ and log/ go under it")
-    save_period: int = setting(1, "write checkpoint-epoch<N>.pth every N epochs (and always at the last one)",
+    save_period: int = setting(1, "keep checkpoint-epoch<N>.pth every N epochs (and always the last one); the epochs "
+                                  "between are each on disk until the next",
                                minimum=1)
     verbosity: int = setting(2, "console output: 0 warnings only and no progress bars, 1 info, 2 debug "
                                 "(info.log always gets info)", choices=(0, 1, 2))

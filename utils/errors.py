@@ -32,16 +32,22 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
 
 
 def run_cli(main, argv=None) -> int:
-    """Run main(argv); a UserError prints one 'error:' line per problem on stderr and gives status 2."""
+    """Run main(argv); a UserError prints one 'error:' line per problem on stderr and gives status 2. SIGINT or
+    SIGTERM outside the training loop (which saves and exits by itself) ends with one line and 130 or 143."""
     import sys
 
+    from utils.interrupt import Terminated, terminate_raises
+
     try:
-        main(argv)
+        with terminate_raises():
+            main(argv)
     except UserError as e:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        print(f"stopped by {name} outside the training loop: nothing was saved now; files already written "
+              f"(checkpoints, logs) are as they were", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     return 0

@@ -1,11 +1,14 @@
-"""Graceful stop on SIGINT/SIGTERM: the first signal asks the loop to stop after the current step,
-a second one exits at once without touching any file."""
+"""Graceful stop on SIGINT/SIGTERM: in the training loop the first signal asks the loop to stop after the
+current step and a second one exits at once without touching any file; outside it (start-up, shutdown)
+a signal ends the command with one line and its status."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 from types import FrameType
+from typing import Iterator
 
 
 class StopRequested(Exception):
@@ -45,3 +48,28 @@ class SignalStop:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (the counterpart of SIGINT's KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """While active (and not replaced by SignalStop in the training loop), SIGTERM raises Terminated."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
