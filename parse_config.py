@@ -328,6 +328,20 @@ def _lookup(registry: Registry | Any, name: str, path: str) -> Any:
         raise UserError(f"{path}: {registry.__name__} has no {name!r}") from None
 
 
+def _raised_by_a_library(error: BaseException) -> bool:
+    """Whether the innermost frame of error's traceback is outside this project (in torch, say)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return not path.is_relative_to(PROJECT_ROOT) or bool({"site-packages", "dist-packages"} & set(path.parts))
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
 def _build_callable(spec: str | dict, registry: Registry, path: str) -> Any:
     spec = {"type": spec} if isinstance(spec, str) else spec
     obj = registry.get(spec["type"], path)
@@ -353,11 +367,11 @@ def _refusals(section: str, name: str, args: dict, library: bool) -> Iterator[No
         raise UserError(f"{section}.args: building {name} with {args} ran out of memory; use smaller sizes") from None
     except LIBRARY_REFUSALS as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if library:
-            raise UserError(f"{section}.args: {name} refused {args}: {message}") from None
         if isinstance(e, RuntimeError) and ("alloc" in message.lower() or "out of memory" in message.lower()):
             raise UserError(f"{section}.args: building {name} with {args} failed to allocate memory ({message}); "
                             f"use smaller sizes") from None
+        if library or _raised_by_a_library(e):  # e.g. a zoo model handing a config value on to nn.Conv2d
+            raise UserError(f"{section}.args: {name} refused {args}: {message}") from None
         raise
 
 

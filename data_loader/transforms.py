@@ -56,6 +56,8 @@ def _build(item: str | dict, path: str, catalogue: dict[str, type]) -> Any:
         item = {"type": item}
     if not isinstance(item, dict) or not isinstance(item.get("type"), str) or set(item) - {"type", "args"}:
         raise UserError(f"{path}: expected a transform name or {{\"type\": name, \"args\": {{...}}}}, got {item!r}")
+    if not isinstance(item.get("args", {}), (dict, type(None))):
+        raise UserError(f"{path}.args: expected an object of the transform's arguments, got {item['args']!r}")
     name, args = item["type"], dict(item.get("args") or {})
     if name in _ADDED or name in _REFUSED:
         why = f"the pipeline {_ADDED[name]}" if name in _ADDED else _REFUSED[name]

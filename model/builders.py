@@ -24,7 +24,9 @@ from torch import nn
 
 from base import BaseModel
 from model.activations import Activation
+from utils.config_schema import describe, type_ok
 from utils.errors import UserError, did_you_mean
+from utils.settings import json_types
 
 __all__ = [
     "MLP",
@@ -67,6 +69,10 @@ class _Config:
                 of = "" if where == cls.__name__ else f" of {cls.__name__}"
                 raise UserError(f"{where}: unknown field {key!r}{of}.{did_you_mean(str(key), names)} "
                                 f"Its fields: {', '.join(names)}")
+        kinds = json_types(cls)  # from the annotations; () where they admit no plain JSON value (nested configs)
+        for key, item in value.items():
+            if key not in cls._nested and kinds[key] and not type_ok(item, kinds[key]):
+                raise UserError(f"{where}.{key}: expected {describe(kinds[key])}, got {item!r}")
         return cls(**value)
 
     def __post_init__(self):
