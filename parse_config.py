@@ -28,7 +28,7 @@ from utils import config_schema, config_validation
 from utils.checkpoint import RunDirs, run_dirs_of
 from utils.config_schema import OPTIONAL_SECTIONS, REQUIRED, describe, flat_keys, type_ok
 from utils.config_validation import metric_name
-from utils.errors import UserError, did_you_mean
+from utils.errors import UserError, did_you_mean, raised_by_a_library
 from utils.registry import LOSSES, METRICS, Registry
 from utils.settings import from_section, schema_rows
 from utils.util import write_json
@@ -328,20 +328,6 @@ def _lookup(registry: Registry | Any, name: str, path: str) -> Any:
         raise UserError(f"{path}: {registry.__name__} has no {name!r}") from None
 
 
-def _raised_by_a_library(error: BaseException) -> bool:
-    """Whether the innermost frame of error's traceback is outside this project (in torch, say)."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    return not path.is_relative_to(PROJECT_ROOT) or bool({"site-packages", "dist-packages"} & set(path.parts))
-
-
-PROJECT_ROOT = Path(__file__).resolve().parent
-
-
 def _build_callable(spec: str | dict, registry: Registry, path: str) -> Any:
     spec = {"type": spec} if isinstance(spec, str) else spec
     obj = registry.get(spec["type"], path)
@@ -370,7 +356,7 @@ def _refusals(section: str, name: str, args: dict, library: bool) -> Iterator[No
         if isinstance(e, RuntimeError) and ("alloc" in message.lower() or "out of memory" in message.lower()):
             raise UserError(f"{section}.args: building {name} with {args} failed to allocate memory ({message}); "
                             f"use smaller sizes") from None
-        if library or _raised_by_a_library(e):  # e.g. a zoo model handing a config value on to nn.Conv2d
+        if library or raised_by_a_library(e):  # e.g. a zoo model handing a config value on to nn.Conv2d
             raise UserError(f"{section}.args: {name} refused {args}: {message}") from None
         raise
 

@@ -48,6 +48,7 @@ from base.settings import TrainerSettings  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from model.summary import layer_table  # noqa: E402
 from parse_config import ConfigParser, differing_keys  # noqa: E402
+from trainer.checks import check_first_batch  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.checkpoint import RunDirs, find_checkpoint, unwrap  # noqa: E402
 from utils.distributed import SINGLE, Dist  # noqa: E402
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         seed_everything(config["seed"])
         trainer = build(config, *choose_device(config["n_gpu"], args.device, dist), dist)
+        check_first_batch(trainer)  # data that does not fit the model: one error, before anything is written
         if args.dry_run:
             print_summary(trainer)
             return

@@ -31,6 +31,21 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     return " Did you mean " + " or ".join(repr(prefix + by_lower[c]) for c in close) + "?"
 
 
+def raised_by_a_library(error: BaseException) -> bool:
+    """Whether the innermost frame of error's traceback is outside this project (in torch, say): a library
+    refusing what the user's config handed it, rather than a bug in the project's own code."""
+    from pathlib import Path
+
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    root = Path(__file__).resolve().parents[1]
+    return not path.is_relative_to(root) or bool({"site-packages", "dist-packages"} & set(path.parts))
+
+
 def run_cli(main, argv=None) -> int:
     """Run main(argv); a UserError prints one 'error:' line per problem on stderr and gives status 2. SIGINT or
     SIGTERM outside the training loop (which saves and exits by itself) ends with one line and 130 or 143."""

@@ -1,0 +1,95 @@
+"""Configs mutated the way typos and confusion mutate them: every outcome of train.py --dry-run is a valid build or
+exit status 2 with 'error:' lines, never a traceback (hypothesis, in-process)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import tempfile
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import train
+from conftest import ROOT
+from utils.errors import run_cli
+
+pytestmark = pytest.mark.slow
+
+# Every shipped config but those whose loaders download (MNIST, CIFAR, ...): the test must stay offline and fast.
+DOWNLOADS = {"mnist.json", "fashion_mnist.json", "kmnist.json", "cifar10.json", "cifar100.json"}
+CONFIGS = [ROOT / "config.json"] + sorted(p for p in (ROOT / "configs").glob("*.json") if p.name not in DOWNLOADS)
+VALUES = [None, 0, -1, 1, 2.5, -3.7, 10**12, 1e300, "", "x", "Adam", "relu", True, False, [], [1, "a"], {},
+          {"type": "Nope"}, "min val_loss"]
+MUTATION = st.tuples(st.sampled_from(["delete", "set", "rename", "swap", "add"]), st.integers(0, 10**6),
+                     st.integers(0, 10**6), st.sampled_from(VALUES), st.sampled_from(["s", "_", "x", "Args", ""]))
+
+
+def paths(node, prefix=()):
+    """Every key path in a config, sections first."""
+    found = [prefix] if prefix else []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        found += paths(value, prefix + (key,))
+    return found
+
+
+def at(config, path):
+    for key in path[:-1]:
+        config = config[key]
+    return config
+
+
+@contextlib.contextmanager
+def _inside(directory: str):
+    """Run in directory (the configs' relative data paths point there: nothing to find)."""
+    before = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def mutate(config: dict, mutations) -> dict:
+    config = copy.deepcopy(config)
+    for op, i, j, value, suffix in mutations:
+        every = paths(config)
+        if not every:
+            break
+        path, other = every[i % len(every)], every[j % len(every)]
+        parent, key = at(config, path), path[-1]
+        if op == "delete":
+            del parent[key]
+        elif op == "set":
+            parent[key] = copy.deepcopy(value)
+        elif op == "rename" and isinstance(parent, dict):
+            parent[f"{key}{suffix or 's'}"] = parent.pop(key)
+        elif op == "add" and isinstance(parent, dict):
+            parent[f"{key}{suffix}x"] = copy.deepcopy(value)
+        elif op == "swap" and not (path[:len(other)] == other or other[:len(path)] == path):
+            other_parent = at(config, other)
+            parent[key], other_parent[other[-1]] = other_parent[other[-1]], parent[key]
+    return config
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(CONFIGS), st.lists(MUTATION, min_size=1, max_size=3))
+def test_a_mutated_shipped_config_builds_or_is_error_lines_never_a_traceback(source, mutations):
+    config = mutate(json.loads(source.read_text()), mutations)
+    with tempfile.TemporaryDirectory() as tmp, _inside(tmp):
+        if isinstance(config.get("trainer"), dict):
+            config["trainer"]["save_dir"] = os.path.join(tmp, "saved")  # never the project's own saved/
+        with open("config.json", "w") as f:
+            json.dump(config, f)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            status = run_cli(train.main, ["-c", "config.json", "--dry-run"])  # anything else propagates: a failure
+        assert not os.path.exists("saved") and not os.path.exists(os.path.join(tmp, "saved"))
+    lines = err.getvalue().strip().splitlines()
+    assert status in (0, 2), (status, lines)
+    assert status == 0 or any(line.startswith("error: ") for line in lines), lines
+    assert "Traceback" not in err.getvalue()
