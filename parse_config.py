@@ -28,7 +28,7 @@ from utils import config_schema, config_validation
 from utils.checkpoint import RunDirs, run_dirs_of
 from utils.config_schema import OPTIONAL_SECTIONS, REQUIRED, describe, flat_keys, type_ok
 from utils.config_validation import metric_name
-from utils.errors import UserError, did_you_mean, raised_by_a_library
+from utils.errors import UserError, did_you_mean, first_line, raised_by_a_library
 from utils.registry import LOSSES, METRICS, Registry
 from utils.settings import from_section, schema_rows
 from utils.util import write_json
@@ -352,7 +352,7 @@ def _refusals(section: str, name: str, args: dict, library: bool) -> Iterator[No
     except MemoryError:
         raise UserError(f"{section}.args: building {name} with {args} ran out of memory; use smaller sizes") from None
     except LIBRARY_REFUSALS as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = first_line(e)
         if isinstance(e, RuntimeError) and ("alloc" in message.lower() or "out of memory" in message.lower()):
             raise UserError(f"{section}.args: building {name} with {args} failed to allocate memory ({message}); "
                             f"use smaller sizes") from None

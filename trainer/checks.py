@@ -3,7 +3,6 @@ that data that does not fit the model is one clear error naming the shapes, the 
 rather than a traceback from inside torch or, on a GPU, a device-side assert."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 from base import BaseTrainer
 from trainer.trainer import Trainer, to_device
 from utils.checkpoint import unwrap
-from utils.errors import UserError, raised_by_a_library
+from utils.errors import UserError, first_line, project_location, raised_by_a_library
 
 LIBRARY_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AssertionError)
 # What tensor operations raise on shapes and dtypes that do not fit, in a library or in the model's own code
@@ -62,7 +61,7 @@ def check_first_batch(trainer: BaseTrainer) -> None:
     except LIBRARY_ERRORS as e:
         if not (raised_by_a_library(e) or isinstance(e, TENSOR_ERRORS)):
             raise  # e.g. a TypeError in the model's or the trainer's own code: a bug, with its traceback
-        message = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) + _location(e)
+        message = first_line(e) + project_location(e, skip=[__file__])
         if running:
             name, module, layer_input = running[-1]
             where = f"layer {name or '(the model)'} {type(module).__name__}"
@@ -76,17 +75,6 @@ def check_first_batch(trainer: BaseTrainer) -> None:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-
-
-def _location(error: BaseException) -> str:
-    """' (at model/model.py:23)': the innermost line of the project's own code the error passed through."""
-    root, found, tb = Path(__file__).resolve().parents[1], "", error.__traceback__
-    while tb is not None:
-        path = Path(tb.tb_frame.f_code.co_filename).resolve()
-        if path.is_relative_to(root) and path != Path(__file__).resolve():
-            found = f" (at {path.relative_to(root)}:{tb.tb_lineno})"
-        tb = tb.tb_next
-    return found
 
 
 def _autocast(trainer: BaseTrainer) -> Any:

@@ -1,7 +1,13 @@
-"""The one exception type for mistakes in user input (config, CLI, checkpoint, data)."""
+"""The one exception type for mistakes in user input (config, CLI, checkpoint, data), and how the CLI reports
+them and tells a library refusing a value from a bug in the project's own code."""
 from __future__ import annotations
 
+import difflib
+import sys
+from pathlib import Path
 from typing import Iterable
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class UserError(Exception):
@@ -22,8 +28,6 @@ def _from_worker(message: str) -> str:
 
 def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     """' Did you mean 'x' or 'y'?' for the nearest choices (case-insensitive, each shown after prefix), or ''."""
-    import difflib
-
     by_lower = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
     if not close:
@@ -31,26 +35,44 @@ def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     return " Did you mean " + " or ".join(repr(prefix + by_lower[c]) for c in close) + "?"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _frames(error: BaseException) -> list[tuple[Path, int]]:
+    """(file, line) of each frame error's traceback passed through, outermost first."""
+    frames, tb = [], error.__traceback__
+    while tb is not None:
+        frames.append((Path(tb.tb_frame.f_code.co_filename).resolve(), tb.tb_lineno))
+        tb = tb.tb_next
+    return frames
+
+
+def _in_project(path: Path) -> bool:
+    return path.is_relative_to(PROJECT_ROOT) and not {"site-packages", "dist-packages"} & set(path.parts)
+
+
 def raised_by_a_library(error: BaseException) -> bool:
     """Whether the innermost frame of error's traceback is outside this project (in torch, say): a library
     refusing what the user's config handed it, rather than a bug in the project's own code."""
-    from pathlib import Path
+    frames = _frames(error)
+    return bool(frames) and not _in_project(frames[-1][0])
 
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    root = Path(__file__).resolve().parents[1]
-    return not path.is_relative_to(root) or bool({"site-packages", "dist-packages"} & set(path.parts))
+
+def project_location(error: BaseException, skip: Iterable[Path] = ()) -> str:
+    """' (at model/model.py:23)': the innermost line of the project's own code error passed through (files in
+    skip left out), or ''."""
+    skip = {Path(p).resolve() for p in skip}
+    inside = [(path, line) for path, line in _frames(error) if _in_project(path) and path not in skip]
+    return f" (at {inside[-1][0].relative_to(PROJECT_ROOT)}:{inside[-1][1]})" if inside else ""
 
 
 def run_cli(main, argv=None) -> int:
     """Run main(argv); a UserError prints one 'error:' line per problem on stderr and gives status 2. SIGINT or
     SIGTERM outside the training loop (which saves and exits by itself) ends with one line and 130 or 143."""
-    import sys
-
+    # Imported here: this module stands alone at import (new_project.py runs on it before the rest is copied).
     from utils.interrupt import Terminated, terminate_raises
 
     try:
