@@ -13,6 +13,7 @@ from base import BaseTrainer, TrainerSettings
 from conftest import read_metrics
 from tiny_trainers import assert_same_state, build, make_trainer, mse, outputs_in, resumed, sigterm_at
 from utils.checkpoint import find_checkpoint, load_checkpoint
+from utils.errors import UserError
 from utils.interrupt import TrainingInterrupted
 
 
@@ -102,3 +103,15 @@ def test_subclassing_base_trainer_with_only_train_epoch(tmp_path):
     assert [e["loss"] for e in read_metrics(tmp_path)] == [1.0, 0.5, 1.0 / 3]
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch2.pth", "checkpoint-epoch3.pth",
                                                                "model_best.pth"]
+
+
+def test_a_base_trainer_without_evaluate_tells_test_py_users_what_to_write():
+    class Fixed(BaseTrainer):
+        def _train_epoch(self, epoch):
+            return {"loss": 1.0}
+
+    model = nn.Linear(1, 1)
+    trainer = Fixed(model, mse, {}, torch.optim.SGD(model.parameters(), lr=0.1), TrainerSettings(epochs=1))
+    with pytest.raises(UserError, match=r"trainer\.type Fixed has no evaluate\(loader, desc\), which test\.py calls; "
+                                        r"derive it from trainer\.Trainer or write one"):
+        trainer.evaluate([])
