@@ -58,6 +58,9 @@ from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGIS
 from utils.schedule import LRSchedule  # noqa: E402
 from utils.util import prepare_device, seed_everything  # noqa: E402
 
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSettings)}
+DIST_DEFAULTS = (_DEFAULTS["dist_backend"], _DEFAULTS["dist_timeout"])  # the process group's start, before -r
+
 
 def main(argv: list[str] | None = None) -> None:
     """Parse, build everything in dependency order, open the run directory, resume if asked, train."""
@@ -67,10 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print("\n".join(REGISTRIES[args.list].names()))
         return
-    config, checkpoint = load_config(args)
-    settings = config.settings()
-    dist = distributed.init(settings.dist_backend, settings.dist_timeout)
+    # Under torchrun the process group starts before -r is read (only one machine may hold the run), with the
+    # default backend and timeout; distributed.init restarts it if the config names others.
+    dist = distributed.init(*DIST_DEFAULTS)
     try:
+        config, checkpoint, dist = load_config(args, dist)
+        settings = config.settings()
+        dist = distributed.init(settings.dist_backend, settings.dist_timeout, main=dist.main)
         seed_everything(config["seed"])
         trainer = build(config, *choose_device(config["n_gpu"], args.device, dist), dist)
         check_first_batch(trainer)  # data that does not fit the model: one error, before anything is written
@@ -85,13 +91,16 @@ def main(argv: list[str] | None = None) -> None:
         distributed.shutdown()
 
 
-def load_config(args: argparse.Namespace) -> tuple[ConfigParser, dict | None]:
+def load_config(args: argparse.Namespace, dist: Dist = SINGLE) -> tuple[ConfigParser, dict | None, Dist]:
     """The validated config, and with -r the checkpoint it resumes (loaded here and passed on as data: the
-    config object holds no tensors; config.resume is the checkpoint's path)."""
-    path, checkpoint = find_checkpoint(args.resume) if args.resume else (None, None)
+    config object holds no tensors; config.resume is the checkpoint's path). Under torchrun the checkpoint is
+    read by the lowest rank whose machine holds it and sent to the others; that rank writes the run (dist.main)."""
+    path, checkpoint = None, None
+    if args.resume:
+        dist, (path, checkpoint) = distributed.read_on_one_rank(args.resume, find_checkpoint, dist)
     config = ConfigParser.from_args(args, OPTIONS, resume=path,
                                     checkpoint_config=checkpoint["config"] if checkpoint else None)
-    return config, checkpoint
+    return config, checkpoint, dist
 
 
 def build(config: ConfigParser, device: torch.device, device_ids: list[int] = (), dist: Dist = SINGLE, *,
@@ -137,9 +146,9 @@ def choose_device(n_gpu: int, flag: str | None, dist: Dist) -> tuple[torch.devic
 
 
 def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
-    """The run directory (rank 0 creates it, or reuses it on resume); logs, TensorBoard, metrics.jsonl and
-    checkpoints go there, written by rank 0 only."""
-    run = distributed.broadcast(config.make_run_dirs() if dist.is_main else None)  # chosen once, by rank 0
+    """The run directory (the main rank creates it, or reuses it on resume); logs, TensorBoard, metrics.jsonl
+    and checkpoints go there, written by that rank only."""
+    run = distributed.broadcast(config.make_run_dirs() if dist.is_main else None, src=dist.main)  # chosen once
     verbosity = config["trainer"]["verbosity"]
     setup_logging(run.log_dir if dist.is_main else None, verbosity=verbosity if dist.is_main else 0)
     get_logger("trainer", verbosity)
@@ -233,7 +242,9 @@ def resume(trainer: BaseTrainer, checkpoint: dict, config: ConfigParser) -> None
     if same_optimizer and new_lr is not None and new_lr != old_lr:
         trainer.set_lr(new_lr)
         logger.info("Learning rate changed from %s to %s for the resumed run.", old_lr, new_lr)
-    logger.info("Resumed from %s: continuing at epoch %d of %d.", config.resume, trainer.start_epoch, trainer.epochs)
+    read_by = f" (read by rank {trainer.dist.main}, sent to the others)" if trainer.dist.enabled else ""
+    logger.info("Resumed from %s%s: continuing at epoch %d of %d.", config.resume, read_by, trainer.start_epoch,
+                trainer.epochs)
 
 
 def print_summary(trainer: BaseTrainer) -> None:

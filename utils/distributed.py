@@ -6,8 +6,10 @@ otherwise everything here is a single-process no-op, so the trainer has one code
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,10 +20,12 @@ from utils.errors import UserError
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the job."""
+    """This process's place in the job. `main` is the rank that writes the run directory: rank 0, or on resume
+    the lowest rank whose machine holds the run (see read_on_one_rank)."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    main: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -29,7 +33,7 @@ class Dist:
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.rank == self.main
 
 
 SINGLE = Dist()
@@ -39,8 +43,14 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init(backend: str | None, timeout_s: int) -> Dist:
-    """Join the process group torchrun set up (gloo on CPU, nccl on GPU unless backend says otherwise)."""
+DEFAULT_TIMEOUT_S = 1800
+_started: list[tuple[str, int]] = []  # the backend and timeout of each process group this process joined
+
+
+def init(backend: str | None, timeout_s: int, main: int = 0) -> Dist:
+    """Join the process group torchrun set up (gloo on CPU, nccl on GPU unless backend says otherwise). Called
+    again with another backend or timeout, the group is restarted with them: train.py joins with the defaults
+    before it reads -r's checkpoint, whose config may name others."""
     if not launched_by_torchrun():
         return SINGLE
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -48,12 +58,48 @@ def init(backend: str | None, timeout_s: int) -> Dist:
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized() and _started[-1:] != [(backend, timeout_s)]:
+        dist.destroy_process_group()
     if not dist.is_initialized():
-        try:
-            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+        try:  # each group under its own prefix of torchrun's store: a restarted one must not meet the old one's keys
+            dist.init_process_group(backend, store=dist.PrefixStore(f"group-{len(_started)}", store), rank=rank,
+                                    world_size=world, timeout=timeout)
         except (RuntimeError, ValueError) as e:
             raise UserError(f"trainer.dist_backend {backend!r} could not start the process group: {e}") from None
-    return Dist(rank, world, local)
+        _started.append((backend, timeout_s))
+    return Dist(rank, world, local, main)
+
+
+def read_on_one_rank(path: str | Path, read: Callable[[Path], Any], ctx: Dist) -> tuple[Dist, Any]:
+    """read(path) done once, on the lowest rank whose machine has path, and sent to every rank; that rank
+    becomes ctx.main, the one that writes beside it. So -r RUN_DIR works when only one machine holds the run
+    (machines without a shared disk). A UserError raised there is raised on every rank."""
+    path = Path(path)
+    if not ctx.enabled:
+        return ctx, read(path)
+    holder = lowest_rank_with(path.exists())
+    if holder is None:
+        raise UserError(f"{path}: no such file or directory on any machine of this torchrun job; give the path "
+                        f"as the machine that holds it sees it")
+    answer = None
+    if ctx.rank == holder:
+        try:
+            answer = (True, read(path))
+        except UserError as e:
+            answer = (False, e.problems)
+    ok, value = broadcast(answer, src=holder)
+    if not ok:
+        raise UserError(value)
+    return replace(ctx, main=holder), value
+
+
+def lowest_rank_with(flag: bool) -> int | None:
+    """The lowest rank whose flag is true, the same on every rank; None when no rank's is."""
+    flags = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, flag)
+    return next((rank for rank, has in enumerate(flags) if has), None)
 
 
 def device_of(ctx: Dist, n_gpu: int) -> torch.device:
@@ -77,12 +123,12 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def broadcast(obj: Any) -> Any:
-    """rank 0's obj on every rank."""
+def broadcast(obj: Any, src: int = 0) -> Any:
+    """Rank src's obj on every rank."""
     if not (dist.is_available() and dist.is_initialized()):
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=src)
     return box[0]
 
 

@@ -3,6 +3,8 @@ early stopping on every rank."""
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import torch
 
 import test as test_script
 import train
-from conftest import ROOT, read_metrics, run_dir, tiny_config
+from conftest import ROOT, read_metrics, run_cli, run_dir, tiny_config
 
 pytestmark = pytest.mark.slow  # each test starts torchrun, or reads the runs of a fixture that did
 
@@ -90,3 +92,92 @@ def test_early_stop_stops_every_rank(tmp_path):
                       "--run-id", "stop")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["epoch"] for r in read_metrics(run_dir(tmp_path / "saved", "stop")[1])] == [1, 2]
+
+
+# -- two machines without a shared disk: two torchrun "nodes" on 127.0.0.1, each in its own copy of the project
+
+def project_copy(where: Path) -> Path:
+    """A machine's copy of the project: the code, no saved/ directory."""
+    shutil.copytree(ROOT, where, ignore=shutil.ignore_patterns(".git", "saved", "__pycache__", ".pytest_cache",
+                                                                ".hypothesis", "tests", "benchmarks"))
+    return where
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(copies: list[Path], *args: str) -> list[subprocess.CompletedProcess]:
+    """torchrun --nnodes=2 (one process each, c10d rendezvous on 127.0.0.1), one node in each copy, started
+    together with the same arguments, as on two machines. The first copy's node is rank 0: the rendezvous
+    orders nodes by address, and each node gives its own (--local-addr; all of 127.0.0.0/8 is this machine)."""
+    port = free_port()
+    results, nodes = [], []
+    for address, copy in zip(("127.0.0.1", "127.0.0.2"), copies):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                   "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes",
+                   f"--local-addr={address}", "train.py", *args]
+        nodes.append(subprocess.Popen(command, cwd=copy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for node in nodes:
+        out, err = node.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(node.args, node.returncode, out, err))
+    return results
+
+
+def test_two_machines_without_a_shared_disk_resume_from_the_one_that_holds_the_run(tmp_path):
+    a, b = project_copy(tmp_path / "machine-a"), project_copy(tmp_path / "machine-b")
+    config = json.loads(deterministic_config(tmp_path, 64).read_text())
+    # relative: each machine's own disk; a timeout that is not the default restarts the process group once
+    config["trainer"].update(save_dir="saved/", dist_timeout=600, verbosity=1)
+    for copy in (a, b):
+        (copy / "tiny.json").write_text(json.dumps(config))
+    ckpt_dir, log_dir = run_dir(Path("saved"), "shared-nothing")
+
+    def succeeded(results):
+        return all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+
+    ok, errors = succeeded(two_nodes([a, b], "-c", "tiny.json", "--run-id", "shared-nothing"))
+    assert ok, errors
+    assert (a / ckpt_dir).is_dir() and not (b / "saved").exists()  # rank 0 (machine a) alone wrote the run
+    # stopped and resumed on both machines with the same command: only machine a has the run directory,
+    # first as rank 0, then as rank 1 (its copy of the run is the one that goes on)
+    ok, errors = succeeded(two_nodes([a, b], "-r", str(ckpt_dir), "trainer.epochs=3"))
+    assert ok, errors
+    swapped = two_nodes([b, a], "-r", str(ckpt_dir), "trainer.epochs=4")
+    ok, errors = succeeded(swapped)
+    assert ok, errors
+    assert "(read by rank 1, sent to the others)" in swapped[1].stdout + swapped[1].stderr
+    assert not (b / "saved").exists()
+    rows = read_metrics(a / log_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+    # the same numbers as one process trained straight for 4 epochs with the whole batch
+    config["trainer"].update(save_dir=str(tmp_path / "single"), epochs=4)
+    config["data_loader"]["args"]["batch_size"] = 128
+    (tmp_path / "single.json").write_text(json.dumps(config))
+    train.main(["-c", str(tmp_path / "single.json"), "--run-id", "straight"])
+    straight = read_metrics(run_dir(tmp_path / "single", "straight")[1])
+    for resumed, single in zip(rows, straight, strict=True):
+        for key in ("loss", "val_loss", "val_accuracy"):
+            assert resumed[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), (resumed["epoch"], key)
+
+    # test.py on the other machine needs only the checkpoint file
+    shutil.copy(a / ckpt_dir / "checkpoint-epoch4.pth", b / "model.pth")
+    result = run_cli("test.py", "-r", "model.pth", cwd=b, project=b)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((b / "test_results.json").read_text())
+    assert results["n_samples"] == 360 and results["accuracy"] > 0.5
+    assert not (b / "saved").exists()
+
+
+def test_a_resume_path_that_no_machine_holds_is_a_clear_error(tmp_path):
+    result = torchrun("-r", str(tmp_path / "nowhere"))
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    # each rank says it, unless torchrun stopped it first because the other one had failed
+    assert errors and all(line.startswith(f"error: {tmp_path / 'nowhere'}: no such file or directory on any "
+                                          "machine of this torchrun job") for line in errors), lines
+    assert result.stderr.count("Traceback") == 1 and "ChildFailedError" in result.stderr  # torchrun's summary only

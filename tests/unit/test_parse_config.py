@@ -342,7 +342,7 @@ def test_precedence_checkpoint_then_file_then_options_then_overrides(tmp_path, c
               overrides=["optimizer.args.lr=0.1", "trainer.epochs=9"]), (9, 0.1, 16)),
     ]
     for args, (epochs, lr, batch_size) in layers:
-        config, loaded = train.load_config(_namespace(**args))
+        config, loaded, _ = train.load_config(_namespace(**args))
         assert (config["trainer"]["epochs"], config["optimizer"]["args"]["lr"],
                 config["data_loader"]["args"]["batch_size"]) == (epochs, lr, batch_size), args
         # nested keys the -c file does not name are kept from the checkpoint
@@ -354,14 +354,14 @@ def test_precedence_checkpoint_then_file_then_options_then_overrides(tmp_path, c
 def test_resume_through_the_command_line(tmp_path, checkpoint):
     args = train.build_parser(train.OPTIONS).parse_intermixed_args(["-r", str(checkpoint), "--lr", "0.25",
                                                                     "trainer.epochs=6"])
-    config, loaded = train.load_config(args)
+    config, loaded, _ = train.load_config(args)
     assert config["trainer"]["epochs"] == 6 and config["optimizer"]["args"]["lr"] == 0.25
     assert loaded["config"]["optimizer"]["args"]["lr"] == 0.5
 
 
 def test_the_config_object_holds_plain_data_only(tmp_path, checkpoint):
     torch.save({**torch.load(checkpoint, weights_only=True), "state_dict": {"w": torch.ones(3)}}, checkpoint)
-    config, loaded = train.load_config(_namespace(resume=str(checkpoint)))
+    config, loaded, _ = train.load_config(_namespace(resume=str(checkpoint)))
     assert isinstance(loaded["state_dict"]["w"], torch.Tensor)  # the entry point has the tensors ...
 
     def plain(value) -> bool:
