@@ -106,6 +106,45 @@ def test_kill_9_at_a_random_moment_then_resume_from_the_run_directory(tmp_path, 
     assert read_metrics(log_dir, timing=False) == straight[1]
 
 
+# The shipped config's checkpoint settings (save_period 10, no save_every_steps), 8 of its 30 epochs: no
+# checkpoint-epoch<N>.pth is ever kept, yet every epoch's state is on disk. KILL_ROUNDS=50 runs the check of
+# fifty random moments; KILL_EPOCHS=30 the whole default run.
+KILL_ROUNDS, KILL_EPOCHS = int(os.environ.get("KILL_ROUNDS", 1)), int(os.environ.get("KILL_EPOCHS", 8))
+
+
+def shipped(save_dir: Path, run_id: str) -> list[str]:
+    return ["-c", str(ROOT / "config.json"), f"trainer.save_dir={save_dir}", f"trainer.epochs={KILL_EPOCHS}",
+            "trainer.verbosity=0", "--run-id", run_id]
+
+
+def newest_state(ckpt_dir: Path) -> dict:
+    return torch.load(ckpt_dir / (ckpt_dir / "latest").read_text().strip(), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def straight_shipped(tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("shipped") / "saved"
+    result = run_cli("train.py", *shipped(save_dir, "straight"))
+    assert result.returncode == 0, result.stderr
+    ckpt_dir, log_dir = run_dir(save_dir, "straight")
+    return newest_state(ckpt_dir), read_metrics(log_dir, timing=False)
+
+
+@pytest.mark.parametrize("round_", range(KILL_ROUNDS))
+def test_kill_9_during_the_shipped_config_loses_at_most_the_epoch_under_way(tmp_path, straight_shipped, round_):
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *shipped(tmp_path / "saved", "run")],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "run")
+    wait_for(ckpt_dir / "latest", process)  # before the first epoch ends there is nothing to resume
+    time.sleep(DELAYS.uniform(0.0, 0.8 * KILL_EPOCHS))
+    process.kill()
+    process.wait(timeout=60)
+    result = run_cli("train.py", "-r", str(ckpt_dir))
+    assert result.returncode == 0, result.stderr
+    assert_identical(straight_shipped[0], newest_state(ckpt_dir))
+    assert read_metrics(log_dir, timing=False) == straight_shipped[1]
+
+
 def test_a_second_signal_exits_at_once_without_touching_files(tmp_path):
     """While a (slow) step runs, one signal asks for a save after it; a second one leaves immediately."""
     driver = tmp_path / "slow.py"
