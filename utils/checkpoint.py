@@ -154,20 +154,27 @@ def atomic_save(obj: Any, path: Path) -> None:
                         f"permissions of {path.parent} (earlier checkpoints are untouched)") from None
 
 
+def read_torch_file(path: Path, what: str, fix: str) -> Any:
+    """torch.load onto the CPU with weights_only (no code runs); a refused or corrupt file is a UserError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))  # the object it would build
+        if unsafe is None:  # not a pickle torch can read at all
+            raise UserError(f"{what} {path} is not a file torch.save wrote, or it is corrupt; {fix}") from None
+        raise UserError(f"{what} {path} was refused: it holds a {unsafe[1]} object, not only tensors and plain "
+                        f"values, and loading it could run code. Only load files you trust, re-saved with plain "
+                        f"data") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{what} {path} is truncated or corrupt ({str(e).splitlines()[0]}); {fix}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint safely (weights_only, onto the CPU); every failure is a clear UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; give a checkpoint file or a run directory to -r")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"checkpoint {path} was refused: it holds objects other than tensors and plain "
-                        f"values, which could run code when loaded ({str(e).splitlines()[0]}). Only load "
-                        f"checkpoints you trust, re-saved with plain data") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({str(e).splitlines()[0]}); "
-                        f"resume from an earlier checkpoint") from None
+    ckpt = read_torch_file(path, "checkpoint", "resume from an earlier checkpoint")
     missing = [k for k in ("state_dict", "config", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UserError(f"{path} is not a checkpoint of this template: it lacks {', '.join(missing)}")
