@@ -19,6 +19,7 @@ from utils.distributed import SINGLE, Dist, any_rank
 from utils.errors import UserError
 from utils.interrupt import SignalStop, StopRequested, TrainingInterrupted
 from utils.monitor import Monitor
+from utils.params import DEFAULT_GROUP
 from utils.schedule import LRSchedule
 
 
@@ -121,7 +122,7 @@ class BaseTrainer:
     def _run_epoch(self, epoch: int) -> bool:
         """Train, log and checkpoint one epoch; False when early stopping ends training."""
         started = time.perf_counter()
-        log = {"epoch": epoch, **self._train_epoch(epoch), "lr": self.current_lr()}
+        log = {"epoch": epoch, **self._train_epoch(epoch), **self.learning_rates()}
         self.schedule.on_epoch_end(log, self._plateau_key(log))
         log["epoch_time"] = time.perf_counter() - started
         self.state.end_epoch(epoch)
@@ -156,7 +157,7 @@ class BaseTrainer:
             self.logger.info("    %-15s: %s", key, f"{value:.6g}" if isinstance(value, float) else value)
             if key in ("epoch", "epoch_time"):
                 continue
-            tag = f"{key[4:]}/valid" if key.startswith("val_") else key if key == "lr" else f"{key}/train"
+            tag = f"{key[4:]}/valid" if key.startswith("val_") else key if key.split("/")[0] == "lr" else f"{key}/train"
             writer.add_scalar(tag, value, epoch)
         writer.flush()
         self.outputs.metrics_file.append(log)
@@ -190,13 +191,27 @@ class BaseTrainer:
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def set_lr(self, lr: float) -> None:
-        """Apply a new learning rate to every parameter group (and the scheduler's base)."""
+    def learning_rates(self) -> dict[str, float]:
+        """What each epoch logs: 'lr' (the first parameter group's: the default one) and 'lr/<name>' for each group
+        named by optimizer.param_groups (the halves no_decay_bias_norm splits a group into share its name)."""
+        rates = {"lr": self.current_lr()}
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if group.get("name") not in (None, DEFAULT_GROUP):
+                rates.setdefault(f"lr/{group['name']}", group["lr"])
+        return rates
+
+    def set_lr(self, lr: float) -> None:
+        """Make lr the first group's learning rate (optimizer.args.lr changed on resume) and its scheduler base;
+        every other group keeps its ratio to it (a group at a tenth of the default stays at a tenth)."""
+        groups = self.optimizer.param_groups
+        bases = [group.get("initial_lr", group["lr"]) for group in groups]
+        new = [lr if base == bases[0] else lr * base / bases[0] if bases[0] else group["lr"]
+               for group, base in zip(groups, bases)]
+        for group, value in zip(groups, new):
+            group["lr"] = value
             if "initial_lr" in group:
-                group["initial_lr"] = lr
-        self.schedule.set_base_lr(lr, len(self.optimizer.param_groups))
+                group["initial_lr"] = value
+        self.schedule.set_base_lrs(new)
 
     # -- checkpoint state: one loop over named parts each way (utils/checkpoint.py)
     def checkpoint_parts(self) -> dict[str, Stateful]:
@@ -206,7 +221,8 @@ class BaseTrainer:
 
     def state_dict(self) -> dict:
         """Everything a checkpoint holds: plain values and tensors only."""
-        return gather(self.checkpoint_parts(), arch=type(unwrap(self.model)).__name__, config=self.config,
+        named = (self.config or {}).get("arch", {}).get("type")  # the config's name: resnet18 rather than ResNet
+        return gather(self.checkpoint_parts(), arch=named or type(unwrap(self.model)).__name__, config=self.config,
                       monitor_best=self.monitor.best)
 
     def load_state_dict(self, state: dict, load_optimizer: bool = True) -> None:

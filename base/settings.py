@@ -15,6 +15,10 @@ def _monitor_ok(spec: str) -> bool:
     return words == ["off"] or (len(words) == 2 and words[0] in ("min", "max"))
 
 
+def _patterns_ok(patterns: list) -> bool:
+    return all(isinstance(p, str) and p for p in patterns)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainerSettings:
     """What the trainer section of a config sets (train.py reads it; the trainer receives this object)."""
@@ -58,3 +62,8 @@ class TrainerSettings:
                                 minimum=1)
     nonfinite_loss: str = setting("stop", "a NaN/inf training loss: 'stop' (nothing is saved after it) or 'skip' "
                                           "the batch (one host sync per step)", choices=("stop", "skip"))
+    freeze: list[str] = setting([], "glob patterns of parameter names to freeze, e.g. [\"features.*\"]: no gradient "
+                                    "and no weight decay; norm layers whose parameters are all frozen keep their "
+                                    "running statistics", check=_patterns_ok, rule="a list of glob patterns (strings)")
+    unfreeze_at_epoch: int | None = setting(None, "train the parameters trainer.freeze names from this epoch on; "
+                                                  "null = frozen for the whole run", minimum=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -36,13 +37,14 @@ def outputs_in(directory: Path, settings: TrainerSettings) -> RunOutputs:
 def make_trainer(tmp_path: Path, *, lr: float = 0.1, epochs: int = 3, monitor: str = "min val_loss",
                  patience: int = 0, save_period: int = 1, cls: type = Trainer, scheduler=None,
                  scheduler_interval: str = "epoch", optimizer: type = torch.optim.SGD, metrics: dict | None = None,
-                 **settings) -> Trainer:
-    """Linear regression; settings: any other TrainerSettings field (len_epoch, log_step, ...)."""
+                 model: Callable[[], nn.Module] = lambda: nn.Linear(3, 1), **settings) -> Trainer:
+    """Linear regression (by model(), 3 inputs, 1 output); settings: any other TrainerSettings field (len_epoch,
+    log_step, ...)."""
     torch.manual_seed(0)
     x = torch.randn(N, 3)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
     loader = BaseDataLoader(TensorDataset(x, y), BATCH, True, 0.2, 0, seed=0)
-    model = nn.Linear(3, 1)
+    model = model()
     optimizer = optimizer(model.parameters(), lr=lr)
     schedule = LRSchedule(scheduler(optimizer) if scheduler else None, scheduler_interval)
     settings = TrainerSettings(**{"epochs": epochs, "monitor": monitor, "early_stop": patience,

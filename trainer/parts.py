@@ -8,6 +8,7 @@
     StopSignal       whether SIGINT/SIGTERM asks to stop, agreed by every rank
     Validation       whether to validate, on what
     Histograms       weight histograms after each epoch (log_histograms)
+    Freezing         at each epoch's start: the parameters trainer.freeze names frozen or not, as the epoch says
 
 A new feature is one more part here, one setting in base/settings.py and one line in the loop.
 """
@@ -21,11 +22,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from base.base_trainer import RunOutputs
-from utils.distributed import Dist, any_rank
+from utils.checkpoint import unwrap
+from utils.distributed import Dist, any_rank, rewrap
 from utils.errors import UserError
 from utils.interrupt import SignalStop
+from utils.params import matching, unmatched
 from utils.tracker import MetricTracker, NonFiniteGuard
 
 
@@ -229,6 +233,60 @@ class Histograms:
         if self.enabled:
             for name, param in model.named_parameters():
                 self.outputs.writer.add_histogram(name, param, epoch)
+
+
+class Freezing:
+    """trainer.freeze: the parameters its patterns name get no gradient until unfreeze_at_epoch. The optimizer
+    holds them all along: it skips a parameter without a gradient, so its values stay bit-identical and no
+    weight decay touches it, and unfreezing changes no optimizer structure. The norm layers whose parameters are
+    all frozen (by their buffers' names when they have none) stay in eval mode, their running statistics as
+    loaded. Whether an epoch is frozen follows from its number: resume needs no state. Parameters the model
+    itself made untrainable are left alone."""
+
+    def __init__(self, model: nn.Module, patterns: list[str], unfreeze_at: int | None):
+        plain = unwrap(model)
+        arch, named = type(plain).__name__, dict(plain.named_parameters())
+        norms = [(name, m) for name, m in plain.named_modules() if isinstance(m, _NormBase)]
+        stats = {name: [f"{name}.{b}" for b, _ in m.named_buffers(recurse=False)]  # norm layers without parameters
+                 for name, m in norms if not list(m.parameters(recurse=False))}
+        problems = unmatched([*named, *itertools.chain(*stats.values())], patterns, "trainer.freeze", arch)
+        if problems:
+            raise UserError(problems)
+        chosen = set(matching(named, patterns))
+        self.params = [p for name, p in named.items() if name in chosen and p.requires_grad]
+        if self.params and not any(p.requires_grad for name, p in named.items() if name not in chosen):
+            raise UserError(f"trainer.freeze: {patterns} freezes every trainable parameter of {arch}, so nothing "
+                            f"would train; leave some out (the head, say)")
+        ids = {id(p) for p in self.params}
+        self.norms = [m for name, m in norms if (matching(stats[name], patterns) if name in stats
+                                                 else all(id(p) in ids for p in m.parameters(recurse=False)))]
+        self.unfreeze_at = unfreeze_at
+        self.frozen = False  # the state the model is in now
+        self.logger = logging.getLogger("trainer")
+
+    def is_frozen(self, epoch: int) -> bool:
+        return bool(self.params or self.norms) and (self.unfreeze_at is None or epoch < self.unfreeze_at)
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> nn.Module:
+        """Freeze or unfreeze as the epoch says (after model.train()): the model, wrapped in a new
+        DistributedDataParallel under torchrun when the parameters that train changed."""
+        frozen = self.is_frozen(epoch)
+        if frozen != self.frozen:
+            self.frozen = frozen
+            for p in self.params:
+                p.requires_grad_(not frozen)
+            count = f"{sum(p.numel() for p in self.params):,} parameters in {len(self.params)} tensors"
+            if frozen:
+                until = f"until epoch {self.unfreeze_at}" if self.unfreeze_at else "for the whole run"
+                self.logger.info("Epoch %d: freezing %s (trainer.freeze) and %d norm layers' statistics %s.",
+                                 epoch, count, len(self.norms), until)
+            else:
+                self.logger.info("Epoch %d: unfreezing %s (trainer.unfreeze_at_epoch).", epoch, count)
+            model = rewrap(model)
+        if frozen:
+            for norm in self.norms:
+                norm.eval()
+        return model
 
 
 def set_epoch(loader: Any, epoch: int) -> None:

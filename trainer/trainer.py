@@ -8,8 +8,8 @@ import torch
 from tqdm import tqdm
 
 from base import BaseTrainer
-from trainer.parts import (EpochBatches, Histograms, ImageLog, StepCheckpoints, StepLog, StopSignal, TrainMetrics,
-                           Validation, batch_size_of, set_epoch, track)
+from trainer.parts import (EpochBatches, Freezing, Histograms, ImageLog, StepCheckpoints, StepLog, StopSignal,
+                           TrainMetrics, Validation, batch_size_of, set_epoch, track)
 from trainer.step import Stepper
 from utils.checkpoint import SCALER, TRACKER, Stateful
 from utils.interrupt import StopRequested
@@ -32,10 +32,10 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return batch
 
 
-def logged_keys(metric_ftns: Iterable[str], validates: bool) -> list[str]:
-    """The keys each epoch's log holds (what trainer.monitor may name)."""
+def logged_keys(metric_ftns: Iterable[str], validates: bool, lr_keys: Iterable[str] = ("lr",)) -> list[str]:
+    """The keys each epoch's log holds (what trainer.monitor may name); lr_keys: 'lr' and each group's 'lr/<name>'."""
     train = ["loss", *metric_ftns]
-    return train + ([f"val_{k}" for k in train] if validates else []) + ["lr", "samples_per_sec"]
+    return train + ([f"val_{k}" for k in train] if validates else []) + [*lr_keys, "samples_per_sec"]
 
 
 @torch.no_grad()
@@ -69,6 +69,7 @@ class Trainer(BaseTrainer):
         self.stop = StopSignal(self.signals, self.dist, self.device)
         self.validation = Validation(self.valid_data_loader)
         self.histograms = Histograms(s.log_histograms, outputs)
+        self.freezing = Freezing(self.model, s.freeze, s.unfreeze_at_epoch)
         self.progress = s.verbosity > 0 and self.dist.is_main
 
     def train_step(self, data: Any, target: Any) -> tuple[torch.Tensor, Any]:
@@ -113,8 +114,10 @@ class Trainer(BaseTrainer):
         return log
 
     def _start_epoch(self, epoch: int) -> tqdm:
-        """Training mode, the epoch's sums (or those of a mid-epoch checkpoint's), and the epoch's progress bar."""
+        """Training mode (frozen parts as the epoch says), the epoch's sums (or those of a mid-epoch checkpoint's),
+        and the epoch's progress bar."""
         self.model.train()
+        self.model = self.stepper.model = self.freezing.on_epoch_start(epoch, self.model)  # under DDP: maybe anew
         _optimizer_mode(self.optimizer, "train")
         self.metrics.start_epoch(self.global_step)
         return tqdm(total=self.batches.samples(), desc=f"Epoch {epoch}", disable=not self.progress, leave=False,
@@ -133,7 +136,7 @@ class Trainer(BaseTrainer):
         return super().save_step_checkpoint()
 
     def logged_keys(self) -> list[str]:
-        return logged_keys(self.metric_ftns, self.valid_data_loader is not None)
+        return logged_keys(self.metric_ftns, self.valid_data_loader is not None, self.learning_rates())
 
     def checkpoint_parts(self) -> dict[str, Stateful]:
         return {**super().checkpoint_parts(), SCALER: self.stepper, TRACKER: self.metrics}

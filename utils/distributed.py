@@ -132,6 +132,18 @@ def broadcast(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def rewrap(model: torch.nn.Module) -> torch.nn.Module:
+    """A DistributedDataParallel model wrapped anew around the same module, with the same options (any other
+    model as it is). DDP syncs the gradients of the parameters that required one when it was built, so a change
+    of which parameters train (trainer.freeze) needs a new wrapper; every rank calls it at the same point."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model.module, device_ids=model.device_ids, output_device=model.output_device, dim=model.dim,
+        process_group=model.process_group, find_unused_parameters=model.find_unused_parameters,
+        gradient_as_bucket_view=model.gradient_as_bucket_view)
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

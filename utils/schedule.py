@@ -27,10 +27,10 @@ class LRSchedule:
         else:
             self.scheduler.step()
 
-    def set_base_lr(self, lr: float, n_groups: int) -> None:
-        """Make lr the schedule's starting value (a learning rate changed on resume)."""
+    def set_base_lrs(self, lrs: list[float]) -> None:
+        """Make lrs (one per parameter group) the schedule's starting values (a learning rate changed on resume)."""
         if hasattr(self.scheduler, "base_lrs"):
-            self.scheduler.base_lrs = [lr] * n_groups
+            self.scheduler.base_lrs = list(lrs)
 
     def state_dict(self) -> dict | None:
         return self.scheduler.state_dict() if self.scheduler is not None else None

@@ -94,6 +94,22 @@ def test_early_stop_stops_every_rank(tmp_path):
     assert [r["epoch"] for r in read_metrics(run_dir(tmp_path / "saved", "stop")[1])] == [1, 2]
 
 
+def test_freeze_and_unfreeze_under_ddp_give_a_single_processs_numbers(tmp_path):
+    # DDP syncs the parameters that trained when it was wrapped: the model is wrapped anew at each change
+    settings = {"epochs": 3, "freeze": ["features.*"], "unfreeze_at_epoch": 2}
+    result = torchrun("-c", str(deterministic_config(tmp_path, 64, **settings)), "--run-id", "ddp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    train.main(["-c", str(deterministic_config(tmp_path, 128, **settings)), "--run-id", "single"])
+    ddp, single = (read_metrics(run_dir(tmp_path / "saved", run)[1]) for run in ("ddp", "single"))
+    for a, b in zip(ddp, single, strict=True):
+        for key in ("loss", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["epoch"], key)
+    ddp, single = (torch.load(run_dir(tmp_path / "saved", run)[0] / "checkpoint-epoch3.pth", weights_only=True)
+                   for run in ("ddp", "single"))
+    for key, value in single["state_dict"].items():
+        assert torch.allclose(ddp["state_dict"][key], value, rtol=1e-4, atol=1e-6), key
+
+
 # -- two machines without a shared disk: two torchrun "nodes" on 127.0.0.1, each in its own copy of the project
 
 def project_copy(where: Path) -> Path:

@@ -79,6 +79,8 @@ def test_a_config_with_only_epochs_gets_every_trainer_default_from_the_settings(
     ("nonfinite_loss", "ignore", "trainer.nonfinite_loss must be 'stop' or 'skip', got 'ignore'"),
     ("monitor", "max", "trainer.monitor must be 'min <key>', 'max <key>' or 'off', got 'max'"),
     ("early_stop", -2, "trainer.early_stop must be 0 (off) or a positive patience, got -2"),
+    ("freeze", ["features.*", 3], "trainer.freeze must be a list of glob patterns (strings), got ['features.*', 3]"),
+    ("unfreeze_at_epoch", 0, "trainer.unfreeze_at_epoch must be at least 1 or null, got 0"),
 ])
 def test_every_ranged_trainer_setting_is_checked(tiny, key, value, problem):
     tiny["trainer"][key] = value
