@@ -11,6 +11,7 @@ CustomArgs = collections.namedtuple("CustomArgs", "flags type target")
 OPTIONS = [
     CustomArgs(["--lr", "--learning_rate"], type=float, target="optimizer;args;lr"),
     CustomArgs(["--bs", "--batch_size"], type=int, target="data_loader;args;batch_size"),
+    CustomArgs(["--init-from"], type=str, target="arch;weights"),  # a new run from these weights (fine-tuning)
 ]
 LISTABLE = ["arch", "data_loader", "optimizer", "lr_scheduler", "loss", "metric", "trainer"]
 
@@ -47,16 +48,18 @@ from base import BaseTrainer  # noqa: E402
 from base.settings import TrainerSettings  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from model.summary import layer_table  # noqa: E402
-from parse_config import ConfigParser, differing_keys  # noqa: E402
+from parse_config import SCHEMA, ConfigParser, differing_keys  # noqa: E402
 from trainer.checks import check_first_batch  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.checkpoint import RunDirs, find_checkpoint, unwrap  # noqa: E402
 from utils.distributed import SINGLE, Dist  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.interrupt import TrainingInterrupted  # noqa: E402
+from utils.params import parameter_groups  # noqa: E402
 from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, TRAINERS  # noqa: E402
 from utils.schedule import LRSchedule  # noqa: E402
 from utils.util import prepare_device, seed_everything  # noqa: E402
+from utils.weights import load_weights, read_weights  # noqa: E402
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSettings)}
 DIST_DEFAULTS = (_DEFAULTS["dist_backend"], _DEFAULTS["dist_timeout"])  # the process group's start, before -r
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print("\n".join(REGISTRIES[args.list].names()))
         return
+    if args.resume and args.init_from:
+        raise UserError("--init-from starts a new run from weights; -r continues a run: give one of them")
     # Under torchrun the process group starts before -r is read (only one machine may hold the run), with the
     # default backend and timeout; distributed.init restarts it if the config names others.
     dist = distributed.init(*DIST_DEFAULTS)
@@ -112,9 +117,13 @@ def build(config: ConfigParser, device: torch.device, device_ids: list[int] = ()
     if not training:  # evaluation: nothing to monitor, and test.py prints only its results
         settings = dataclasses.replace(settings, monitor="off", verbosity=0)
     data_loader, valid_data_loader = build_data(config, training, dist)
-    model = place_model(config.init_obj("arch", ARCHS), device, list(device_ids), settings, dist)
+    model = config.init_obj("arch", ARCHS)
+    if training and config["arch"]["weights"] and config.resume is None:  # a new run starting from weights
+        load_initial_weights(model, config["arch"])
+    model = place_model(model, device, list(device_ids), settings, dist)
     criterion, metrics = config.build_loss(), config.build_metrics()
-    optimizer = config.init_obj("optimizer", OPTIMIZERS, param_groups(model, config["optimizer"]["no_decay_bias_norm"]))
+    optimizer = config.init_obj("optimizer", OPTIMIZERS, param_groups(model, config["optimizer"]["no_decay_bias_norm"],
+                                                                      config["optimizer"]["param_groups"]))
     scheduler = config["lr_scheduler"]
     schedule = LRSchedule(config.init_obj("lr_scheduler", LR_SCHEDULERS, optimizer) if scheduler else None,
                           scheduler["interval"] if scheduler else "epoch")
@@ -122,6 +131,13 @@ def build(config: ConfigParser, device: torch.device, device_ids: list[int] = ()
     return trainer_class(model, criterion, metrics, optimizer, settings, data_loader=data_loader,
                          valid_data_loader=valid_data_loader, lr_scheduler=schedule, device=device,
                          config=config.config, dist=dist)
+
+
+def load_initial_weights(model: torch.nn.Module, arch: dict) -> None:
+    """arch.weights into the new model, non-strict unless arch.weights_strict; the report goes to the log."""
+    state, source = read_weights(arch["weights"], arch["type"])
+    report = load_weights(model, state, source, strict=arch["weights_strict"], key_map=arch["weights_key_map"])
+    get_logger("train").info(report.block())
 
 
 def build_data(config: ConfigParser, training: bool, dist: Dist) -> tuple:
@@ -186,9 +202,13 @@ def test_split_args(loader_class: type) -> dict:
     return {k: v for k, v in wanted.items() if k in params}
 
 
-def param_groups(model: torch.nn.Module, no_decay_bias_norm: bool) -> list:
+def param_groups(model: torch.nn.Module, no_decay_bias_norm: bool, groups: list[dict] = ()) -> list:
     """The trainable parameters; with no_decay_bias_norm, 1-D ones (biases, norm weights) in a group without
-    weight decay."""
+    weight decay; with optimizer.param_groups entries (groups), named groups with their own options after the
+    default one (utils/params.py). Parameters trainer.freeze names are in: the trainer freezes them later."""
+    if groups:
+        plain = unwrap(model)
+        return parameter_groups(list(plain.named_parameters()), groups, no_decay_bias_norm, type(plain).__name__)
     params = [p for p in model.parameters() if p.requires_grad]
     if not no_decay_bias_norm:
         return params
@@ -233,10 +253,14 @@ def resume(trainer: BaseTrainer, checkpoint: dict, config: ConfigParser) -> None
     changed = differing_keys(old, config.config, ("arch", "data_loader", "seed"))
     if changed:
         logger.warning("Resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
-    same_optimizer = old["optimizer"]["type"] == config["optimizer"]["type"]
+    # a changed grouping (or a group's options, which the saved state would override) starts the optimizer afresh
+    regrouped = [key for key in ("type", "param_groups", "no_decay_bias_norm")
+                 if old["optimizer"].get(key, SCHEMA["optimizer"][key][1]) != config["optimizer"][key]]
+    same_optimizer = not regrouped
     if not same_optimizer:
-        logger.warning("optimizer.type differs from the checkpoint's (%s); its optimizer state is not loaded.",
-                       old["optimizer"]["type"])
+        logger.warning("%s %s from the checkpoint's%s; its optimizer state is not loaded.",
+                       ", ".join(f"optimizer.{key}" for key in regrouped), "differ" if regrouped[1:] else "differs",
+                       f" ({old['optimizer']['type']})" if "type" in regrouped else "")
     trainer.load_state_dict(checkpoint, load_optimizer=same_optimizer)
     new_lr, old_lr = config["optimizer"]["args"].get("lr"), old["optimizer"]["args"].get("lr")
     if same_optimizer and new_lr is not None and new_lr != old_lr:

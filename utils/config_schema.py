@@ -16,8 +16,15 @@ SCHEMA: dict = {
     "n_gpu": (int, 1, "GPUs to use outside torchrun; 0 = CPU, more than one wraps the model in DataParallel"),
     "seed": ((int, NONE), 123, "seeds Python, NumPy and torch; null draws one, recorded in the run's config.json"),
     "arch": {
-        "type": (str, REQUIRED, "model class: any nn.Module defined in model/model.py (or registered)"),
+        "type": (str, REQUIRED, "model class: any nn.Module defined in model/model.py (or registered), else a "
+                                "torchvision classification model by name (resnet18, efficientnet_b0, vit_b_16, ...)"),
         "args": (dict, {}, "keyword arguments of the model class"),
+        "weights": ((str, NONE), None, "initial weights of a new run: a .pth/.pt/.safetensors file, a checkpoint or "
+                                       "run directory, or a torchvision weights name (DEFAULT, IMAGENET1K_V1); null = none"),
+        "weights_strict": (bool, False, "make any tensor of arch.weights that does not fit the model an error "
+                                        "(default: skip it and report it)"),
+        "weights_key_map": (dict, {}, "renames of name prefixes applied to arch.weights before loading, "
+                                      "e.g. {\"backbone.\": \"features.\"}"),
     },
     "data_loader": {
         "type": (str, REQUIRED, "data loader class defined in data_loader/data_loaders.py"),
@@ -27,6 +34,9 @@ SCHEMA: dict = {
         "type": (str, REQUIRED, "any torch.optim optimizer, else any pytorch_optimizer optimizer, by class name"),
         "args": (dict, {}, "its keyword arguments (lr, weight_decay, ...)"),
         "no_decay_bias_norm": (bool, False, "no weight decay on biases, norm weights and other 1-D parameters (a second parameter group)"),
+        "param_groups": (list, [], "parameter groups with their own options: a list of {\"params\": a glob pattern of "
+                                   "parameter names or a list of them, \"lr\", \"weight_decay\", ..., \"name\"}; the "
+                                   "parameters none names form the first, default group"),
     },
     "loss": ((str, dict), REQUIRED, "a function in model/loss.py or a torch.nn loss class; a name or {type, args}"),
     "metrics": (list, [], "functions in model/metric.py; each a name or {type, args, name}"),

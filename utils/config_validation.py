@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from utils.config_schema import NONE, OPTIONAL_SECTIONS, describe, type_ok
 from utils.errors import did_you_mean
+from utils.params import DEFAULT_GROUP
 from utils.registry import ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, TRAINERS, Registry
 from utils.settings import range_problems
 
@@ -147,6 +148,47 @@ def check_optimizer(obj: Any) -> list[str]:
             f"(python train.py --list optimizer), or build it in your own train.py"]
 
 
+def check_param_groups(groups: Any, optimizer: Any = None) -> list[str]:
+    """Problems with optimizer.param_groups entries: each an object with "params" (a glob pattern or a list of
+    them), an optional distinct "name", and options the optimizer class takes (checked when it is known). Whether
+    the patterns match parameters is checked when the model is built (utils/params.py)."""
+    if not isinstance(groups, list):
+        return []  # the schema check reports it
+    problems, names = [], {}
+    try:
+        takes = list(inspect.signature(optimizer).parameters) if optimizer is not None else []
+    except (TypeError, ValueError):
+        takes = []
+    for i, entry in enumerate(groups):
+        path = f"optimizer.param_groups.{i}"
+        if not isinstance(entry, dict):
+            problems.append(f"{path} must be an object {{\"params\": \"<glob pattern>\", \"lr\": ..., ...}}, "
+                            f"got {entry!r}")
+            continue
+        params = entry.get("params")
+        if not (isinstance(params, str) and params or isinstance(params, list) and params
+                and all(isinstance(p, str) and p for p in params)):
+            got = "nothing" if "params" not in entry else repr(params)
+            problems.append(f"{path}.params must be a glob pattern of parameter names or a list of them "
+                            f"(e.g. \"features.*\"), got {got}")
+        name = entry.get("name")
+        if "name" in entry and not (isinstance(name, str) and name and name != DEFAULT_GROUP):
+            problems.append(f"{path}.name must be a string other than {DEFAULT_GROUP!r} (the group of the other "
+                            f"parameters), got {name!r}")
+        label = name if isinstance(name, str) and name else f"group{i}"  # what its learning rate is logged as
+        if label in names:
+            problems.append(f"{path}: its name {label!r} is also optimizer.param_groups.{names[label]}'s; give each "
+                            f"group a distinct \"name\"")
+        names.setdefault(label, i)
+        options = {k: v for k, v in entry.items() if k not in ("params", "name")}
+        if optimizer is not None:
+            problems.extend(check_args(optimizer, options, path, 1, supplied=takes))
+        lr = options.get("lr")
+        if type_ok(lr, float) and math.isfinite(lr) and lr < 0:
+            problems.append(f"{path}.lr must be at least 0, got {lr}")
+    return problems
+
+
 # The least value of arguments the template knows by name, whichever class of the section takes them.
 ARG_MINIMUMS = {"data_loader": {"batch_size": 1, "num_workers": 0}, "optimizer": {"lr": 0}}
 
@@ -197,17 +239,31 @@ def validate(config: dict, schema: dict, settings: dict[str, type]) -> list[str]
                 problems.extend(check_optimizer(obj))
             if callable(getattr(obj, "config_problems", None)):  # the class's own checks, e.g. transforms
                 problems.extend(obj.config_problems(spec["args"], f"{section}.args"))
+    optimizer = config.get("optimizer")
+    if isinstance(optimizer, dict):
+        kind = optimizer.get("type")
+        problems.extend(check_param_groups(optimizer.get("param_groups"),
+                                           OPTIMIZERS.find(kind) if isinstance(kind, str) else None))
     specs = callable_specs(config)
     for path, spec in specs:
         problems.extend(check_callable_spec(spec, path, LOSSES if path == "loss" else METRICS))
     names = [metric_name(m) for path, m in specs if path != "loss" and isinstance(m, (str, dict))]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"metrics: {dup!r} appears twice; give each a distinct \"name\"")
+    arch = config.get("arch")
+    key_map = arch.get("weights_key_map") if isinstance(arch, dict) else None
+    if isinstance(key_map, dict):
+        problems.extend(f"arch.weights_key_map: {old!r} maps to {new!r}; both must be strings (name prefixes)"
+                        for old, new in key_map.items() if not isinstance(new, str))
     scheduler = config.get("lr_scheduler")
     interval = scheduler.get("interval") if isinstance(scheduler, dict) else "epoch"
     if isinstance(interval, str) and interval not in ("epoch", "step"):
         problems.append(f"lr_scheduler.interval must be 'epoch' or 'step', got {interval!r}")
     trainer = config.get("trainer")
+    unfreeze = trainer.get("unfreeze_at_epoch") if isinstance(trainer, dict) else None
+    if isinstance(unfreeze, int) and unfreeze >= 1 and not trainer.get("freeze"):
+        problems.append("trainer.unfreeze_at_epoch is set but trainer.freeze names nothing to freeze; add patterns "
+                        "to trainer.freeze or set trainer.unfreeze_at_epoch to null")
     if isinstance(trainer, dict) and isinstance(trainer.get("type"), str) and trainer["type"] not in TRAINERS:
         problems.append(TRAINERS.unknown(trainer["type"], "trainer.type"))
     for section, cls in settings.items():

@@ -31,7 +31,16 @@ DATA = {
                              write_image_folder(Path("data/image_folder/test"), {"a": 2, "c": 2})),
     "arrays": lambda: (write_arrays(Path("data/arrays/train.npz"), n=60),
                        write_arrays(Path("data/arrays/test.npz"), n=20, seed=1)),
+    "resnet18_cifar10": lambda: (write_cifar(Path("data"), classes=10), write_imagenet_resnet18(Path("torch"))),
 }
+
+
+def write_imagenet_resnet18(torch_home: Path) -> None:
+    """torchvision's resnet18 ImageNet weights file where torch's cache keeps it (random values: nothing downloads)."""
+    import torchvision
+
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
 
 
 def test_the_example_configs_are_there():
@@ -44,6 +53,7 @@ def test_the_example_configs_are_there():
 def test_example_config_trains_one_epoch_and_evaluates(path, tmp_path, monkeypatch):
     config = json.loads(path.read_text())
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torchvision weights names are read from there
     DATA.get(path.stem, lambda: None)()
     train.main(["-c", str(path), "trainer.epochs=1", f"trainer.save_dir={tmp_path}", "--run-id", "x",
                 "trainer.verbosity=0"])

@@ -67,3 +67,37 @@ def test_malformed_sections_are_reported_once_without_crashing(tmp_path):
         "config key 'lr_scheduler' must be an object {...}",
         "config key 'trainer' must be an object {...}",
     ]
+
+
+def test_param_groups_entries_are_checked_against_the_optimizer_all_at_once(tmp_path):
+    config = with_defaults(tiny_config(tmp_path))
+    config["optimizer"]["param_groups"] = [
+        {"params": "head.*", "lr": 0.01, "name": "head"}, {"lr": 0.1}, "head.*", {"params": ["x", 1], "lrr": 0.1},
+        {"params": "x", "name": "head", "lr": -1}, {"params": "y", "name": "default"}, {"params": "z", "betas": "no"},
+    ]
+    assert validate(config) == [
+        'optimizer.param_groups.1.params must be a glob pattern of parameter names or a list of them (e.g. '
+        '"features.*"), got nothing',
+        'optimizer.param_groups.2 must be an object {"params": "<glob pattern>", "lr": ..., ...}, got \'head.*\'',
+        "optimizer.param_groups.3.params must be a glob pattern of parameter names or a list of them (e.g. "
+        "\"features.*\"), got ['x', 1]",
+        "optimizer.param_groups.3.lrr: Adam has no argument 'lrr'. Did you mean 'lr'?",
+        "optimizer.param_groups.4: its name 'head' is also optimizer.param_groups.0's; give each group a distinct "
+        "\"name\"",
+        "optimizer.param_groups.4.lr must be at least 0, got -1",
+        "optimizer.param_groups.5.name must be a string other than 'default' (the group of the other parameters), "
+        "got 'default'",
+        "optimizer.param_groups.6.betas: Adam expects a list or a number (default (0.9, 0.999)), got 'no'",
+    ]
+
+
+def test_unfreezing_without_anything_frozen_is_a_mistake(tmp_path):
+    from conftest import tiny_config
+    from parse_config import validate, with_defaults
+
+    config = tiny_config(tmp_path, unfreeze_at_epoch=3)
+    assert validate(with_defaults(config)) == [
+        "trainer.unfreeze_at_epoch is set but trainer.freeze names nothing to freeze; add patterns to trainer.freeze "
+        "or set trainer.unfreeze_at_epoch to null"]
+    config["trainer"]["freeze"] = ["features.*"]
+    assert validate(with_defaults(config)) == []
