@@ -42,7 +42,10 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"{path} did not appear"
+        if time.monotonic() > deadline:
+            process.kill()  # never left running after the test
+            process.communicate()
+            raise AssertionError(f"{path} did not appear")
         time.sleep(0.02)
 
 
