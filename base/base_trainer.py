@@ -13,6 +13,7 @@ from torch import nn
 
 from base.settings import TrainerSettings
 from logger import MetricsFile, NullWriter, make_writer
+from logger.visualization import TRAIN, VALID, hparam_values
 from utils.checkpoint import (MODEL, MONITOR, OPTIMIZER, RNG, SCHEDULER, TRAIN_STATE, Checkpointer, ModelWeights,
                               RandomState, RunDirs, Stateful, gather, restore, unwrap)
 from utils.distributed import SINGLE, Dist, any_rank
@@ -57,6 +58,15 @@ class RunOutputs:
         self.writer = make_writer(dirs.log_dir, settings.tensorboard)
         self.metrics_file = MetricsFile(dirs.log_dir / "metrics.jsonl")
         return self
+
+
+def compact(value: Any) -> str:
+    """A logged value for the console: numbers to 6 significant digits, lists (per class, a matrix) to 4."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(compact(v) if isinstance(v, list) else f"{v:.4g}" for v in value) + "]"
+    return str(value)
 
 
 class BaseTrainer:
@@ -109,6 +119,9 @@ class BaseTrainer:
     # -- the loop
     def train(self) -> None:
         """Train up to settings.epochs; on SIGINT/SIGTERM save and raise TrainingInterrupted."""
+        keys = self.logged_keys()
+        self.outputs.writer.add_hparams(hparam_values(self.config), [f"final/{key}" for key in keys or ()] +
+                                        ([f"best/{self.monitor.key}"] if self.monitor.enabled else []))
         with self.signals:
             try:
                 for epoch in range(self.start_epoch, self.epochs + 1):
@@ -154,11 +167,14 @@ class BaseTrainer:
         """The epoch's values to the console/info.log, TensorBoard (epoch axis) and metrics.jsonl."""
         epoch, writer = log["epoch"], self.outputs.writer
         for key, value in log.items():
-            self.logger.info("    %-15s: %s", key, f"{value:.6g}" if isinstance(value, float) else value)
-            if key in ("epoch", "epoch_time"):
+            self.logger.info("    %-15s: %s", key, compact(value))
+            if key in ("epoch", "epoch_time") or not isinstance(value, (int, float)):  # lists: metrics.jsonl only
                 continue
-            tag = f"{key[4:]}/valid" if key.startswith("val_") else key if key.split("/")[0] == "lr" else f"{key}/train"
-            writer.add_scalar(tag, value, epoch)
+            phase, tag = (VALID, key[4:]) if key.startswith("val_") else (TRAIN, key)
+            writer.add_scalar(tag, value, epoch, phase)  # train/ and valid/ share the tag: one chart, two curves
+            writer.add_scalar(f"final/{key}", value, epoch)  # what the HParams dashboard compares runs by
+        if self.monitor.enabled:
+            writer.add_scalar(f"best/{self.monitor.key}", self.monitor.best, epoch)
         writer.flush()
         self.outputs.metrics_file.append(log)
 

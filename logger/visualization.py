@@ -1,20 +1,31 @@
-"""TensorBoard writing behind explicit methods, and a do-nothing writer with the same methods."""
+"""TensorBoard writing behind explicit methods, and a do-nothing writer with the same methods.
+
+A run's TensorBoard (RunBoard) is three event directories: train/ and valid/ hold the same tags (one chart
+per metric, a curve for each, as TensorBoard shows sibling runs), the run's log directory itself holds
+histograms, the hyperparameters and the final and best values the HParams dashboard compares runs by.
+"""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
 
 
+TRAIN, VALID, RUN = "train", "valid", ""  # the event directories of a RunBoard: train/, valid/, the run's own
+
+
 class NullWriter:
     """Accepts every call and writes nothing: for runs or ranks that do not log to TensorBoard."""
 
-    def add_scalar(self, tag: str, value: float, step: int) -> None: ...
+    def add_scalar(self, tag: str, value: float, step: int, phase: str = RUN) -> None: ...
 
-    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None: ...
+    def add_image(self, tag: str, image: torch.Tensor, step: int, phase: str = RUN) -> None: ...
 
-    def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None: ...
+    def add_histogram(self, tag: str, values: torch.Tensor, step: int, phase: str = RUN) -> None: ...
+
+    def add_hparams(self, hparams: dict, metrics: list[str]) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -38,15 +49,23 @@ class TensorboardWriter(NullWriter):
         self._first_step: dict[str, int] = {}  # tag -> the first step this writer wrote for it
         self._settled: set[str] = set()  # tags already dropped from the earlier files
 
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
+    def add_scalar(self, tag: str, value: float, step: int, phase: str = RUN) -> None:
         self._first_step.setdefault(tag, step)
         self._writer.add_scalar(tag, value, step)
 
-    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+    def add_image(self, tag: str, image: torch.Tensor, step: int, phase: str = RUN) -> None:
         self._first_step.setdefault(tag, step)
         self._writer.add_image(tag, image, step)
 
-    def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+    def add_hparams(self, hparams: dict, metrics: list[str]) -> None:
+        """The HParams dashboard's record of this run, in this directory's own events (SummaryWriter.add_hparams
+        would start a new directory per call): its hyperparameters and the scalar tags that measure it."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        for summary in hparams_summaries(hparams, dict.fromkeys(metrics, 0.0)):
+            self._writer.file_writer.add_summary(summary)
+
+    def add_histogram(self, tag: str, values: torch.Tensor, step: int, phase: str = RUN) -> None:
         self._first_step.setdefault(tag, step)
         # 'tensorflow' bins are computed in a fixed number of passes; 'auto' (the old default) is slow.
         self._writer.add_histogram(tag, values.detach().float().cpu(), step, bins="tensorflow")
@@ -67,9 +86,48 @@ class TensorboardWriter(NullWriter):
         self._settled.update(cut)
 
 
+class RunBoard(NullWriter):
+    """A run's TensorBoard: each call goes to the event directory of its phase (TRAIN, VALID or the RUN's own)."""
+
+    def __init__(self, log_dir: Path):
+        self._writers = {phase: TensorboardWriter(Path(log_dir) / phase) for phase in (TRAIN, VALID, RUN)}
+
+    def add_scalar(self, tag: str, value: float, step: int, phase: str = RUN) -> None:
+        self._writers[phase].add_scalar(tag, value, step)
+
+    def add_image(self, tag: str, image: torch.Tensor, step: int, phase: str = RUN) -> None:
+        self._writers[phase].add_image(tag, image, step)
+
+    def add_histogram(self, tag: str, values: torch.Tensor, step: int, phase: str = RUN) -> None:
+        self._writers[phase].add_histogram(tag, values, step)
+
+    def add_hparams(self, hparams: dict, metrics: list[str]) -> None:
+        self._writers[RUN].add_hparams(hparams, metrics)
+
+    def flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+
 def make_writer(log_dir: Path | None, enabled: bool) -> NullWriter:
-    """A TensorboardWriter when enabled and there is a log directory, else a NullWriter."""
-    return TensorboardWriter(log_dir) if enabled and log_dir is not None else NullWriter()
+    """A RunBoard when enabled and there is a log directory, else a NullWriter."""
+    return RunBoard(log_dir) if enabled and log_dir is not None else NullWriter()
+
+
+def hparam_values(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """The config's leaves by dotted path, as the HParams dashboard takes them: lists as JSON text, nulls left out
+    (a key must keep one type across the runs compared)."""
+    values = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            values.update(hparam_values(value, f"{prefix}{key}."))
+        elif value is not None:
+            values[prefix + key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return values
 
 
 def drop_from_events_file(path: Path, cut: dict[str, int]) -> None:

@@ -131,7 +131,7 @@ BAD_CONFIG_PROBLEMS = [
     "optimizer.args.lr: Adam expects a number (default 0.001), got 'fast'",
     "data_loader.args: MnistDataLoader needs the argument 'data_dir'; add it to data_loader.args",
     "data_loader.args: MnistDataLoader needs the argument 'batch_size'; add it to data_loader.args",
-    "metrics.2: unknown metric 'acuracy'. Did you mean 'accuracy'?",
+    "metrics.2: unknown metric 'acuracy'. Did you mean 'accuracy'",  # then torchmetrics' names
     "metrics: 'accuracy' appears twice",
     "trainer.monitor must be 'min <key>', 'max <key>' or 'off', got 'minimum val_loss'",
 ]

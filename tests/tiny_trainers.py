@@ -70,7 +70,7 @@ class NoisyDigits(Dataset):
 
 def build(tmp_path: Path, *, epochs: int = 3, workers: int = 0, **kwargs) -> Trainer:
     """A trainer with shuffling, dropout, augmentation, Adam and a per-step scheduler, seeded like train.py;
-    kwargs: lr_scheduler (a torch scheduler instead), or TrainerSettings fields."""
+    kwargs: lr_scheduler (a torch scheduler instead), metrics (more, by name), or TrainerSettings fields."""
     seed_everything(7)
     loader = BaseDataLoader(NoisyDigits(), 16, True, 0.25, workers)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 4))
@@ -79,9 +79,10 @@ def build(tmp_path: Path, *, epochs: int = 3, workers: int = 0, **kwargs) -> Tra
     accuracy = lambda output, target: (output.argmax(1) == target).float().mean()  # noqa: E731
     tmp_path.mkdir(parents=True, exist_ok=True)
     schedule = LRSchedule(kwargs.pop("lr_scheduler", scheduler), "step")
+    metrics = {"accuracy": accuracy, **kwargs.pop("metrics", {})}
     settings = TrainerSettings(**{"epochs": epochs, "monitor": "min val_loss", "early_stop": 5, "verbosity": 0,
                                   "tensorboard": False, **kwargs})
-    return Trainer(model, nn.functional.cross_entropy, {"accuracy": accuracy}, optimizer, settings,
+    return Trainer(model, nn.functional.cross_entropy, metrics, optimizer, settings,
                    data_loader=loader, valid_data_loader=loader.split_validation(), lr_scheduler=schedule,
                    outputs=outputs_in(tmp_path, settings))
 

@@ -25,12 +25,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from base.base_trainer import RunOutputs
+from logger.visualization import TRAIN
 from utils.checkpoint import unwrap
 from utils.distributed import Dist, any_rank, rewrap
 from utils.errors import UserError
 from utils.interrupt import SignalStop
 from utils.params import matching, unmatched
-from utils.tracker import MetricTracker, NonFiniteGuard
+from utils.tracker import EpochMetrics, MetricTracker, NonFiniteGuard, split_metrics
 
 
 def batch_size_of(target: Any) -> int:
@@ -38,13 +39,22 @@ def batch_size_of(target: Any) -> int:
 
 
 def track(tracker: MetricTracker, metric_ftns: dict[str, Callable], loss: torch.Tensor, output: Any,
-          target: Any) -> None:
-    """Add a batch's loss and metrics to the tracker, weighted by its size; stays on the device."""
+          target: Any, epoch_metrics: EpochMetrics | None = None) -> None:
+    """Add a batch's loss and function metrics to the tracker, weighted by its size, and the batch to the stateful
+    metrics (epoch_metrics); stays on the device."""
     n = batch_size_of(target)
     tracker.update("loss", loss, n)
     with torch.no_grad():
         for name, fn in metric_ftns.items():
             tracker.update(name, fn(output, target), n)
+        if epoch_metrics:
+            epoch_metrics.update(output.detach() if isinstance(output, torch.Tensor) else output, target)
+
+
+def in_config_order(log: dict, metric_names: Iterable[str]) -> dict:
+    """log with loss and the metrics in config order first (functions and stateful metrics are read apart)."""
+    first = [k for k in ("loss", *metric_names) if k in log]
+    return {**{k: log[k] for k in first}, **{k: v for k, v in log.items() if k not in first}}
 
 
 class EpochBatches:
@@ -87,12 +97,16 @@ class EpochBatches:
 
 
 class TrainMetrics:
-    """The epoch's loss and metrics, summed on the device weighted by batch size; the losses since the last
-    sync point (to name the first NaN or infinite one); the batches skipped; the samples per second. In a
-    mid-epoch checkpoint it holds the partial sums (every rank's, carried by rank 0)."""
+    """The epoch's loss and function metrics, summed on the device weighted by batch size, and its stateful
+    (torchmetrics) metrics; the losses since the last sync point (to name the first NaN or infinite one); the
+    batches skipped; the samples per second. In a mid-epoch checkpoint it holds the partial sums and the stateful
+    metrics' states (every rank's, carried by rank 0)."""
 
-    def __init__(self, metric_ftns: dict[str, Callable], dist: Dist, outputs: RunOutputs):
-        self.metric_ftns = metric_ftns
+    def __init__(self, metric_ftns: dict[str, Any], dist: Dist, outputs: RunOutputs,
+                 device: torch.device = torch.device("cpu")):
+        self.names = list(metric_ftns)
+        self.metric_ftns, stateful = split_metrics(metric_ftns)
+        self.epoch_metrics = EpochMetrics(stateful, device)
         self.dist = dist
         self.outputs = outputs
         self.tracker = MetricTracker()
@@ -105,13 +119,14 @@ class TrainMetrics:
         """Start an epoch's sums, or go on with those of a checkpoint taken in the middle of it."""
         if not self.open:
             self.tracker.reset()
+            self.epoch_metrics.reset()
         self.open, self.skipped, self.samples, self.started = True, 0, 0, time.perf_counter()
         self.guard.reset(global_step)
 
     def update(self, loss: torch.Tensor, output: Any, target: Any, counted: bool) -> None:
         self.samples += batch_size_of(target)
         if counted:
-            track(self.tracker, self.metric_ftns, loss, output, target)
+            track(self.tracker, self.metric_ftns, loss, output, target, self.epoch_metrics)
             self.guard.update(loss)
         else:
             self.skipped += 1
@@ -135,7 +150,8 @@ class TrainMetrics:
 
     def result(self, epoch: int) -> dict[str, float]:
         """The epoch's means (summed over ranks: one host sync) and the job's samples per second. Ends the epoch."""
-        log = self.tracker.result(across_ranks=self.dist.enabled)
+        log = in_config_order({**self.tracker.result(across_ranks=self.dist.enabled), **self.epoch_metrics.result()},
+                              self.names)
         log["samples_per_sec"] = self.samples * self.dist.world_size / (time.perf_counter() - self.started)
         if not math.isfinite(log.get("loss", 0.0)):
             self.check_finite(epoch)
@@ -146,11 +162,19 @@ class TrainMetrics:
         return log
 
     def state_dict(self) -> dict | None:
-        return self.tracker.state_dict(self.dist.enabled) if self.open else None  # under DDP: a collective
+        if not self.open:
+            return None
+        state = self.tracker.state_dict(self.dist.enabled)  # under DDP: a collective
+        if self.epoch_metrics:
+            state["stateful"] = self.epoch_metrics.state_dict(self.dist.enabled)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if self.dist.is_main:  # the saved sums are every rank's: rank 0 carries them
+        if self.dist.is_main:  # the saved sums and states are every rank's: rank 0 carries them
             self.tracker.load_state_dict(state)
+            self.epoch_metrics.load_state_dict(state.get("stateful", {}))
+        else:
+            self.epoch_metrics.reset()
         self.open = True
 
 
@@ -170,7 +194,7 @@ class StepLog:
         if not math.isfinite(running):
             metrics.check_finite(epoch)
         metrics.all_finite_until(step)
-        self.outputs.writer.add_scalar("loss/train_step", value, step)
+        self.outputs.writer.add_scalar("loss_step", value, step, TRAIN)
         bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         return True
 
@@ -187,7 +211,7 @@ class ImageLog:
             from torchvision.utils import make_grid  # torchvision only when images are logged
 
             grid = make_grid(data[:64].detach().cpu(), nrow=8, normalize=True)
-            self.outputs.writer.add_image("input/train", grid, epoch)
+            self.outputs.writer.add_image("input", grid, epoch, TRAIN)
 
 
 class StepCheckpoints:

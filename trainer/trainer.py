@@ -9,11 +9,11 @@ from tqdm import tqdm
 
 from base import BaseTrainer
 from trainer.parts import (EpochBatches, Freezing, Histograms, ImageLog, StepCheckpoints, StepLog, StopSignal,
-                           TrainMetrics, Validation, batch_size_of, set_epoch, track)
+                           TrainMetrics, Validation, batch_size_of, in_config_order, set_epoch, track)
 from trainer.step import Stepper
 from utils.checkpoint import SCALER, TRACKER, Stateful
 from utils.interrupt import StopRequested
-from utils.tracker import MetricTracker
+from utils.tracker import EpochMetrics, MetricTracker, split_metrics
 
 Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
 
@@ -39,18 +39,19 @@ def logged_keys(metric_ftns: Iterable[str], validates: bool, lr_keys: Iterable[s
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Iterable, step: Step, metric_ftns: dict[str, Callable],
+def evaluate(model: torch.nn.Module, loader: Iterable, step: Step, metric_ftns: dict[str, Any],
              device: torch.device, *, channels_last: bool = False, progress: bool = False, desc: str = "valid",
-             across_ranks: bool = False) -> dict[str, float]:
-    """Sample-weighted loss and metrics of step(data, target) -> (loss, output) over loader (and over every
-    rank's share), read from the device once."""
+             across_ranks: bool = False) -> dict[str, float | list]:
+    """Sample-weighted loss and function metrics, and the stateful metrics over all samples, of
+    step(data, target) -> (loss, output) over loader (and over every rank's share), read from the device once each."""
     model.eval()
-    tracker = MetricTracker()
+    functions, stateful = split_metrics(metric_ftns)
+    tracker, epoch_metrics = MetricTracker(), EpochMetrics(stateful, device)
     for data, target in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         data, target = to_device(data, device, channels_last), to_device(target, device)
         loss, output = step(data, target)
-        track(tracker, metric_ftns, loss, output, target)
-    return tracker.result(across_ranks)
+        track(tracker, functions, loss, output, target, epoch_metrics)
+    return in_config_order({**tracker.result(across_ranks), **epoch_metrics.result()}, metric_ftns)
 
 
 class Trainer(BaseTrainer):
@@ -62,7 +63,7 @@ class Trainer(BaseTrainer):
         self.stepper = Stepper(self.model, self.optimizer, self.device, amp=s.amp, accumulate_steps=s.accumulate_steps,
                                clip_grad_norm=s.clip_grad_norm, skip_nonfinite=s.nonfinite_loss == "skip")
         self.batches = EpochBatches(self.data_loader, s.len_epoch)
-        self.metrics = TrainMetrics(self.metric_ftns, self.dist, outputs)
+        self.metrics = TrainMetrics(self.metric_ftns, self.dist, outputs, self.device)
         self.step_log = StepLog(s.log_step, outputs)
         self.images = ImageLog(s.log_images, outputs)
         self.step_checkpoints = StepCheckpoints(s.save_every_steps)

@@ -39,7 +39,8 @@ SCHEMA: dict = {
                                    "parameters none names form the first, default group"),
     },
     "loss": ((str, dict), REQUIRED, "a function in model/loss.py or a torch.nn loss class; a name or {type, args}"),
-    "metrics": (list, [], "functions in model/metric.py; each a name or {type, args, name}"),
+    "metrics": (list, [], "functions in model/metric.py, then torchmetrics metric classes (exact over the "
+                          "epoch); each a name or {type, args, name}"),
     "lr_scheduler": {
         "type": (str, REQUIRED, "any torch.optim.lr_scheduler class, else a pytorch_optimizer scheduler; omit the section for none"),
         "args": (dict, {}, "its keyword arguments (step_size, gamma, ...)"),

@@ -13,7 +13,7 @@ import re
 from typing import Any, Iterable
 
 from utils.config_schema import NONE, OPTIONAL_SECTIONS, describe, type_ok
-from utils.errors import did_you_mean
+from utils.errors import did_you_mean, first_line
 from utils.params import DEFAULT_GROUP
 from utils.registry import ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, TRAINERS, Registry
 from utils.settings import range_problems
@@ -57,6 +57,9 @@ def check_args(obj: Any, args: dict, path: str, n_positional: int = 0, supplied:
     named = [p for p in params if p not in positional and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     by_name = {p.name: p for p in named}
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+    if takes_any and _is_torchmetrics(obj):  # its **kwargs takes a known set of names: check them too
+        takes_any = False
+        by_name.update((p.name, p) for p in _torchmetrics_kwargs(obj) if p.name not in by_name)
     name = getattr(obj, "__name__", repr(obj))
     problems = []
     for key, value in args.items():
@@ -73,6 +76,37 @@ def check_args(obj: Any, args: dict, path: str, n_positional: int = 0, supplied:
         if p.default is p.empty and p.name not in supplied:
             problems.append(f"{path}: {name} needs the argument {p.name!r}; add it to {path}")
     return problems
+
+
+# The keyword arguments every torchmetrics Metric takes through **kwargs (torchmetrics.Metric.__init__).
+TORCHMETRICS_KWARGS = ("compute_on_cpu", "dist_sync_on_step", "process_group", "dist_sync_fn",
+                       "distributed_available_fn", "sync_on_compute", "compute_with_cache")
+
+
+_BUILT_TO_CHECK = ("torchmetrics.classification", "torchmetrics.regression")
+
+
+def _is_torchmetrics(obj: Any) -> bool:
+    return inspect.isclass(obj) and obj.__module__.split(".")[0] == "torchmetrics"
+
+
+def _torchmetrics_kwargs(cls: type) -> list[inspect.Parameter]:
+    """What a torchmetrics class's **kwargs admits: the Metric base's keyword arguments and, for a task wrapper
+    (F1Score(task=...)), the arguments of its Binary/Multiclass/Multilabel classes, which it hands them on to."""
+    admitted = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Any)
+                for name in TORCHMETRICS_KWARGS]
+    try:
+        if "task" in inspect.signature(cls).parameters:
+            module = inspect.getmodule(cls)
+            for prefix in ("Binary", "Multiclass", "Multilabel"):
+                task_class = getattr(module, prefix + cls.__name__, None)
+                if task_class is not None:
+                    admitted += [p.replace(default=None if p.default is p.empty else p.default)
+                                 for p in inspect.signature(task_class).parameters.values()
+                                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        pass
+    return admitted
 
 
 # What a name in a type annotation admits among JSON values (a tensor: none of them).
@@ -120,7 +154,15 @@ def check_callable_spec(spec: Any, path: str, registry: Registry) -> list[str]:
     args = spec.get("args", {})
     if not isinstance(args, dict):
         return [f"{path}.args must be an object {{...}}"]
-    return check_args(obj, args, f"{path}.args", 0 if inspect.isclass(obj) else 2)
+    problems = check_args(obj, args, f"{path}.args", 0 if inspect.isclass(obj) else 2)
+    # Cheap and pure to build (image metrics may load a network: they are left to the build): their own checks,
+    # e.g. num_classes for a multiclass task, reported with the other problems.
+    if not problems and _is_torchmetrics(obj) and obj.__module__.startswith(_BUILT_TO_CHECK):
+        try:
+            obj(**args)
+        except (TypeError, ValueError) as e:
+            problems.append(f"{path}.args: {obj.__name__} refused {args}: {first_line(e)}")
+    return problems
 
 
 # Optimizers the Trainer cannot drive from a config, and why (checked before anything is built).

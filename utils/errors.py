@@ -28,7 +28,9 @@ def _from_worker(message: str) -> str:
 
 def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
     """' Did you mean 'x' or 'y'?' for the nearest choices (case-insensitive, each shown after prefix), or ''."""
-    by_lower = {c.lower(): c for c in choices}
+    by_lower: dict[str, str] = {}
+    for c in choices:  # on a case-insensitive tie the earlier name wins (the user's before a library's)
+        by_lower.setdefault(c.lower(), c)
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
     if not close:
         return ""

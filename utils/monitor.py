@@ -36,6 +36,10 @@ class Monitor:
         if not self.enabled:
             return False
         value = log[self.key]
+        if not isinstance(value, (int, float)):
+            raise UserError(f"trainer.monitor: {self.key!r} is not a single number but {type(value).__name__} "
+                            f"(a per-class or matrix result); monitor a scalar metric, e.g. one with average "
+                            f"\"macro\"")
         if IMPROVES[self.mode](value, self.best):
             self.best, self.wait = value, 0
             return True

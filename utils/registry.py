@@ -4,7 +4,7 @@ One registry per kind. User code registers by being imported: every public class
 defined in model/model.py, model/loss.py, model/metric.py and data_loader/data_loaders.py, and every
 public BaseTrainer subclass of trainer/trainer.py, is registered by its package's __init__ (which
 parse_config imports). Library objects (torch.optim, pytorch_optimizer, torch.nn
-losses) come from providers that are only imported on first lookup, after the user's names.
+losses, torchmetrics metrics) come from providers that are only imported on first lookup, after the user's names.
 """
 from __future__ import annotations
 
@@ -197,12 +197,33 @@ def _pytorch_optimizer_losses() -> dict:
     return found
 
 
+# torchmetrics packages whose metrics are not updated with (output, target): wrappers take other metrics (Python
+# objects), aggregations a single value.
+_NOT_OUTPUT_TARGET = ("torchmetrics.wrappers", "torchmetrics.aggregation")
+
+
+def _torchmetrics_metrics() -> dict:
+    """The public torchmetrics.Metric classes of torchmetrics and its classification, regression and image
+    packages (F1Score, MulticlassF1Score, AUROC, ConfusionMatrix, MeanAbsoluteError, ...)."""
+    import torchmetrics
+    from torchmetrics import classification, image, regression
+
+    found = {}
+    for module in (torchmetrics, classification, regression, image):
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name, None)
+            if (inspect.isclass(obj) and issubclass(obj, torchmetrics.Metric) and obj is not torchmetrics.Metric
+                    and not name.startswith("_") and not obj.__module__.startswith(_NOT_OUTPUT_TARGET)):
+                found.setdefault(name, obj)
+    return found
+
+
 ARCHS = Registry("arch")
 DATA_LOADERS = Registry("data_loader")
 OPTIMIZERS = Registry("optimizer", [_torch_optimizers, _pytorch_optimizer_optimizers])
 LR_SCHEDULERS = Registry("lr_scheduler", [_torch_schedulers, _pytorch_optimizer_schedulers])
 LOSSES = Registry("loss", [_torch_losses, _pytorch_optimizer_losses])  # torch.nn wins a shared name (BCELoss)
-METRICS = Registry("metric")
+METRICS = Registry("metric", [_torchmetrics_metrics])
 TRAINERS = Registry("trainer")
 
 REGISTRIES = {r.kind: r for r in (ARCHS, DATA_LOADERS, OPTIMIZERS, LR_SCHEDULERS, LOSSES, METRICS, TRAINERS)}

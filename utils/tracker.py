@@ -1,11 +1,13 @@
 """Sample-weighted running averages kept on the device: no host sync until they are read."""
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Callable
 
 import torch
 
 from utils.distributed import all_reduce_sum
+from utils.errors import UserError
 
 
 class MetricTracker:
@@ -61,6 +63,88 @@ class MetricTracker:
     def load_state_dict(self, state: dict) -> None:
         self._sums = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state["sums"].items()}
         self._counts = dict(state["counts"])
+
+
+def is_stateful(metric: Any) -> bool:
+    """Whether a built metric keeps state over an epoch (a torchmetrics Metric: update, compute, reset)."""
+    return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
+
+
+def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, Callable], dict[str, Any]]:
+    """({name: batch-mean function}, {name: stateful metric}) in config order."""
+    return ({k: m for k, m in metrics.items() if not is_stateful(m)},
+            {k: m for k, m in metrics.items() if is_stateful(m)})
+
+
+class EpochMetrics:
+    """One phase's stateful metrics (torchmetrics): copies of the built ones on the device, updated with each
+    batch's (output, target) without a host sync and computed once over all of the epoch's samples, every rank's
+    (torchmetrics gathers their states in compute(), which every rank calls at the same point)."""
+
+    def __init__(self, metrics: dict[str, Any], device: torch.device):
+        self.metrics = {name: copy.deepcopy(m).to(device) for name, m in metrics.items()}
+        self.device = device
+
+    def __bool__(self) -> bool:
+        return bool(self.metrics)
+
+    def update(self, output: Any, target: Any) -> None:
+        for metric in self.metrics.values():
+            metric.update(output, target)
+
+    def result(self) -> dict[str, float | list]:
+        """{name: number, or nested list for a non-scalar result (per class, a confusion matrix)}: one host read.
+        Resets the metrics."""
+        if not self.metrics:
+            return {}
+        values = {}
+        for name, metric in self.metrics.items():
+            value = metric.compute()
+            if not isinstance(value, torch.Tensor):
+                raise UserError(f"metrics: {name!r} ({type(metric).__name__}) computes a {type(value).__name__}; "
+                                f"only metrics that compute a tensor can be logged")
+            values[name] = value.detach()
+            metric.reset()
+        flat = torch.cat([v.flatten().double().to(self.device) for v in values.values()]).tolist()
+        out, at = {}, 0
+        for name, value in values.items():
+            n = value.numel()
+            numbers = [x if value.is_floating_point() else int(x) for x in flat[at:at + n]]
+            at += n
+            out[name] = numbers[0] if value.dim() == 0 else _nest(numbers, list(value.shape))
+        return out
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def state_dict(self, across_ranks: bool = False) -> dict:
+        """Each metric's state (its metric_state tensors), gathered over ranks if asked (a collective)."""
+        state = {}
+        for name, metric in self.metrics.items():
+            with metric.sync_context(should_sync=across_ranks):
+                state[name] = {k: _clone(v) for k, v in metric.metric_state.items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, metric in self.metrics.items():
+            metric.reset()
+            for key, value in state.get(name, {}).items():
+                setattr(metric, key, _clone(value, self.device))
+
+
+def _clone(value: Any, device: torch.device | None = None) -> Any:
+    """A copy of a metric state: a tensor or a list of tensors (a 'cat' state)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone() if device is None else value.detach().to(device, copy=True)
+    return [_clone(v, device) for v in value]
+
+
+def _nest(flat: list, shape: list[int]) -> list:
+    if len(shape) == 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_nest(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
 class NonFiniteGuard:

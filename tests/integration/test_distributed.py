@@ -25,7 +25,8 @@ def deterministic_config(tmp_path: Path, batch_size: int, **trainer) -> Path:
     config = tiny_config(tmp_path / "saved", **trainer)
     config["arch"]["args"] = {"channels": 4, "dropout": 0.0, "batchnorm": False}
     config["data_loader"]["args"].update(batch_size=batch_size, validation_split=157, shuffle=True)
-    config["metrics"] = ["accuracy"]
+    config["metrics"] = ["accuracy", {"type": "MulticlassF1Score", "args": {"num_classes": 10, "average": "macro"},
+                                      "name": "f1"}]  # torchmetrics: exact over the epoch, states synced in compute()
     path = tmp_path / f"config_{batch_size}.json"
     path.write_text(json.dumps(config))
     return path
@@ -64,9 +65,9 @@ def test_ddp_writes_one_run_directory_and_one_set_of_files(ddp_run):
 def test_ddp_logs_the_numbers_a_single_process_logs(ddp_run):
     ddp, single = read_metrics(run_dir(ddp_run / "saved", "ddp")[1]), read_metrics(run_dir(ddp_run / "saved", "single")[1])
     for a, b in zip(ddp, single):
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        for key in ("loss", "accuracy", "f1", "val_loss", "val_accuracy", "val_f1", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a[key], b[key])
-    assert ddp[-1]["val_accuracy"] > 0.5
+    assert ddp[-1]["val_accuracy"] > 0.5 and ddp[-1]["val_f1"] > 0.3
 
 
 def test_ddp_checkpoint_evaluates_in_one_process(ddp_run):
@@ -92,6 +93,20 @@ def test_early_stop_stops_every_rank(tmp_path):
                       "--run-id", "stop")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["epoch"] for r in read_metrics(run_dir(tmp_path / "saved", "stop")[1])] == [1, 2]
+
+
+def test_a_mid_epoch_checkpoint_under_torchrun_resumes_to_the_numbers_of_a_straight_run(tmp_path):
+    # 10 steps per epoch: step 15 is in the middle of epoch 2; the loss sums and the F1 states of both ranks are in it
+    result = torchrun("-c", str(deterministic_config(tmp_path, 64, save_every_steps=15)), "--run-id", "mid")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "mid")
+    straight = read_metrics(log_dir, timing=False)
+    result = torchrun("-r", str(ckpt_dir / "checkpoint-step15.pth"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = read_metrics(log_dir, timing=False)
+    assert [r["epoch"] for r in again] == [1, 2]
+    for key in ("loss", "accuracy", "f1", "val_loss", "val_f1"):
+        assert again[-1][key] == pytest.approx(straight[-1][key], rel=1e-5, abs=1e-7), key
 
 
 def test_freeze_and_unfreeze_under_ddp_give_a_single_processs_numbers(tmp_path):

@@ -67,7 +67,7 @@ def test_each_group_has_its_rate_in_the_optimizer_metrics_and_tensorboard_each_s
         ("head", 0.0, 0.01, 0.0025), ("group1", 0.1, 0.001, 0.00025), ("group1", 0.0, 0.001, 0.00025)]
     rows = read_metrics(run_dir(tmp_path / "saved", "g")[1])
     assert [(r["lr"], r["lr/head"], r["lr/group1"]) for r in rows] == [(0.002, 0.01, 0.001), (0.001, 0.005, 0.0005)]
-    scalars = events(run_dir(tmp_path / "saved", "g")[1])
+    scalars = events(run_dir(tmp_path / "saved", "g")[1] / "train")
     assert {"lr", "lr/head", "lr/group1"} <= set(scalars.Tags()["scalars"])
     assert [e.value for e in scalars.Scalars("lr/head")] == pytest.approx([0.01, 0.005])
 

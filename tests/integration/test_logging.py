@@ -15,10 +15,11 @@ from data_loader.data_loaders import DigitsDataLoader
 pytestmark = pytest.mark.usefixtures("restore_logging")  # train.main reconfigures the root logger
 
 
-# metrics.jsonl key -> TensorBoard tag on the epoch axis
-EPOCH_TAGS = {"loss": "loss/train", "accuracy": "accuracy/train", "top_k_acc": "top_k_acc/train",
-              "val_loss": "loss/valid", "val_accuracy": "accuracy/valid", "val_top_k_acc": "top_k_acc/valid",
-              "lr": "lr", "samples_per_sec": "samples_per_sec/train"}
+# metrics.jsonl key -> (event directory, TensorBoard tag) on the epoch axis: train/ and valid/ share the tags
+EPOCH_TAGS = {"loss": ("train", "loss"), "accuracy": ("train", "accuracy"), "top_k_acc": ("train", "top_k_acc"),
+              "val_loss": ("valid", "loss"), "val_accuracy": ("valid", "accuracy"),
+              "val_top_k_acc": ("valid", "top_k_acc"), "lr": ("train", "lr"),
+              "samples_per_sec": ("train", "samples_per_sec")}
 RECORD_KEYS = {"epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc", "lr",
                "epoch_time", "samples_per_sec"}
 
@@ -51,33 +52,37 @@ def run3(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- TensorBoard from real runs
 
 def test_epoch_scalars_match_metrics_jsonl(run3):
-    acc = events(run3)
+    boards = {phase: events(run3 / phase) for phase in ("train", "valid")}
+    run = events(run3)  # the run's own directory: final/<key> for the HParams dashboard
     logged = read_metrics(run3)
     assert [r["epoch"] for r in logged] == [1, 2, 3]
-    for key, tag in EPOCH_TAGS.items():
-        assert tag in acc.Tags()["scalars"], f"{tag} missing"
-        scalars = acc.Scalars(tag)
-        assert [e.step for e in scalars] == [1, 2, 3], tag
-        assert [e.value for e in scalars] == pytest.approx([r[key] for r in logged], rel=1e-6), tag
+    for key, (phase, tag) in EPOCH_TAGS.items():
+        assert tag in boards[phase].Tags()["scalars"], f"{phase}/{tag} missing"
+        for scalars in (boards[phase].Scalars(tag), run.Scalars(f"final/{key}")):
+            assert [e.step for e in scalars] == [1, 2, 3], tag
+            assert [e.value for e in scalars] == pytest.approx([r[key] for r in logged], rel=1e-6), tag
+    best = [min(r["val_loss"] for r in logged[:n]) for n in (1, 2, 3)]  # monitor: min val_loss
+    assert [e.value for e in run.Scalars("best/val_loss")] == pytest.approx(best, rel=1e-6)
 
 
 def test_train_step_loss_every_log_step(run3):
     nb = batches_per_epoch(tiny_config(Path("unused")))
     assert nb > 2  # the expected steps below need more than one log_step per epoch
-    assert steps(events(run3), "loss/train_step") == list(range(2, 3 * nb + 1, 2))
+    assert steps(events(run3 / "train"), "loss_step") == list(range(2, 3 * nb + 1, 2))
 
 
 def test_images_and_histograms_off_by_default(run3):
-    tags = events(run3).Tags()
-    assert tags["images"] == [] and tags["histograms"] == []
+    for directory in (run3, run3 / "train", run3 / "valid"):
+        tags = events(directory).Tags()
+        assert tags["images"] == [] and tags["histograms"] == []
 
 
 @pytest.mark.slow
 def test_images_and_histograms_when_enabled(tmp_path):
     log_dir = train_run(tmp_path, "media", epochs=2, log_images=True, log_histograms=True)
-    acc = events(log_dir)
-    assert acc.Tags()["images"] == ["input/train"]
-    assert [e.step for e in acc.Images("input/train")] == [1, 2]
+    train_board, acc = events(log_dir / "train"), events(log_dir)
+    assert train_board.Tags()["images"] == ["input"]
+    assert [e.step for e in train_board.Images("input")] == [1, 2]
     histograms = acc.Tags()["histograms"]
     assert histograms and all(tag.endswith((".weight", ".bias")) for tag in histograms)
     assert [e.step for e in acc.Histograms(histograms[0])] == [1, 2]
@@ -87,7 +92,7 @@ def test_images_and_histograms_when_enabled(tmp_path):
 def test_tensorboard_false_writes_no_events(tmp_path):
     log_dir = train_run(tmp_path, "notb", epochs=1, tensorboard=False)
     assert (log_dir / "metrics.jsonl").is_file()
-    assert not list(log_dir.glob("*tfevents*"))
+    assert not list(log_dir.rglob("*tfevents*"))
 
 
 # ---------------------------------------------------------------- resume continues the same stream
@@ -98,11 +103,12 @@ def test_resume_continues_tensorboard_and_metrics(tmp_path):
     checkpoint_dir = run_dir(tmp_path / "saved", "res")[0]
     train.main(["-r", str(checkpoint_dir), "-d", "cpu", "trainer.epochs=4"])
     assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2, 3, 4]
-    acc = events(log_dir)
-    assert steps(acc, "loss/train") == [1, 2, 3, 4]
-    assert steps(acc, "loss/valid") == [1, 2, 3, 4]
+    acc = events(log_dir / "train")
+    assert steps(acc, "loss") == [1, 2, 3, 4]
+    assert steps(events(log_dir / "valid"), "loss") == [1, 2, 3, 4]
+    assert steps(events(log_dir), "final/val_loss") == [1, 2, 3, 4]
     nb = batches_per_epoch(tiny_config(Path("unused")))
-    assert steps(acc, "loss/train_step") == list(range(2, 4 * nb + 1, 2))
+    assert steps(acc, "loss_step") == list(range(2, 4 * nb + 1, 2))
 
 
 @pytest.mark.slow
@@ -114,12 +120,13 @@ def test_resume_from_earlier_checkpoint_truncates(tmp_path):
     after = read_metrics(log_dir)
     assert [r["epoch"] for r in after] == [1, 2]  # epoch 3 of the first run is gone
     assert after[0] == before[0]
-    acc = events(log_dir)
+    acc = events(log_dir / "train")
     # the TensorBoard stream is cut the same way: each step once, none past the resumed run's end
-    assert steps(acc, "loss/train") == [1, 2]
-    assert [e.value for e in acc.Scalars("loss/train")] == pytest.approx([r["loss"] for r in after], rel=1e-6)
+    assert steps(acc, "loss") == [1, 2]
+    assert [e.value for e in acc.Scalars("loss")] == pytest.approx([r["loss"] for r in after], rel=1e-6)
+    assert steps(events(log_dir / "valid"), "loss") == [1, 2]
     nb = batches_per_epoch(tiny_config(Path("unused")))
-    assert steps(acc, "loss/train_step") == list(range(2, 2 * nb + 1, 2))
+    assert steps(acc, "loss_step") == list(range(2, 2 * nb + 1, 2))
 
 
 # ---------------------------------------------------------------- metrics.jsonl and info.log

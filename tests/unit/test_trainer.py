@@ -129,6 +129,8 @@ HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "nump
 # loaders served from memory slice by a tensor of indices and do not). A new once-per-epoch read raises this,
 # with its reason; a per-step one must not be absorbed here.
 PER_EPOCH_READS = 4
+# With stateful (torchmetrics) metrics configured, one more read per phase: their computed values, all at once.
+STATEFUL_READS = 2
 
 
 class Indexed(Dataset):
@@ -144,7 +146,8 @@ class Indexed(Dataset):
         return self.x[i], self.y[i]
 
 
-def host_reads(tmp_path, monkeypatch, *, epochs: int, steps: int, log_step: int, in_memory: bool) -> list[str]:
+def host_reads(tmp_path, monkeypatch, *, epochs: int, steps: int, log_step: int, in_memory: bool,
+               metrics: dict | None = None) -> list[str]:
     """The host reads project code makes while a trainer runs `epochs` epochs of `steps` training batches (one
     pass over the data each, plus a validation pass), logging every log_step steps: one 'name at file:line' each."""
     project, tests = f"{ROOT}{os.sep}", f"{ROOT / 'tests'}{os.sep}"
@@ -171,8 +174,9 @@ def host_reads(tmp_path, monkeypatch, *, epochs: int, steps: int, log_step: int,
     tmp_path.mkdir(parents=True, exist_ok=True)
     settings = TrainerSettings(epochs=epochs, log_step=log_step, monitor="min val_loss", verbosity=0,
                                tensorboard=False)
-    trainer = Trainer(model, mse, {}, torch.optim.SGD(model.parameters(), lr=0.1), settings, data_loader=loader,
-                      valid_data_loader=loader.split_validation(), outputs=outputs_in(tmp_path, settings))
+    trainer = Trainer(model, mse, metrics or {}, torch.optim.SGD(model.parameters(), lr=0.1), settings,
+                      data_loader=loader, valid_data_loader=loader.split_validation(),
+                      outputs=outputs_in(tmp_path, settings))
     with monkeypatch.context() as patch:
         for name in HOST_READS:
             patch.setattr(torch.Tensor, name, counting(name))
@@ -188,6 +192,18 @@ def test_no_host_sync_per_step_in_the_training_loop(tmp_path, monkeypatch):
         reads = host_reads(tmp_path / f"in_memory_{in_memory}", monkeypatch, epochs=epochs, steps=steps,
                            log_step=log_step, in_memory=in_memory)
         assert len(reads) <= math.ceil(epochs * steps / log_step) + PER_EPOCH_READS * epochs, reads
+
+
+def test_torchmetrics_metrics_add_one_read_per_phase_and_epoch_not_per_step(tmp_path, monkeypatch):
+    from utils.registry import METRICS
+
+    epochs, log_step = 2, 4
+    metrics = {"mae": METRICS.get("MeanAbsoluteError", "metrics.0")(), "r2": METRICS.get("R2Score", "metrics.1")()}
+    counts = {steps: len(host_reads(tmp_path / str(steps), monkeypatch, epochs=epochs, steps=steps, log_step=log_step,
+                                    in_memory=True, metrics=metrics))
+              for steps in (10, 20)}
+    assert counts[10] <= math.ceil(epochs * 10 / log_step) + (PER_EPOCH_READS + STATEFUL_READS) * epochs, counts
+    assert counts[20] - counts[10] <= math.ceil(epochs * 20 / log_step) - math.ceil(epochs * 10 / log_step), counts
 
 
 def test_host_syncs_grow_with_the_log_steps_only_not_with_the_steps(tmp_path, monkeypatch):

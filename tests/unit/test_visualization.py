@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from conftest import events
 from logger import NullWriter, TensorboardWriter, make_writer
+from logger.visualization import RunBoard, hparam_values
 
 
 def public_methods(cls: type) -> set[str]:
@@ -10,9 +11,10 @@ def public_methods(cls: type) -> set[str]:
 
 
 def test_null_writer_has_the_tensorboard_writers_methods():
-    assert public_methods(NullWriter) == public_methods(TensorboardWriter)
-    # each one overridden: a method left to the NullWriter base would drop data silently
-    assert all(name in vars(TensorboardWriter) for name in public_methods(NullWriter))
+    for writer in (TensorboardWriter, RunBoard):
+        assert public_methods(NullWriter) == public_methods(writer)
+        # each one overridden: a method left to the NullWriter base would drop data silently
+        assert all(name in vars(writer) for name in public_methods(NullWriter))
 
 
 def test_make_writer_null_when_disabled_or_no_dir(tmp_path):
@@ -20,8 +22,28 @@ def test_make_writer_null_when_disabled_or_no_dir(tmp_path):
     assert type(make_writer(tmp_path, False)) is NullWriter
     assert list(tmp_path.iterdir()) == []
     writer = make_writer(tmp_path, True)
+    writer.add_scalar("loss", 1.0, 1, "train")
+    writer.add_scalar("loss", 2.0, 1, "valid")
     writer.close()
-    assert type(writer) is TensorboardWriter
+    assert type(writer) is RunBoard
+    assert [e.value for e in events(tmp_path / "train").Scalars("loss")] == [1.0]
+    assert [e.value for e in events(tmp_path / "valid").Scalars("loss")] == [2.0]
+
+
+def test_hparams_are_the_config_leaves_by_path_in_the_runs_own_events(tmp_path):
+    config = {"name": "x", "optimizer": {"args": {"lr": 0.1, "betas": [0.9, 0.99]}}, "seed": None, "on": True}
+    values = hparam_values(config)
+    assert values == {"name": "x", "optimizer.args.lr": 0.1, "optimizer.args.betas": "[0.9, 0.99]", "on": True}
+    board = RunBoard(tmp_path)
+    board.add_hparams(values, ["final/loss"])
+    board.close()
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events(tmp_path).SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["optimizer.args.lr"].number_value == 0.1
+    assert start.hparams["optimizer.args.betas"].string_value == "[0.9, 0.99]"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["train", "valid"]  # no directory per call
 
 
 def test_tensorboard_writer_scalar_reads_back(tmp_path):
