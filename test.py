@@ -20,12 +20,17 @@ if __name__ == "__main__":
     # As in train.py: --help and -d act before the imports below, which import torch.
     select_devices(build_parser().parse_args().device)
 
+from base.base_trainer import compact  # noqa: E402
 from logger import setup_logging  # noqa: E402  (the imports that must wait for the lines above)
 from parse_config import ConfigParser  # noqa: E402
 from train import build  # noqa: E402
+from trainer.trainer import to_device  # noqa: E402
+from utils.class_report import format_table, report_metrics, take_report  # noqa: E402
 from utils.checkpoint import ModelWeights, find_checkpoint  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.util import prepare_device, write_json  # noqa: E402
+
+import torch  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,11 +44,21 @@ def main(argv: list[str] | None = None) -> dict:
     device, _ = prepare_device(min(config["n_gpu"], 1), force_cpu=args.device == "cpu")
     trainer = build(config, device, training=False)
     ModelWeights(trainer.model).load_state_dict(checkpoint["state_dict"])
-    results = trainer.evaluate(trainer.data_loader, desc="test")
+    configured = trainer.metric_ftns
+    trainer.metric_ftns = {**configured, **_report_metrics(trainer)}  # evaluated in the same pass
+    try:
+        results = trainer.evaluate(trainer.data_loader, desc="test")
+    finally:
+        trainer.metric_ftns = configured
+    report = take_report(results, trainer.classes)
     results = {**results, "n_samples": _count(trainer.data_loader), "epoch": checkpoint["epoch"],
-               "checkpoint": str(path)}
+               "checkpoint": str(path), **({"class_report": report} if report else {})}
     for key, value in results.items():
-        print(f"    {key:15s}: {value}")
+        if key != "class_report":
+            print(f"    {key:15s}: {compact(value) if isinstance(value, (list, dict)) else value}")
+    if report:
+        print("\n".join(["Per class:", *format_table(report["per_class"]),
+                         "Confusion matrix (rows: true class, columns: predicted): in the results file"]))
     out = Path(args.out) if args.out else path.with_name("test_results.json")
     try:
         write_json(results, out)
@@ -51,6 +66,19 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"--out {out}: cannot write the results: {e.strerror}") from None
     print(f"Results written to {out}")
     return results
+
+
+def _report_metrics(trainer) -> dict:
+    """The per-class report's metrics when the model classifies (judged by one batch of the split), else {}."""
+    eval_step = getattr(trainer, "eval_step", None)
+    batch = next(iter(trainer.data_loader), None)
+    if eval_step is None or batch is None:
+        return {}
+    data, target = to_device(batch[0], trainer.device), to_device(batch[1], trainer.device)
+    trainer.model.eval()
+    with torch.no_grad():
+        _, output = eval_step(data, target)
+    return report_metrics(output, target)
 
 
 def _count(loader) -> int:

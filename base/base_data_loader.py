@@ -120,6 +120,8 @@ def worker_base_seed(seed: int, rank: int, epoch: int) -> int:
 class BaseDataLoader(EpochDataLoader):
     """A training DataLoader that holds back a fixed validation part (see split_validation)."""
 
+    classes: list[str] | None = None  # the class names by index, where the data has them (per-class reports)
+
     def __init__(
         self,
         dataset: Dataset,

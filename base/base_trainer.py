@@ -22,6 +22,7 @@ from utils.interrupt import SignalStop, StopRequested, TrainingInterrupted
 from utils.monitor import Monitor
 from utils.params import DEFAULT_GROUP
 from utils.schedule import LRSchedule
+from utils.tracker import is_confusion_matrix
 
 
 @dataclass
@@ -60,12 +61,22 @@ class RunOutputs:
         return self
 
 
-def compact(value: Any) -> str:
-    """A logged value for the console: numbers to 6 significant digits, lists (per class, a matrix) to 4."""
+def compact(value: Any, most: int = 20) -> str:
+    """A logged value for the console: numbers to 6 significant digits; lists (per class, a matrix) and values by
+    class name to 4, up to `most` numbers (metrics.jsonl has them all)."""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, dict):
+        shown = [f"{k}: {v:.4g}" for k, v in list(value.items())[:most]]
+        return "{" + ", ".join(shown) + (", ...}" if len(value) > most else "}")
     if isinstance(value, list):
-        return "[" + ", ".join(compact(v) if isinstance(v, list) else f"{v:.4g}" for v in value) + "]"
+        if value and isinstance(value[0], list):
+            shape = f"{len(value)}x{len(value[0])}"
+            if len(value) * len(value[0]) > most * most // 4:
+                return f"[{shape} values, in metrics.jsonl]"
+            return "[" + ", ".join(compact(v, most) for v in value) + "]"
+        shown = [f"{v:.4g}" for v in value[:most]]
+        return "[" + ", ".join(shown) + (f", ... ({len(value)} values)]" if len(value) > most else "]")
     return str(value)
 
 
@@ -96,7 +107,9 @@ class BaseTrainer:
         self.config = config or {}
         self.dist = dist  # under torchrun: this rank; metrics are reduced over ranks, rank 0 writes
         self.monitor = Monitor(settings.monitor, settings.early_stop)
+        self.confusion_matrices = {name for name, metric in metric_ftns.items() if is_confusion_matrix(metric)}
         self.state = TrainState()
+        self._hparams_written = False  # the HParams record goes with the first epoch's report
         self.signals = SignalStop()
         self.logger = logging.getLogger("trainer")
         keys = self.logged_keys()
@@ -119,9 +132,6 @@ class BaseTrainer:
     # -- the loop
     def train(self) -> None:
         """Train up to settings.epochs; on SIGINT/SIGTERM save and raise TrainingInterrupted."""
-        keys = self.logged_keys()
-        self.outputs.writer.add_hparams(hparam_values(self.config), [f"final/{key}" for key in keys or ()] +
-                                        ([f"best/{self.monitor.key}"] if self.monitor.enabled else []))
         with self.signals:
             try:
                 for epoch in range(self.start_epoch, self.epochs + 1):
@@ -163,14 +173,26 @@ class BaseTrainer:
         """The value ReduceLROnPlateau follows: the monitored one, else val_loss, else loss."""
         return self.monitor.key if self.monitor.enabled else "val_loss" if "val_loss" in log else "loss"
 
+    @property
+    def classes(self) -> list[str] | None:
+        """The training data's class names by index, where it has them (they label per-class results)."""
+        return getattr(self.data_loader, "classes", None)
+
     def _report(self, log: dict) -> None:
         """The epoch's values to the console/info.log, TensorBoard (epoch axis) and metrics.jsonl."""
         epoch, writer = log["epoch"], self.outputs.writer
+        scalars = [k for k, v in log.items() if k not in ("epoch", "epoch_time") and isinstance(v, (int, float))]
+        if not self._hparams_written:  # once per process, when the scalar keys are known
+            self._hparams_written = True
+            writer.add_hparams(hparam_values(self.config), [f"final/{key}" for key in scalars] +
+                               ([f"best/{self.monitor.key}"] if self.monitor.enabled else []))
         for key, value in log.items():
             self.logger.info("    %-15s: %s", key, compact(value))
-            if key in ("epoch", "epoch_time") or not isinstance(value, (int, float)):  # lists: metrics.jsonl only
-                continue
             phase, tag = (VALID, key[4:]) if key.startswith("val_") else (TRAIN, key)
+            if tag in self.confusion_matrices:
+                writer.add_confusion_matrix(tag, value, self.classes, epoch, phase)
+            if key not in scalars:  # lists and values by class: metrics.jsonl only
+                continue
             writer.add_scalar(tag, value, epoch, phase)  # train/ and valid/ share the tag: one chart, two curves
             writer.add_scalar(f"final/{key}", value, epoch)  # what the HParams dashboard compares runs by
         if self.monitor.enabled:

@@ -5,8 +5,10 @@ in-memory tensors by index and accumulates loss and accuracy on the device, read
 epoch. The Trainer runs as train.py runs it: TensorBoard, progress bar, metrics.jsonl and checkpoints
 on. Each round runs both, alternating which goes first; the last line is the median of the rounds'
 trainer/raw ratios (pairs run back to back share the machine's state, which drifts between rounds).
+--torchmetrics adds torchmetrics' MulticlassF1Score (macro) to both: the trainer as a configured metric, the
+raw loop updating it each batch and computing it once per epoch and phase.
 
-    python benchmarks/throughput.py [--samples 60000] [--epochs 2] [--batch-size 128] [--rounds 5]
+    python benchmarks/throughput.py [--samples 60000] [--epochs 2] [--batch-size 128] [--rounds 5] [--torchmetrics]
 """
 from __future__ import annotations
 
@@ -35,9 +37,18 @@ def synthetic(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 1, 28, 28, generator=generator), torch.randint(0, 10, (n,), generator=generator)
 
 
-def raw_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int) -> float:
+def f1_metric(enabled: bool, **args):
+    """torchmetrics' macro F1 over the 10 classes, or None."""
+    if not enabled:
+        return None
+    from torchmetrics.classification import MulticlassF1Score
+    return MulticlassF1Score(num_classes=10, average="macro", **args)
+
+
+def raw_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, torchmetrics: bool = False) -> float:
     """A careful hand-written loop; returns training samples per second (validation time included)."""
     torch.manual_seed(0)
+    f1 = f1_metric(torchmetrics, validate_args=False)  # inputs known to be right: no checks that read the device
     model = MnistModel()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -58,15 +69,27 @@ def raw_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int) -> 
             optimizer.step()
             loss_sum += loss.detach() * len(index)
             correct += (output.argmax(1) == target).sum()
+            if f1 is not None:
+                f1.update(output.detach(), target)
+        train_f1 = f1.compute().item() if f1 is not None else None
+        if f1 is not None:
+            f1.reset()
         model.eval()
         with torch.no_grad():
-            val_loss = sum(F.nll_loss(model(x[valid[i:i + batch_size]]), y[valid[i:i + batch_size]], reduction="sum")
-                           for i in range(0, n_valid, batch_size))
-        _ = (loss_sum / len(train)).item(), (correct / len(train)).item(), float(val_loss) / n_valid
+            val_loss = torch.zeros(())
+            for i in range(0, n_valid, batch_size):
+                output, target = model(x[valid[i:i + batch_size]]), y[valid[i:i + batch_size]]
+                val_loss += F.nll_loss(output, target, reduction="sum")
+                if f1 is not None:
+                    f1.update(output, target)
+        val_f1 = f1.compute().item() if f1 is not None else None
+        if f1 is not None:
+            f1.reset()
+        _ = (loss_sum / len(train)).item(), (correct / len(train)).item(), float(val_loss) / n_valid, train_f1, val_f1
     return len(train) * epochs / (time.perf_counter() - started)
 
 
-def trainer_run(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int) -> float:
+def trainer_run(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, torchmetrics: bool = False) -> float:
     """The same task through the Trainer with its defaults; returns training samples per second."""
     torch.manual_seed(0)
     loader = BaseDataLoader(TensorDataset(x, y), batch_size, True, 0.1, 0)
@@ -75,7 +98,8 @@ def trainer_run(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int) 
     with tempfile.TemporaryDirectory() as tmp:
         settings = TrainerSettings(epochs=epochs, monitor="min val_loss")
         outputs = RunOutputs().open(RunDirs(Path(tmp), Path(tmp)), settings)
-        trainer = Trainer(model, F.nll_loss, {"accuracy": accuracy}, optimizer, settings, data_loader=loader,
+        metrics = {"accuracy": accuracy, **({"f1_macro": f1_metric(True)} if torchmetrics else {})}
+        trainer = Trainer(model, F.nll_loss, metrics, optimizer, settings, data_loader=loader,
                           valid_data_loader=loader.split_validation(), outputs=outputs)
         started = time.perf_counter()
         trainer.train()
@@ -88,16 +112,19 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--torchmetrics", action="store_true", help="add torchmetrics' macro F1 to both loops")
     args = parser.parse_args(argv)
     x, y = synthetic(args.samples)
     print(f"{args.samples} samples, batch {args.batch_size}, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    raw_loop(x[:1024], y[:1024], 1, args.batch_size)  # warm-up: one-time imports and allocations
-    trainer_run(x[:1024], y[:1024], 1, args.batch_size)
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+          + (", torchmetrics MulticlassF1Score in both" if args.torchmetrics else ""))
+    raw_loop(x[:1024], y[:1024], 1, args.batch_size, args.torchmetrics)  # warm-up: one-time imports, allocations
+    trainer_run(x[:1024], y[:1024], 1, args.batch_size, args.torchmetrics)
     ratios = []
     for round_ in range(1, args.rounds + 1):
         runs = [("raw", raw_loop), ("trainer", trainer_run)]
-        speed = dict((name, run(x, y, args.epochs, args.batch_size)) for name, run in runs[::1 - 2 * (round_ % 2 == 0)])
+        speed = dict((name, run(x, y, args.epochs, args.batch_size, args.torchmetrics))
+                     for name, run in runs[::1 - 2 * (round_ % 2 == 0)])
         ratios.append(speed["trainer"] / speed["raw"])
         print(f"round {round_}: raw {speed['raw']:,.0f} samples/s, trainer {speed['trainer']:,.0f} samples/s, "
               f"ratio {ratios[-1]:.3f}")

@@ -102,6 +102,7 @@ class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
     def _read(self, data_dir: str, training: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The split's images, uint8 (N, C, H, W), and their int64 labels."""
         dataset = self._open(data_dir, training, download)
+        self.classes = list(dataset.classes)
         images = torch.as_tensor(dataset.data)
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)  # CIFAR is N, H, W, C
         return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)

@@ -27,6 +27,9 @@ class NullWriter:
 
     def add_hparams(self, hparams: dict, metrics: list[str]) -> None: ...
 
+    def add_confusion_matrix(self, tag: str, matrix: list, labels: list[str] | None, step: int,
+                             phase: str = RUN) -> None: ...
+
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
@@ -64,6 +67,12 @@ class TensorboardWriter(NullWriter):
 
         for summary in hparams_summaries(hparams, dict.fromkeys(metrics, 0.0)):
             self._writer.file_writer.add_summary(summary)
+
+    def add_confusion_matrix(self, tag: str, matrix: list, labels: list[str] | None, step: int,
+                             phase: str = RUN) -> None:
+        """A confusion matrix (rows: true class, columns: predicted) drawn as an image, labelled by class name."""
+        self._first_step.setdefault(tag, step)
+        self._writer.add_figure(tag, confusion_figure(matrix, labels), step, close=True)
 
     def add_histogram(self, tag: str, values: torch.Tensor, step: int, phase: str = RUN) -> None:
         self._first_step.setdefault(tag, step)
@@ -104,6 +113,10 @@ class RunBoard(NullWriter):
     def add_hparams(self, hparams: dict, metrics: list[str]) -> None:
         self._writers[RUN].add_hparams(hparams, metrics)
 
+    def add_confusion_matrix(self, tag: str, matrix: list, labels: list[str] | None, step: int,
+                             phase: str = RUN) -> None:
+        self._writers[phase].add_confusion_matrix(tag, matrix, labels, step)
+
     def flush(self) -> None:
         for writer in self._writers.values():
             writer.flush()
@@ -116,6 +129,23 @@ class RunBoard(NullWriter):
 def make_writer(log_dir: Path | None, enabled: bool) -> NullWriter:
     """A RunBoard when enabled and there is a log directory, else a NullWriter."""
     return RunBoard(log_dir) if enabled and log_dir is not None else NullWriter()
+
+
+def confusion_figure(matrix: list, labels: list[str] | None):
+    """torchmetrics' drawing of a confusion matrix ((C, C), or (L, 2, 2) for multilabel) as a matplotlib figure;
+    the counts are written in the cells up to 20 classes."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display: draw into memory
+    from torchmetrics.utilities.plot import plot_confusion_matrix
+
+    confmat = torch.tensor(matrix)
+    n = confmat.shape[0]
+    labels = labels if labels and len(labels) == n else None
+    figure, _ = plot_confusion_matrix(confmat, add_text=n <= 20 if confmat.dim() == 2 else n <= 6, labels=labels)
+    size = min(max(5.5, 0.35 * n + 2), 12.0) if confmat.dim() == 2 else None
+    if size:
+        figure.set_size_inches(size, size)
+    return figure
 
 
 def hparam_values(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:

@@ -103,10 +103,10 @@ class TrainMetrics:
     metrics' states (every rank's, carried by rank 0)."""
 
     def __init__(self, metric_ftns: dict[str, Any], dist: Dist, outputs: RunOutputs,
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = torch.device("cpu"), classes: list[str] | None = None):
         self.names = list(metric_ftns)
         self.metric_ftns, stateful = split_metrics(metric_ftns)
-        self.epoch_metrics = EpochMetrics(stateful, device)
+        self.epoch_metrics = EpochMetrics(stateful, device, classes)
         self.dist = dist
         self.outputs = outputs
         self.tracker = MetricTracker()

@@ -41,12 +41,13 @@ def logged_keys(metric_ftns: Iterable[str], validates: bool, lr_keys: Iterable[s
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable, step: Step, metric_ftns: dict[str, Any],
              device: torch.device, *, channels_last: bool = False, progress: bool = False, desc: str = "valid",
-             across_ranks: bool = False) -> dict[str, float | list]:
+             across_ranks: bool = False, classes: list[str] | None = None) -> dict[str, float | list | dict]:
     """Sample-weighted loss and function metrics, and the stateful metrics over all samples, of
-    step(data, target) -> (loss, output) over loader (and over every rank's share), read from the device once each."""
+    step(data, target) -> (loss, output) over loader (and over every rank's share), read from the device once each;
+    classes: the class names that label per-class results."""
     model.eval()
     functions, stateful = split_metrics(metric_ftns)
-    tracker, epoch_metrics = MetricTracker(), EpochMetrics(stateful, device)
+    tracker, epoch_metrics = MetricTracker(), EpochMetrics(stateful, device, classes)
     for data, target in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         data, target = to_device(data, device, channels_last), to_device(target, device)
         loss, output = step(data, target)
@@ -63,7 +64,7 @@ class Trainer(BaseTrainer):
         self.stepper = Stepper(self.model, self.optimizer, self.device, amp=s.amp, accumulate_steps=s.accumulate_steps,
                                clip_grad_norm=s.clip_grad_norm, skip_nonfinite=s.nonfinite_loss == "skip")
         self.batches = EpochBatches(self.data_loader, s.len_epoch)
-        self.metrics = TrainMetrics(self.metric_ftns, self.dist, outputs, self.device)
+        self.metrics = TrainMetrics(self.metric_ftns, self.dist, outputs, self.device, self.classes)
         self.step_log = StepLog(s.log_step, outputs)
         self.images = ImageLog(s.log_images, outputs)
         self.step_checkpoints = StepCheckpoints(s.save_every_steps)
@@ -130,7 +131,7 @@ class Trainer(BaseTrainer):
         with self.stepper.autocast():
             return evaluate(self.model, loader, self.eval_step, self.metric_ftns, self.device,
                             channels_last=self.settings.channels_last, progress=self.progress, desc=desc,
-                            across_ranks=self.dist.enabled)
+                            across_ranks=self.dist.enabled, classes=self.classes)
 
     def save_step_checkpoint(self):
         self.metrics.check_finite(self.state.epoch + 1)  # nothing is saved after a NaN or infinite loss

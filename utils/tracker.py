@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -70,6 +70,16 @@ def is_stateful(metric: Any) -> bool:
     return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
 
 
+def is_classification(metric: Any) -> bool:
+    """A torchmetrics classification metric (its per-class results are by class)."""
+    return type(metric).__module__.startswith("torchmetrics.classification")
+
+
+def is_confusion_matrix(metric: Any) -> bool:
+    """A torchmetrics confusion matrix (Binary, Multiclass or Multilabel): drawn as an image in TensorBoard."""
+    return is_classification(metric) and type(metric).__name__.endswith("ConfusionMatrix")
+
+
 def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, Callable], dict[str, Any]]:
     """({name: batch-mean function}, {name: stateful metric}) in config order."""
     return ({k: m for k, m in metrics.items() if not is_stateful(m)},
@@ -81,9 +91,12 @@ class EpochMetrics:
     batch's (output, target) without a host sync and computed once over all of the epoch's samples, every rank's
     (torchmetrics gathers their states in compute(), which every rank calls at the same point)."""
 
-    def __init__(self, metrics: dict[str, Any], device: torch.device):
+    def __init__(self, metrics: dict[str, Any], device: torch.device, classes: Sequence[str] | None = None):
+        """classes: the data's class names by index; a classification metric's per-class result is then
+        {class name: value}."""
         self.metrics = {name: copy.deepcopy(m).to(device) for name, m in metrics.items()}
         self.device = device
+        self.classes = list(classes) if classes else None
 
     def __bool__(self) -> bool:
         return bool(self.metrics)
@@ -91,10 +104,12 @@ class EpochMetrics:
     def update(self, output: Any, target: Any) -> None:
         for metric in self.metrics.values():
             metric.update(output, target)
+            if getattr(metric, "validate_args", False):  # checked on the first batch: later checks read the device
+                metric.validate_args = False
 
-    def result(self) -> dict[str, float | list]:
-        """{name: number, or nested list for a non-scalar result (per class, a confusion matrix)}: one host read.
-        Resets the metrics."""
+    def result(self) -> dict[str, float | list | dict]:
+        """{name: number, or nested list for a non-scalar result (per class, a confusion matrix); a per-class list
+        by class name when the names are known}: one host read. Resets the metrics."""
         if not self.metrics:
             return {}
         values = {}
@@ -112,6 +127,8 @@ class EpochMetrics:
             numbers = [x if value.is_floating_point() else int(x) for x in flat[at:at + n]]
             at += n
             out[name] = numbers[0] if value.dim() == 0 else _nest(numbers, list(value.shape))
+            if value.dim() == 1 and self.classes and n == len(self.classes) and is_classification(self.metrics[name]):
+                out[name] = dict(zip(self.classes, out[name]))
         return out
 
     def reset(self) -> None:

@@ -115,3 +115,13 @@ def test_a_base_trainer_without_evaluate_tells_test_py_users_what_to_write():
     with pytest.raises(UserError, match=r"trainer\.type Fixed has no evaluate\(loader, desc\), which test\.py calls; "
                                         r"derive it from trainer\.Trainer or write one"):
         trainer.evaluate([])
+
+
+def test_compact_shows_long_results_in_part():
+    from base.base_trainer import compact
+
+    assert compact(0.123456789) == "0.123457"
+    assert compact([[1, 2], [3, 4]]) == "[[1, 2], [3, 4]]"
+    assert compact([[1] * 11] * 11) == "[11x11 values, in metrics.jsonl]"
+    assert compact(list(range(25))).endswith("19, ... (25 values)]")
+    assert compact({"cat": 0.5, "dog": 1}) == "{cat: 0.5, dog: 1}"

@@ -337,3 +337,13 @@ def test_image_folder_errors_name_the_directory(tmp_path):
     loader = ImageFolderDataLoader(str(tmp_path / "broken"), batch_size=2, validation_split=0)
     with pytest.raises(UserError, match=r"broken/a/1\.png: cannot read the image"):
         batches(loader)
+
+
+def test_torchvision_loaders_have_their_datasets_class_names(tmp_path):
+    write_mnist(tmp_path), write_cifar(tmp_path)
+    mnist = MnistDataLoader(str(tmp_path), batch_size=4, download=False, training=False)
+    assert mnist.classes[:2] == ["0 - zero", "1 - one"] and len(mnist.classes) == 10
+    cifar = Cifar10DataLoader(str(tmp_path), batch_size=4, download=False)
+    assert cifar.classes == [f"class{i}" for i in range(10)]  # read from the dataset's batches.meta
+    from data_loader.data_loaders import DigitsDataLoader
+    assert DigitsDataLoader().classes is None  # no names: per-class results stay lists

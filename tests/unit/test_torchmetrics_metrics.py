@@ -142,3 +142,34 @@ def test_train_monitors_a_torchmetrics_metric_and_stops_early(tmp_path, capsys):
     assert 1 <= len(rows) <= 3 and all(0 <= row["val_f1_macro"] <= 1 for row in rows)
     assert len(rows[-1]["val_cm"]) == 10 and sum(map(sum, rows[-1]["val_cm"])) > 0
     assert (ckpt_dir / "model_best.pth").is_file()
+
+
+def test_per_class_results_are_by_class_name_when_the_data_has_names():
+    data = batches()
+    names = ["cat", "dog", "bird", "fish"]
+    metrics = {"f1": metric("MulticlassF1Score", num_classes=CLASSES, average=None),
+               "cm": metric("ConfusionMatrix", task="multiclass", num_classes=CLASSES),
+               "mae": metric("MeanAbsoluteError")}
+    step = lambda output, target: (nn.functional.nll_loss(output, target), output)  # noqa: E731
+    mae_free = {k: v for k, v in metrics.items() if k != "mae"}
+    log = evaluate(nn.Identity(), data, step, mae_free, torch.device("cpu"), classes=names)
+    output, target = torch.cat([o for o, _ in data]), torch.cat([t for _, t in data])
+    expected = f1_score(target, output.argmax(1), average=None)
+    assert list(log["f1"]) == names
+    assert list(log["f1"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert log["cm"] == confusion_matrix(target, output.argmax(1)).tolist()  # a matrix stays a matrix
+    fewer = evaluate(nn.Identity(), data, step, mae_free, torch.device("cpu"), classes=names[:3])
+    assert isinstance(fewer["f1"], list)  # names that do not fit the result: left as a list
+
+
+def test_arguments_are_validated_on_the_first_batch_only():
+    """torchmetrics' checks of the targets read device values; the first batch is checked, the rest are not."""
+    from utils.tracker import EpochMetrics
+
+    metrics = EpochMetrics({"f1": metric("MulticlassF1Score", num_classes=CLASSES)}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="number of classes"):
+        metrics.update(torch.randn(5, CLASSES + 1), torch.tensor([0, 1, 2, 3, 0]))
+    metrics = EpochMetrics({"f1": metric("MulticlassF1Score", num_classes=CLASSES)}, torch.device("cpu"))
+    metrics.update(*batches()[0])
+    assert metrics.metrics["f1"].validate_args is False
+    assert split_metrics({"f1": metric("MulticlassF1Score", num_classes=CLASSES)})[1]["f1"].validate_args

@@ -71,3 +71,22 @@ def test_tensorboard_writer_supersedes_later_steps_of_earlier_files(tmp_path):
     second.add_scalar("epoch_axis", 30.0, 3)
     second.close()
     assert [(e.step, e.value) for e in events(tmp_path).Scalars("epoch_axis")] == [(1, 1.0), (2, 20.0), (3, 30.0)]
+
+
+def test_a_confusion_matrix_is_an_image_in_its_phase_labelled_by_class(tmp_path):
+    from logger.visualization import confusion_figure
+
+    board = RunBoard(tmp_path)
+    for epoch in (1, 2):
+        board.add_confusion_matrix("cm", [[5, 1, 0], [0, 4, 2], [1, 0, 6]], ["cat", "dog", "bird"], epoch, "valid")
+    board.close()
+    images = events(tmp_path / "valid").Images("cm")
+    assert [e.step for e in images] == [1, 2] and images[0].width == images[0].height >= 400
+    assert events(tmp_path / "train").Tags()["images"] == []
+    figure = confusion_figure([[5, 1, 0], [0, 4, 2], [1, 0, 6]], ["cat", "dog", "bird"])
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["cat", "dog", "bird"]
+    assert axes.get_ylabel() == "True class" and axes.get_xlabel() == "Predicted class"
+    assert sorted(t.get_text() for t in axes.texts) == sorted(["5", "1", "0", "0", "4", "2", "1", "0", "6"])
+    unlabelled = confusion_figure([[1, 0], [0, 1]], ["only one name"])  # names that do not fit: indices
+    assert [t.get_text() for t in unlabelled.axes[0].get_xticklabels()] == ["0", "1"]
