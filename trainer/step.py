@@ -59,8 +59,9 @@ class Stepper:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward(create_graph=self.create_graph)
         if last:
             if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-                self._clip()
+                if self.clip_grad_norm is not None:  # clipping needs true gradients; else scaler.step unscales
+                    self.scaler.unscale_(self.optimizer)
+                    self._clip()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
