@@ -83,7 +83,7 @@ def test_the_sync_check_fails_when_syncs_grow_with_the_steps(gpu_check, on_cuda,
     monkeypatch.setattr(gpu_check, "epoch_syncs", lambda ctx, task, steps, options: ["trainer.py:9"] * counts[steps])
     if error is None:
         gpu_check.no_sync_per_step(on_cuda)
-        assert capsys.readouterr().out.count(": PASS (trainer.py:9 x3)") == 3
+        assert capsys.readouterr().out.count(": PASS (trainer.py:9 x3)") == 4  # digits twice, resnet twice
     else:
         with pytest.raises(gpu_check.CheckFailed, match=error):
             gpu_check.no_sync_per_step(on_cuda)
