@@ -24,6 +24,7 @@ from base.base_trainer import compact  # noqa: E402
 from logger import setup_logging  # noqa: E402  (the imports that must wait for the lines above)
 from parse_config import ConfigParser  # noqa: E402
 from train import build  # noqa: E402
+from trainer.ema import inference_weights  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.class_report import format_table, report_metrics, take_report  # noqa: E402
 from utils.checkpoint import ModelWeights, find_checkpoint  # noqa: E402
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = ConfigParser(checkpoint["config"])
     device, _ = prepare_device(min(config["n_gpu"], 1), force_cpu=args.device == "cpu")
     trainer = build(config, device, training=False)
-    ModelWeights(trainer.model).load_state_dict(checkpoint["state_dict"])
+    ModelWeights(trainer.model).load_state_dict(inference_weights(checkpoint))  # the EMA weights, if the run kept them
     configured = trainer.metric_ftns
     trainer.metric_ftns = {**configured, **_report_metrics(trainer)}  # evaluated in the same pass
     try:

@@ -26,6 +26,15 @@ def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config, build everything, print the model summary and exit")
     parser.add_argument("--list", metavar="KIND", choices=LISTABLE, help="print the names usable for KIND and exit")
+    parser.add_argument("--fast-dev-run", action="store_true",
+                        help="train one batch, validate one batch and evaluate one test batch as test.py does; "
+                             "write nothing")
+    parser.add_argument("--find-lr", action="store_true",
+                        help="sweep the learning rate, print a suggested one, write a plot and a CSV; train nothing")
+    parser.add_argument("--lr-range", nargs=2, type=float, metavar=("MIN", "MAX"),
+                        help="with --find-lr: the learning rates swept (default 1e-7 10)")
+    parser.add_argument("--lr-steps", type=int, metavar="N",
+                        help="with --find-lr: the steps of the sweep (default 200)")
     for opt in options:
         parser.add_argument(*opt.flags, type=opt.type, help=f"sets {opt.target.replace(';', '.')}")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
@@ -40,21 +49,25 @@ if __name__ == "__main__":
 
 import dataclasses  # noqa: E402  (the imports that must wait for the lines above)
 import inspect  # noqa: E402
+import itertools  # noqa: E402
 import signal  # noqa: E402
+import sys  # noqa: E402
 
 import torch  # noqa: E402
 
 from base import BaseTrainer  # noqa: E402
+from base.base_trainer import compact  # noqa: E402
 from base.settings import TrainerSettings  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from model.summary import layer_table  # noqa: E402
 from parse_config import SCHEMA, ConfigParser, differing_keys  # noqa: E402
 from trainer.checks import check_first_batch  # noqa: E402
+from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.checkpoint import RunDirs, find_checkpoint, unwrap  # noqa: E402
 from utils.distributed import SINGLE, Dist  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.interrupt import TrainingInterrupted  # noqa: E402
+from utils.interrupt import TimeLimitReached, TrainingInterrupted  # noqa: E402
 from utils.params import parameter_groups  # noqa: E402
 from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, TRAINERS  # noqa: E402
 from utils.schedule import LRSchedule  # noqa: E402
@@ -75,11 +88,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.resume and args.init_from:
         raise UserError("--init-from starts a new run from weights; -r continues a run: give one of them")
+    if args.fast_dev_run and (args.resume or args.dry_run):
+        raise UserError(f"--fast-dev-run checks a config from scratch; leave out {'-r' if args.resume else '--dry-run'}")
     # Under torchrun the process group starts before -r is read (only one machine may hold the run), with the
     # default backend and timeout; distributed.init restarts it if the config names others.
     dist = distributed.init(*DIST_DEFAULTS)
     try:
+        finder = finder_options(args, sys.argv[1:] if argv is None else argv, dist)  # None without --find-lr
         config, checkpoint, dist = load_config(args, dist)
+        if args.fast_dev_run:
+            config["trainer"].update(FAST_DEV_RUN)  # one epoch of one training batch and one validation batch
         settings = config.settings()
         dist = distributed.init(settings.dist_backend, settings.dist_timeout, main=dist.main)
         seed_everything(config["seed"])
@@ -88,12 +106,40 @@ def main(argv: list[str] | None = None) -> None:
         if args.dry_run:
             print_summary(trainer)
             return
+        if args.fast_dev_run:
+            fast_dev_run(trainer, config)
+            return
+        if finder is not None:  # a learning-rate sweep instead of a run: only the finder's results are written
+            find_lr(trainer, finder, config["name"])
+            return
         run = open_run(config, trainer, dist)
         if checkpoint is not None:
             resume(trainer, checkpoint, config)
         train(trainer, run)
     finally:
         distributed.shutdown()
+
+
+FAST_DEV_RUN = {"epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "len_epoch": None, "overfit_batches": 0,
+                "val_every_steps": None, "val_every_epochs": 1, "save_every_steps": None, "max_time": None}
+
+
+def fast_dev_run(trainer: BaseTrainer, config: ConfigParser) -> None:
+    """Train and validate (one batch each: one_batch_each), then evaluate one batch of the test split as test.py
+    would, with nothing written; the first error stops it."""
+    logger = get_logger("train")
+    trainer.train()  # its outputs were never opened: no run directory, checkpoint or event file
+    try:
+        evaluator = build(config, trainer.device, training=False)
+    except UserError as e:  # a config without a test split trains fine; test.py would stop here
+        logger.warning("Fast dev run: test.py could not build the test split: %s", e)
+        evaluator = None
+    if evaluator is not None:
+        evaluator.model.load_state_dict(unwrap(trainer.model).state_dict())
+        results = evaluator.evaluate(itertools.islice(evaluator.data_loader, 1), desc="test")
+        logger.info("Fast dev run, one test batch: %s", ", ".join(f"{k} {compact(v)}" for k, v in results.items()))
+    logger.info("Fast dev run passed: one batch each of training, validation%s ran; nothing was written.",
+                " and the test split" if evaluator is not None else "")
 
 
 def load_config(args: argparse.Namespace, dist: Dist = SINGLE) -> tuple[ConfigParser, dict | None, Dist]:
@@ -146,6 +192,12 @@ def build_data(config: ConfigParser, training: bool, dist: Dist) -> tuple:
         data_loader = config.init_obj("data_loader", DATA_LOADERS)
         record_classes(config, data_loader)
         loaders = (data_loader, data_loader.split_validation())
+        overfit = config["trainer"]["overfit_batches"]
+        if overfit:
+            if not hasattr(data_loader, "first_batches"):
+                raise UserError(f"trainer.overfit_batches: {type(data_loader).__name__} cannot serve its first batches "
+                                f"alone; derive it from base.BaseDataLoader, or set trainer.overfit_batches to 0")
+            loaders = data_loader.first_batches(overfit)
     else:
         loader_class = DATA_LOADERS.get(config["data_loader"]["type"], "data_loader.type")
         loaders = (config.init_obj("data_loader", DATA_LOADERS, **test_split_args(loader_class)), None)
@@ -175,13 +227,18 @@ def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
 
 
 def train(trainer: BaseTrainer, run: RunDirs) -> None:
-    """trainer.train(); stopped by a signal, say how to resume and exit with the signal's status."""
+    """trainer.train(); stopped by a signal, say how to resume and exit with the signal's status; stopped by
+    trainer.max_time, say how to resume and return (exit 0)."""
     try:
         trainer.train()
     except TrainingInterrupted as stop:
         get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
                                     signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
         raise SystemExit(stop.exit_code) from None
+    except TimeLimitReached as limit:  # a planned stop: exit 0, so that a scheduled job can requeue itself
+        get_logger("train").warning("trainer.max_time (%s) reached after global step %d; saved %s. Resume with:\n"
+                                    "    python train.py -r %s", trainer.settings.max_time, trainer.global_step,
+                                    limit.checkpoint, run.checkpoint_dir)
 
 
 def record_classes(config: ConfigParser, data_loader) -> None:

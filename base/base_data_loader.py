@@ -160,6 +160,14 @@ class BaseDataLoader(EpochDataLoader):
         seed = torch.initial_seed() if seed is None else seed
         super().__init__(sampler=EpochSampler(train_idx, shuffle, seed), seed=seed, **self.init_kwargs)
 
+    def first_batches(self, n: int) -> tuple[DataLoader, DataLoader]:
+        """(training, validation) loaders over the same first n training batches, in a fixed order: for
+        trainer.overfit_batches. Validation takes eval_dataset's samples (no augmentation)."""
+        indices = self.sampler.indices[:n * self.batch_size]
+        return tuple(EpochDataLoader(sampler=EpochSampler(indices, shuffle=False, seed=self.seed), seed=self.seed,
+                                     **{**self.init_kwargs, "dataset": dataset})
+                     for dataset in (self.dataset, self.eval_dataset))
+
     def split_validation(self) -> DataLoader | None:
         """A DataLoader over the validation part in a fixed order (eval_dataset's samples), or None."""
         if self.valid_sampler is None:

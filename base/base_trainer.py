@@ -18,11 +18,15 @@ from utils.checkpoint import (MODEL, MONITOR, OPTIMIZER, RNG, SCHEDULER, TRAIN_S
                               RandomState, RunDirs, Stateful, gather, restore, unwrap)
 from utils.distributed import SINGLE, Dist, any_rank
 from utils.errors import UserError
-from utils.interrupt import SignalStop, StopRequested, TrainingInterrupted
+from utils.interrupt import SignalStop, StopRequested, TimeLimitReached, TrainingInterrupted
 from utils.monitor import Monitor
 from utils.params import DEFAULT_GROUP
 from utils.schedule import LRSchedule
 from utils.tracker import is_confusion_matrix
+
+
+class EarlyStop(Exception):
+    """Raised by on_validation in the middle of an epoch when the monitored value stopped improving."""
 
 
 @dataclass
@@ -55,7 +59,8 @@ class RunOutputs:
         self.metrics_file = MetricsFile(None)
 
     def open(self, dirs: RunDirs, settings: TrainerSettings) -> "RunOutputs":
-        self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last)
+        self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last,
+                                         settings.save_top_k, settings.monitor)
         self.writer = make_writer(dirs.log_dir, settings.tensorboard)
         self.metrics_file = MetricsFile(dirs.log_dir / "metrics.jsonl")
         return self
@@ -139,17 +144,28 @@ class BaseTrainer:
                         break
             except StopRequested:  # raised by _train_epoch after a completed step
                 raise TrainingInterrupted(self._signum(), self.save_step_checkpoint()) from None
+            except TimeLimitReached as limit:  # likewise, once trainer.max_time has passed
+                limit.checkpoint = self.save_step_checkpoint()
+                raise
             finally:
                 self.outputs.writer.close()
 
     def _run_epoch(self, epoch: int) -> bool:
         """Train, log and checkpoint one epoch; False when early stopping ends training."""
         started = time.perf_counter()
-        log = {"epoch": epoch, **self._train_epoch(epoch), **self.learning_rates()}
+        try:
+            values = self._train_epoch(epoch)
+        except EarlyStop:  # after a validation in the middle of the epoch
+            self.logger.info("Saved %s", self.save_step_checkpoint())
+            self.logger.info("%s did not improve for %d validations: training stops.", self.monitor.key,
+                             self.monitor.patience)
+            return False
+        step = {"step": self.global_step} if self.settings.val_every_steps else {}
+        log = {"epoch": epoch, **step, **values, **self.learning_rates()}
         self.schedule.on_epoch_end(log, self._plateau_key(log))
         log["epoch_time"] = time.perf_counter() - started
         self.state.end_epoch(epoch)
-        improved = self.monitor.update(log)
+        improved = self._monitor(log)
         self._report(log)
         stop = self.monitor.should_stop
         interrupted = any_rank(self.signals.requested is not None, self.device)  # every rank agrees
@@ -161,9 +177,25 @@ class BaseTrainer:
         if interrupted:
             raise TrainingInterrupted(self._signum(), checkpointer.latest)
         if stop:
-            self.logger.info("%s did not improve for %d epochs: training stops.",
-                             self.monitor.key, self.monitor.patience)
+            self.logger.info("%s did not improve for %d %s: training stops.", self.monitor.key, self.monitor.patience,
+                             "validations" if self.settings.val_every_steps else "epochs")
         return not stop
+
+    def on_validation(self, row: dict) -> None:
+        """A validation in the middle of an epoch (trainer.val_every_steps): the monitor, model_best.pth, the report;
+        raises EarlyStop when the monitor says so. Every rank calls it (state_dict is a collective under DDP)."""
+        improved = self._monitor(row)
+        self._report(row)
+        if improved and self.outputs.checkpointer.writes:
+            self.logger.info("Saved %s", self.outputs.checkpointer.save_best(self.state_dict()))
+        elif improved:
+            self.state_dict()  # under DDP the other ranks take part in rank 0's collective
+        if self.monitor.should_stop:
+            raise EarlyStop
+
+    def _monitor(self, log: dict) -> bool:
+        """The monitor's verdict on a log that holds its key (a validation, or an epoch); False otherwise."""
+        return self.monitor.update(log) if self.monitor.key in log else False
 
     def _signum(self) -> int:
         """The signal that stopped training (under DDP another rank may have received it)."""
@@ -171,7 +203,8 @@ class BaseTrainer:
 
     def _plateau_key(self, log: dict) -> str:
         """The value ReduceLROnPlateau follows: the monitored one, else val_loss, else loss."""
-        return self.monitor.key if self.monitor.enabled else "val_loss" if "val_loss" in log else "loss"
+        return (self.monitor.key if self.monitor.enabled and self.monitor.key in log
+                else "val_loss" if "val_loss" in log else "loss")
 
     @property
     def classes(self) -> list[str] | None:
@@ -179,12 +212,15 @@ class BaseTrainer:
         return getattr(self.data_loader, "classes", None)
 
     def _report(self, log: dict) -> None:
-        """The epoch's values to the console/info.log, TensorBoard (epoch axis) and metrics.jsonl."""
-        epoch, writer = log["epoch"], self.outputs.writer
-        scalars = [k for k, v in log.items() if k not in ("epoch", "epoch_time") and isinstance(v, (int, float))]
-        if not self._hparams_written:  # once per process, when the scalar keys are known
+        """An epoch's (or a validation's) values to the console/info.log, TensorBoard (epoch axis, or the global
+        step when validation is step-based) and metrics.jsonl."""
+        writer = self.outputs.writer
+        epoch = log.get("step", log["epoch"])
+        scalars = [k for k, v in log.items()
+                   if k not in ("epoch", "step", "epoch_time") and isinstance(v, (int, float))]
+        if not self._hparams_written:  # once per process, when the first values show which keys are not numbers
             self._hparams_written = True
-            writer.add_hparams(hparam_values(self.config), [f"final/{key}" for key in scalars] +
+            writer.add_hparams(hparam_values(self.config), [f"final/{key}" for key in self._scalar_keys(log)] +
                                ([f"best/{self.monitor.key}"] if self.monitor.enabled else []))
         for key, value in log.items():
             self.logger.info("    %-15s: %s", key, compact(value))
@@ -199,6 +235,14 @@ class BaseTrainer:
             writer.add_scalar(f"best/{self.monitor.key}", self.monitor.best, epoch)
         writer.flush()
         self.outputs.metrics_file.append(log)
+
+    def _scalar_keys(self, log: dict) -> list[str]:
+        """The keys logged as numbers: the logged keys (or this log's) but those whose value, or its training or
+        validation counterpart's, is a list or values by class."""
+        other = {k for k, v in log.items() if isinstance(v, (list, dict))}
+        other |= {f"val_{k}" for k in other} | {k[4:] for k in other if k.startswith("val_")}
+        keys = dict.fromkeys([*(self.logged_keys() or []), *log])
+        return [k for k in keys if k not in other and k not in ("epoch", "step", "epoch_time")]
 
     def save_step_checkpoint(self) -> Path | None:
         """Save the state after the current step, in the middle of an epoch (every rank calls it; rank 0 writes)."""
@@ -266,4 +310,5 @@ class BaseTrainer:
     def load_state_dict(self, state: dict, load_optimizer: bool = True) -> None:
         """Restore a checkpoint; training continues after its last step."""
         restore(self.checkpoint_parts(), state, skip=() if load_optimizer else (OPTIMIZER, SCHEDULER))
-        self.outputs.metrics_file.truncate_after(self.state.epoch)
+        self.outputs.metrics_file.truncate_after(self.state.epoch,
+                                                 self.state.global_step if self.state.batch_in_epoch else None)

@@ -19,6 +19,41 @@ def _patterns_ok(patterns: list) -> bool:
     return all(isinstance(p, str) and p for p in patterns)
 
 
+EMA_KEYS = {"decay": 0.999, "warmup_steps": 0, "every": 1}  # trainer.ema's keys and their defaults
+
+
+def _ema_ok(ema: dict) -> bool:
+    if set(ema) - set(EMA_KEYS):
+        return False
+    decay, warmup, every = (ema.get(k, d) for k, d in EMA_KEYS.items())
+    return (isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 <= decay <= 1
+            and _count(warmup, 0) and _count(every, 1))
+
+
+def _count(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _limit_ok(value: int | float) -> bool:
+    """A batch count (an integer, at least 1) or a fraction of the batches (a number in (0, 1])."""
+    return _count(value, 1) if isinstance(value, int) else 0 < value <= 1
+
+
+def max_time_seconds(value: str | int | float | None) -> float | None:
+    """trainer.max_time in seconds: a number of seconds, or "[DD:]HH:MM:SS"; None when not given or malformed."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value > 0 else None
+    parts = value.strip().split(":")
+    if not 3 <= len(parts) <= 4 or not all(p.strip().isdigit() for p in parts):
+        return None
+    seconds = 0
+    for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
+        seconds += int(part) * unit
+    return float(seconds) if seconds > 0 else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainerSettings:
     """What the trainer section of a config sets (train.py reads it; the trainer receives this object)."""
@@ -67,3 +102,26 @@ class TrainerSettings:
                                     "running statistics", check=_patterns_ok, rule="a list of glob patterns (strings)")
     unfreeze_at_epoch: int | None = setting(None, "train the parameters trainer.freeze names from this epoch on; "
                                                   "null = frozen for the whole run", minimum=1)
+    ema: dict | None = setting(None, "an exponential moving average of the weights, used for validation, "
+                                     "model_best.pth and test.py: {\"decay\": 0.999, \"warmup_steps\": 0, "
+                                     "\"every\": 1}; null = off", check=_ema_ok,
+                               rule="an object of decay (0 to 1), warmup_steps (at least 0) and every (at least 1)")
+    val_every_steps: int | None = setting(None, "also validate every N optimizer steps (monitor, model_best.pth, early "
+                                                "stop and metrics.jsonl follow each validation); null = per epoch only",
+                                          minimum=1)
+    val_every_epochs: int = setting(1, "validate every N epochs (and after the last)", minimum=1)
+    limit_train_batches: int | float | None = setting(None, "train on this many batches per epoch (an integer) or "
+                                                            "this fraction of them; null = all", check=_limit_ok,
+                                                      rule="a batch count (at least 1), a fraction in (0, 1] or null")
+    limit_val_batches: int | float | None = setting(None, "validate on this many batches (an integer) or this "
+                                                          "fraction of them; null = all", check=_limit_ok,
+                                                    rule="a batch count (at least 1), a fraction in (0, 1] or null")
+    overfit_batches: int = setting(0, "train and validate on the same first N training batches, unshuffled (to see "
+                                      "that the model can drive the loss near zero); 0 = off", minimum=0)
+    save_top_k: int | None = setting(None, "keep the k best checkpoint-epoch<N>.pth by trainer.monitor (and the "
+                                           "newest, to resume from); null = as save_period says", minimum=1)
+    max_time: str | int | float | None = setting(None, "stop at the first step past this wall time (\"DD:HH:MM:SS\", "
+                                                       "\"HH:MM:SS\" or seconds), save and exit 0 so a scheduled "
+                                                       "job can resume with -r; null = no limit",
+                                                 check=lambda v: max_time_seconds(v) is not None,
+                                                 rule="\"[DD:]HH:MM:SS\" or a positive number of seconds")

@@ -63,14 +63,25 @@ class MetricsFile:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def truncate_after(self, epoch: int) -> None:
-        """Drop records of epochs after `epoch` (they belong to a run being resumed from earlier)."""
+    def truncate_after(self, epoch: int, step: int | None = None) -> None:
+        """Drop records of epochs after `epoch` (they belong to a run being resumed from earlier); with step (a
+        mid-epoch resume), records of validations at or before that global step are kept."""
         if self.path is None or not self.path.is_file():
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line if line.endswith("\n") else line + "\n" for line in lines if _epoch_of(line) <= epoch]
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines
+                if _epoch_of(line) <= epoch or (step is not None and _step_of(line) <= step)]
         if kept != lines:
             write_text_atomic(self.path, "".join(kept))
+
+
+def _step_of(line: str) -> float:
+    """The global step of a metrics.jsonl line written with step-based validation; infinite without one."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return math.inf
+    return record.get("step", math.inf) if isinstance(record, dict) else math.inf
 
 
 def _epoch_of(line: str) -> float:

@@ -6,7 +6,8 @@
     ImageLog         a grid of the epoch's first batch (log_images)
     StepCheckpoints  checkpoint-step<N>.pth every save_every_steps optimizer steps
     StopSignal       whether SIGINT/SIGTERM asks to stop, agreed by every rank
-    Validation       whether to validate, on what
+    Validation       when to validate (epochs, steps), on which batches
+    Deadline         whether trainer.max_time has passed
     Histograms       weight histograms after each epoch (log_histograms)
     Freezing         at each epoch's start: the parameters trainer.freeze names frozen or not, as the epoch says
 
@@ -61,11 +62,14 @@ class EpochBatches:
     """The batches of an epoch: one pass over the loader (from a position, by index), or len_epoch batches
     of passes 1, 2, ... cycled (iteration-based training)."""
 
-    def __init__(self, loader: Any, len_epoch: int | None):
+    def __init__(self, loader: Any, len_epoch: int | None, limit: int | float | None = None):
+        """limit: trainer.limit_train_batches, a count or a fraction of one pass's batches."""
         self.loader = loader
         self.iteration_based = len_epoch is not None
         self.batches_per_pass = len(loader) if loader is not None else 0
         self.len_epoch = len_epoch if self.iteration_based else self.batches_per_pass
+        self.limited = limit is not None and limited(self.len_epoch, limit) < self.len_epoch
+        self.len_epoch = limited(self.len_epoch, limit)
 
     def epoch(self, epoch: int, done: int, global_step: int) -> Iterable:
         """Epoch's batches after the first `done` of them (global_step batches trained so far in all)."""
@@ -73,7 +77,7 @@ class EpochBatches:
             return itertools.islice(self._endless(global_step), self.len_epoch - done)
         set_epoch(self.loader, epoch)
         skip(self.loader, done)
-        return self.loader
+        return itertools.islice(self.loader, self.len_epoch - done) if self.limited else self.loader
 
     def _endless(self, position: int) -> Iterator:
         passes, offset = divmod(position, self.batches_per_pass)
@@ -90,7 +94,7 @@ class EpochBatches:
     def samples(self) -> int | None:
         """Samples in one epoch, for the progress bar (None when unknown)."""
         sampler = getattr(self.loader, "sampler", None)
-        if not self.iteration_based and hasattr(sampler, "__len__"):
+        if not self.iteration_based and not self.limited and hasattr(sampler, "__len__"):
             return len(sampler)
         batch_size = getattr(self.loader, "batch_size", None)
         return self.len_epoch * batch_size if batch_size else None
@@ -237,13 +241,50 @@ class StopSignal:
 
 
 class Validation:
-    """Validation after each epoch on the validation loader, when there is one."""
+    """When to validate and on which batches: after every every_epochs-th epoch and the last one, every every_steps
+    optimizer steps (None: never mid-epoch), on the first limit batches (a count or a fraction; None: all)."""
 
-    def __init__(self, loader: Any):
-        self.loader = loader
+    def __init__(self, loader: Any, every_epochs: int = 1, every_steps: int | None = None,
+                 limit: int | float | None = None):
+        self.loader, self.every_epochs, self.every_steps, self.limit = loader, every_epochs, every_steps, limit
 
-    def should_validate(self, epoch: int) -> bool:
-        return self.loader is not None
+    def should_validate(self, epoch: int, last_epoch: int | None = None) -> bool:
+        """At the end of epoch."""
+        return self.loader is not None and (epoch % self.every_epochs == 0 or epoch == last_epoch)
+
+    def at_step(self, global_step: int) -> bool:
+        """After this optimizer step, in the middle of an epoch."""
+        return self.loader is not None and bool(self.every_steps) and global_step % self.every_steps == 0
+
+    def batches(self, epoch: int) -> Iterable:
+        """The loader, set to epoch, cut to limit batches."""
+        set_epoch(self.loader, epoch)
+        if self.limit is None:
+            return self.loader
+        return itertools.islice(self.loader, limited(len(self.loader), self.limit))
+
+
+class Deadline:
+    """trainer.max_time: whether this process has run past its wall-time limit; under DDP every rank agrees, at
+    sync points only (the clocks differ)."""
+
+    def __init__(self, seconds: float | None, dist: Dist, device: torch.device):
+        self.seconds = seconds
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self.dist, self.device = dist, device
+
+    def passed(self, at_sync_point: bool) -> bool:
+        if self.at is None:
+            return False
+        late = time.monotonic() > self.at
+        return late if not self.dist.enabled else at_sync_point and any_rank(late, self.device)
+
+
+def limited(n: int, limit: int | float | None) -> int:
+    """n batches cut by a limit: a count (an int), or a fraction (a float; at least one batch)."""
+    if limit is None:
+        return n
+    return min(n, limit) if isinstance(limit, int) else min(n, max(1, int(n * limit)))
 
 
 class Histograms:

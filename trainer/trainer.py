@@ -2,17 +2,20 @@
 trainer.type. One optimizer step per batch, validation each epoch, no host sync per step."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
 from base import BaseTrainer
-from trainer.parts import (EpochBatches, Freezing, Histograms, ImageLog, StepCheckpoints, StepLog, StopSignal,
-                           TrainMetrics, Validation, batch_size_of, in_config_order, set_epoch, track)
+from base.settings import max_time_seconds
+from trainer.ema import EMA, WeightAverage
+from trainer.parts import (Deadline, EpochBatches, Freezing, Histograms, ImageLog, StepCheckpoints, StepLog,
+                           StopSignal, TrainMetrics, Validation, batch_size_of, in_config_order, track)
 from trainer.step import Stepper
 from utils.checkpoint import SCALER, TRACKER, Stateful
-from utils.interrupt import StopRequested
+from utils.interrupt import StopRequested, TimeLimitReached
 from utils.tracker import EpochMetrics, MetricTracker, split_metrics
 
 Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
@@ -63,13 +66,15 @@ class Trainer(BaseTrainer):
         s, outputs = self.settings, self.outputs
         self.stepper = Stepper(self.model, self.optimizer, self.device, amp=s.amp, accumulate_steps=s.accumulate_steps,
                                clip_grad_norm=s.clip_grad_norm, skip_nonfinite=s.nonfinite_loss == "skip")
-        self.batches = EpochBatches(self.data_loader, s.len_epoch)
+        self.batches = EpochBatches(self.data_loader, s.len_epoch, s.limit_train_batches)
         self.metrics = TrainMetrics(self.metric_ftns, self.dist, outputs, self.device, self.classes)
         self.step_log = StepLog(s.log_step, outputs)
         self.images = ImageLog(s.log_images, outputs)
         self.step_checkpoints = StepCheckpoints(s.save_every_steps)
         self.stop = StopSignal(self.signals, self.dist, self.device)
-        self.validation = Validation(self.valid_data_loader)
+        self.validation = Validation(self.valid_data_loader, s.val_every_epochs, s.val_every_steps, s.limit_val_batches)
+        self.deadline = Deadline(max_time_seconds(s.max_time), self.dist, self.device)
+        self.ema = WeightAverage.from_setting(self.model, s.ema)
         self.histograms = Histograms(s.log_histograms, outputs)
         self.freezing = Freezing(self.model, s.freeze, s.unfreeze_at_epoch)
         self.progress = s.verbosity > 0 and self.dist.is_main
@@ -88,6 +93,8 @@ class Trainer(BaseTrainer):
         return self.train_step(data, target)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
+        if epoch > self.start_epoch_of_process and self.deadline.passed(at_sync_point=True):
+            raise TimeLimitReached(self.deadline.seconds)  # every rank agrees here, between epochs
         bar = self._start_epoch(epoch)
         state = self.state
         for data, target in self.batches.epoch(epoch, state.batch_in_epoch, state.global_step):
@@ -102,18 +109,44 @@ class Trainer(BaseTrainer):
             self.images.on_step_end(state.batch_in_epoch, epoch, data)
             if micro == group - 1:  # an optimizer step was taken: a point where the state can be saved
                 self.schedule.on_step_end()
+                if self.ema is not None:
+                    self.ema.on_step_end(self.model, state.global_step)
+                if self.validation.at_step(state.global_step) and state.batch_in_epoch < self.batches.len_epoch:
+                    self._validate_mid_epoch(epoch)  # the epoch's last step is validated at the epoch's end
                 if self.step_checkpoints.should_save(state.global_step):
                     self.save_step_checkpoint()
                 if self.stop.requested(at_sync_point=synced):
                     raise StopRequested
+                if self.deadline.passed(at_sync_point=synced):
+                    raise TimeLimitReached(self.deadline.seconds)
         bar.close()
         log = self.metrics.result(epoch)
         _optimizer_mode(self.optimizer, "eval")  # schedule-free: validate and save the averaged weights
-        if self.validation.should_validate(epoch):
-            set_epoch(self.valid_data_loader, epoch)
-            log.update({f"val_{k}": v for k, v in self.evaluate(self.valid_data_loader, f"Valid {epoch}").items()})
+        if self.validation.should_validate(epoch, self.epochs):
+            log.update(self._validate(epoch))
         self.histograms.on_epoch_end(self.model, epoch)
         return log
+
+    def train(self) -> None:
+        self.start_epoch_of_process = self.start_epoch  # a time limit leaves this process at least one epoch
+        super().train()
+
+    def _validate(self, epoch: int) -> dict:
+        """{val_<key>: value} over the validation batches, with the averaged weights when trainer.ema is on."""
+        with self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext():
+            values = self.evaluate(self.validation.batches(epoch), f"Valid {epoch}")
+        return {f"val_{k}": v for k, v in values.items()}
+
+    def _validate_mid_epoch(self, epoch: int) -> None:
+        """Validate after this step; the monitor, model_best.pth, early stop and metrics.jsonl follow (BaseTrainer),
+        and training goes on with every module in the mode it had."""
+        modes = [(module, module.training) for module in self.model.modules()]
+        _optimizer_mode(self.optimizer, "eval")
+        row = {"epoch": epoch, "step": self.global_step, **self._validate(epoch)}
+        _optimizer_mode(self.optimizer, "train")
+        for module, training in modes:
+            module.training = training
+        self.on_validation(row)
 
     def _start_epoch(self, epoch: int) -> tqdm:
         """Training mode (frozen parts as the epoch says), the epoch's sums (or those of a mid-epoch checkpoint's),
@@ -141,7 +174,8 @@ class Trainer(BaseTrainer):
         return logged_keys(self.metric_ftns, self.valid_data_loader is not None, self.learning_rates())
 
     def checkpoint_parts(self) -> dict[str, Stateful]:
-        return {**super().checkpoint_parts(), SCALER: self.stepper, TRACKER: self.metrics}
+        parts = {**super().checkpoint_parts(), SCALER: self.stepper, TRACKER: self.metrics}
+        return parts if self.ema is None else {**parts, EMA: self.ema}
 
 
 def _optimizer_mode(optimizer: Any, mode: str) -> None:

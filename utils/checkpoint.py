@@ -9,6 +9,7 @@ Files are written to a temporary name in the same directory, fsynced, then renam
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import random
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR, parse_monitor
 from utils.util import write_text_atomic
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)\.pth$")
@@ -220,47 +222,127 @@ def run_dirs_of(checkpoint: Path) -> RunDirs:
     return RunDirs(ckpt_dir, ckpt_dir / "log")  # a checkpoint moved out of the layout: log beside it
 
 
+_UNRANKED = object()  # a checkpoint that does not say what its epoch's monitored value was
+
+
+def monitored_value(checkpoint: Any, key: str) -> float | None | object:
+    """The value of the monitored key measured on a checkpoint's state: a finite number; None when there is none
+    (the epoch was not validated, the monitor's last value is an earlier epoch's or step's, NaN); _UNRANKED when
+    the checkpoint does not say (written before values were stored, or while another key was monitored)."""
+    state = checkpoint.get(MONITOR) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or "last" not in state or state.get("key") != key:
+        return _UNRANKED
+    epoch, step = state.get("last_at") or (None, None)
+    earlier = (epoch is not None and epoch != checkpoint.get("epoch")
+               or step is not None and step != checkpoint.get("global_step"))
+    if earlier:  # the monitor's last value was measured on an earlier state: this one was not validated
+        return None
+    value = state["last"]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if number else None
+
+
+def _epoch_of(path: Path) -> int:
+    return int(CHECKPOINT_RE.search(path.name).group(2))
+
+
 class Checkpointer:
     """Decides which checkpoint files to write, writes them safely, and keeps the newest keep_last.
     Without a directory it writes nothing (dry runs, test.py, ranks other than 0).
 
-    Every epoch's state is written, so that a crash loses at most the epoch under way; save_period decides
-    which checkpoint-epoch<N>.pth files stay: the others are replaced by the next epoch's."""
+    Every epoch's state is written, so that a crash loses at most the epoch under way; save_period decides which
+    checkpoint-epoch<N>.pth files stay: the others are replaced by the next epoch's. With save_top_k, the k best
+    epoch files by the monitored value (stored in each checkpoint; ties keep the older) and the newest stay instead,
+    whatever save_period says. keep_last applies as well: a file stays only if every rule given keeps it."""
 
-    def __init__(self, directory: Path | None, save_period: int = 1, keep_last: int | None = None):
+    def __init__(self, directory: Path | None, save_period: int = 1, keep_last: int | None = None,
+                 save_top_k: int | None = None, monitor: str = "off"):
+        """monitor: trainer.monitor ('max val_accuracy', 'min val_loss' or 'off'), which save_top_k ranks by."""
         self.directory = None if directory is None else Path(directory)
         self.save_period = save_period
         self.keep_last = keep_last
+        self.save_top_k = save_top_k
+        self.mode, self.key = parse_monitor(monitor)
+        if save_top_k is not None and self.mode is None:
+            raise UserError(SAVE_TOP_K_NEEDS_MONITOR)
         pointer = self.directory / LATEST if self.directory is not None else None
         self.latest: Path | None = self.directory / pointer.read_text().strip() if pointer and pointer.is_file() else None
         # An epoch's file that is not to be kept, deleted once the next one is in place (on resume: the newest
-        # file, when save_period would not have kept it).
+        # file, when save_period would not have kept it). save_top_k, when set, decides instead.
         self._replaceable = self.latest if self.latest is not None and not self._kept(self.latest.name) else None
+        # save_top_k: each epoch file in the directory and its stored value (None: never among the best). On resume
+        # the files already there are read back; one that cannot be read or does not say is left alone.
+        self._ranked: dict[Path, float | None] = {}
+        if save_top_k is not None and self.directory is not None and self.directory.is_dir():
+            for path in self.directory.glob("checkpoint-epoch*.pth"):
+                if CHECKPOINT_RE.search(path.name):
+                    self._rank_stored(path)
 
     @property
     def writes(self) -> bool:
         return self.directory is not None
 
+    def _rank_stored(self, path: Path) -> None:
+        """Rank an epoch file written before this process by the value it stores (mmap: not read whole)."""
+        try:
+            value = monitored_value(torch.load(path, map_location="cpu", weights_only=True, mmap=True), self.key)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+            logging.getLogger("train").warning("save_top_k leaves %s in place: it cannot be read (%s)", path,
+                                               str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return
+        if value is _UNRANKED:
+            logging.getLogger("train").warning("save_top_k leaves %s in place: it stores no value of %s", path,
+                                               self.key)
+        else:
+            self._ranked[path] = value
+
     def _kept(self, name: str) -> bool:
-        """Whether save_period keeps this file (step checkpoints and other files are not this class's to drop)."""
+        """Whether save_period keeps this file (step checkpoints and other files are not this class's to drop); with
+        save_top_k every epoch file is kept here and ranked after the next save."""
         match = CHECKPOINT_RE.search(name)
-        return not (match and match.group(1) == "epoch" and int(match.group(2)) % self.save_period)
+        top_k = self.save_top_k is not None
+        return top_k or not (match and match.group(1) == "epoch" and int(match.group(2)) % self.save_period)
 
     def save(self, state: dict, epoch: int, *, is_best: bool, is_last: bool) -> list[Path]:
         """Write checkpoint-epoch<N>.pth (kept every save_period epochs and at the last, else replaced by the next
-        epoch's) and model_best.pth on improvement; returns the files that stay."""
+        epoch's; with save_top_k kept while among the k best or the newest) and model_best.pth on improvement;
+        returns the files written that stay for now."""
         if self.directory is None:
             return []
         path = self._write(state, f"checkpoint-epoch{epoch}.pth")
         if self._replaceable is not None and self._replaceable != path:
             self._replaceable.unlink(missing_ok=True)  # only now that the new state is on disk
-        kept = epoch % self.save_period == 0 or is_last
+        kept = self._kept(path.name) or is_last
         self._replaceable = None if kept else path
         written = [path] if kept else []
         if is_best:
             atomic_save(state, self.directory / BEST)
             written.append(self.directory / BEST)
+        if self.save_top_k is not None:  # only now that the new state (and model_best.pth) is on disk
+            value = monitored_value(state, self.key)
+            if value is not _UNRANKED:
+                self._ranked[path] = value
+            self._drop_all_but_top_k(newest=path)
         return written
+
+    def _drop_all_but_top_k(self, newest: Path) -> None:
+        """Delete the ranked epoch files but the save_top_k best and the newest (called once the newest is in
+        place). Strictly better wins: among equal values the older epoch stays."""
+        self._ranked = {p: v for p, v in self._ranked.items() if p.is_file()}  # keep_last may have deleted some
+        sign = -1 if self.mode == "max" else 1
+        valued = sorted((p for p, v in self._ranked.items() if v is not None),
+                        key=lambda p: (sign * self._ranked[p], _epoch_of(p)))
+        keep = set(valued[:self.save_top_k]) | {newest}
+        for path in [p for p in self._ranked if p not in keep]:
+            path.unlink(missing_ok=True)
+            del self._ranked[path]
+
+    def save_best(self, state: dict) -> Path | None:
+        """Write model_best.pth alone: the best state found by a validation in the middle of an epoch."""
+        if self.directory is None:
+            return None
+        atomic_save(state, self.directory / BEST)
+        return self.directory / BEST
 
     def save_step(self, state: dict, global_step: int) -> Path | None:
         """Write checkpoint-step<N>.pth: the state after global step N, in the middle of an epoch."""

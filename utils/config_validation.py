@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from utils.config_schema import NONE, OPTIONAL_SECTIONS, describe, type_ok
 from utils.errors import did_you_mean, first_line
+from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR
 from utils.params import DEFAULT_GROUP
 from utils.registry import ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, TRAINERS, Registry
 from utils.settings import range_problems
@@ -306,6 +307,10 @@ def validate(config: dict, schema: dict, settings: dict[str, type]) -> list[str]
     if isinstance(unfreeze, int) and unfreeze >= 1 and not trainer.get("freeze"):
         problems.append("trainer.unfreeze_at_epoch is set but trainer.freeze names nothing to freeze; add patterns "
                         "to trainer.freeze or set trainer.unfreeze_at_epoch to null")
+    top_k = trainer.get("save_top_k") if isinstance(trainer, dict) else None
+    monitor = trainer.get("monitor") if isinstance(trainer, dict) else None
+    if type(top_k) is int and isinstance(monitor, str) and monitor.split() == ["off"]:  # a mistyped one: reported above
+        problems.append(SAVE_TOP_K_NEEDS_MONITOR)
     if isinstance(trainer, dict) and isinstance(trainer.get("type"), str) and trainer["type"] not in TRAINERS:
         problems.append(TRAINERS.unknown(trainer["type"], "trainer.type"))
     for section, cls in settings.items():

@@ -1,4 +1,4 @@
-"""Graceful stop on SIGINT/SIGTERM: in the training loop the first signal asks the loop to stop after the
+"""Graceful stop on SIGINT/SIGTERM/SIGUSR1: in the training loop the first signal asks the loop to stop after the
 current step and a second one exits at once without touching any file; outside it (start-up, shutdown)
 a signal ends the command with one line and its status."""
 from __future__ import annotations
@@ -15,6 +15,14 @@ class StopRequested(Exception):
     """Raised inside the training loop, after a completed step, when a stop signal arrived."""
 
 
+class TimeLimitReached(Exception):
+    """Raised inside the training loop, after a completed step, once trainer.max_time has passed."""
+
+    def __init__(self, seconds: float, checkpoint: object = None):
+        self.seconds, self.checkpoint = seconds, checkpoint
+        super().__init__(f"trainer.max_time ({seconds:g} s) reached")
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving `checkpoint`; the process should exit with `exit_code`."""
 
@@ -26,9 +34,10 @@ class TrainingInterrupted(Exception):
 
 
 class SignalStop:
-    """Context manager: while active, SIGINT/SIGTERM set `requested` instead of killing the process."""
+    """Context manager: while active, SIGINT/SIGTERM (and SIGUSR1, which SLURM's --signal=USR1@90 sends before a
+    job's time limit) set `requested` instead of killing the process."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []))
 
     def __init__(self):
         self.requested: int | None = None

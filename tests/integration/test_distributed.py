@@ -15,6 +15,7 @@ import torch
 import test as test_script
 import train
 from conftest import ROOT, read_metrics, run_cli, run_dir, tiny_config
+from utils.checkpoint import find_checkpoint
 
 pytestmark = pytest.mark.slow  # each test starts torchrun, or reads the runs of a fixture that did
 
@@ -212,3 +213,32 @@ def test_a_resume_path_that_no_machine_holds_is_a_clear_error(tmp_path):
     assert errors and all(line.startswith(f"error: {tmp_path / 'nowhere'}: no such file or directory on any "
                                           "machine of this torchrun job") for line in errors), lines
     assert result.stderr.count("Traceback") == 1 and "ChildFailedError" in result.stderr  # torchrun's summary only
+
+
+def test_ema_step_validation_best_k_and_a_time_limit_under_ddp_give_a_single_processs_numbers(tmp_path):
+    """Issue 15's parts under torchrun: the average, validation every 4 steps (10 steps an epoch) with the monitor,
+    save_top_k, then trainer.max_time stopping every rank at one sync point and a resume finishing the run."""
+    options = {"epochs": 3, "ema": {"decay": 0.9}, "val_every_steps": 4, "save_top_k": 1, "log_step": 2}
+    result = torchrun("-c", str(deterministic_config(tmp_path, 64, **options)), "--run-id", "ddp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    train.main(["-c", str(deterministic_config(tmp_path, 128, **options)), "--run-id", "single"])
+    (ddp_dir, ddp_log), (single_dir, single_log) = (run_dir(tmp_path / "saved", r) for r in ("ddp", "single"))
+    ddp, single = read_metrics(ddp_log), read_metrics(single_log)
+    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [4, 8, 10, 12, 16, 20, 24, 28, 30]
+    for a, b in zip(ddp, single):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4), (a, b)
+    assert sorted(p.name for p in ddp_dir.glob("*.pth")) == sorted(p.name for p in single_dir.glob("*.pth"))
+    a, b = (torch.load(d / "checkpoint-epoch3.pth", weights_only=True)["ema"]["state_dict"] for d in (ddp_dir,
+                                                                                                      single_dir))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+    limited = torchrun("-c", str(deterministic_config(tmp_path, 64, **options)), "--run-id", "limited",
+                       "trainer.max_time=1e-6")
+    assert limited.returncode == 0, limited.stderr[-3000:]
+    limited_dir, limited_log = run_dir(tmp_path / "saved", "limited")
+    assert find_checkpoint(limited_dir)[1]["global_step"] == 2  # the first sync point (log_step 2), every rank
+    result = torchrun("-r", str(limited_dir), "trainer.max_time=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(limited_log)] == [r["step"] for r in ddp]
+    for a, b in zip(read_metrics(limited_log), ddp):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5), (a, b)

@@ -1,13 +1,16 @@
 """Tests for utils/checkpoint.py, through a trainer: which checkpoint files are kept, a write that fails, and a
-damaged newest file."""
+damaged newest file; save_top_k through the Checkpointer with fake states."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from tiny_trainers import build
-from utils.checkpoint import find_checkpoint, load_checkpoint
+from utils.checkpoint import _UNRANKED, BEST, Checkpointer, find_checkpoint, load_checkpoint, monitored_value
 from utils.errors import UserError
+from utils.monitor import Monitor
 
 
 def test_save_every_steps_and_keep_last(tmp_path):
@@ -130,3 +133,119 @@ def test_a_trainer_checkpoint_holds_each_part_under_its_format_1_name(tmp_path):
     assert set(state) == {FORMAT, "arch", "config", "monitor_best", "epoch", "global_step", "batch_in_epoch",
                           "state_dict", "optimizer", "lr_scheduler", "monitor", "rng", "scaler", "epoch_tracker"}
     assert state[FORMAT] == FORMAT_VERSION and state["epoch_tracker"] is None and state["scaler"] is None
+
+
+# ---- save_top_k: the k best epoch files by the stored monitored value, and the newest ----
+
+def top_k_state(epoch: int, value: float | None, key: str = "val_accuracy", mode: str = "max") -> dict:
+    """What a trainer saves at the end of epoch, as far as save_top_k reads it; value None: not validated (the
+    monitor's last value is the previous epoch's)."""
+    monitor = Monitor(f"{mode} {key}")
+    monitor.update({"epoch": epoch - 1 if value is None else epoch, key: 0.0 if value is None else value})
+    return {"epoch": epoch, "global_step": 10 * epoch, "monitor": monitor.state_dict()}
+
+
+def epoch_files(directory) -> list[int]:
+    return sorted(int(p.name[len("checkpoint-epoch"):-4]) for p in directory.glob("checkpoint-epoch*.pth"))
+
+
+def test_save_top_k_keeps_the_k_best_epochs_and_the_newest_ties_keep_the_older(tmp_path):
+    checkpointer = Checkpointer(tmp_path, save_period=3, save_top_k=2, monitor="max val_accuracy")
+    values = [0.5, 0.7, 0.7, None, 0.6, 0.9, 0.7, 0.1]
+    seen = []
+    for epoch, value in enumerate(values, 1):
+        written = checkpointer.save(top_k_state(epoch, value), epoch, is_best=False, is_last=False)
+        assert written == [tmp_path / f"checkpoint-epoch{epoch}.pth"]
+        assert (tmp_path / "latest").read_text().strip() == f"checkpoint-epoch{epoch}.pth"
+        seen.append(epoch_files(tmp_path))
+    assert seen == [[1], [1, 2], [2, 3], [2, 3, 4], [2, 3, 5], [2, 6], [2, 6, 7], [2, 6, 8]]
+    # 3 ties 2 (older stays); 4 has no value: kept only while newest; 7 ties 2: kept only while newest
+
+
+def test_save_top_k_min_mode_nan_and_untouched_files(tmp_path):
+    (tmp_path / "checkpoint-step5.pth").write_bytes(b"step")
+    checkpointer = Checkpointer(tmp_path, save_top_k=1, monitor="min val_loss")
+    for epoch, value in enumerate([3.0, 1.0, float("nan"), 2.0], 1):
+        checkpointer.save(top_k_state(epoch, value, "val_loss", "min"), epoch, is_best=epoch == 2, is_last=epoch == 4)
+    assert epoch_files(tmp_path) == [2, 4]  # NaN is never among the best
+    assert (tmp_path / "checkpoint-step5.pth").is_file() and (tmp_path / BEST).is_file()
+
+
+def test_save_top_k_deletes_only_once_the_new_file_is_in_place(tmp_path, monkeypatch):
+    checkpointer = Checkpointer(tmp_path, save_top_k=1, monitor="max val_accuracy")
+    checkpointer.save(top_k_state(1, 0.5), 1, is_best=True, is_last=False)
+    checkpointer.save(top_k_state(2, 0.4), 2, is_best=False, is_last=False)
+    assert epoch_files(tmp_path) == [1, 2]
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match="cannot write checkpoint .*checkpoint-epoch3.pth"):
+        checkpointer.save(top_k_state(3, 0.9), 3, is_best=True, is_last=False)
+    assert epoch_files(tmp_path) == [1, 2]  # nothing deleted: epoch 2 is still the newest state on disk
+    assert (tmp_path / "latest").read_text().strip() == "checkpoint-epoch2.pth"
+
+    monkeypatch.setattr(torch, "save", real_save)
+    real_unlink, unlinked = Path.unlink, []
+
+    def unlink(path, missing_ok=False):
+        assert torch.load(tmp_path / "checkpoint-epoch3.pth", weights_only=True)["epoch"] == 3  # complete
+        assert (tmp_path / "latest").read_text().strip() == "checkpoint-epoch3.pth"
+        unlinked.append(path.name)
+        real_unlink(path, missing_ok=missing_ok)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    checkpointer.save(top_k_state(3, 0.9), 3, is_best=False, is_last=False)
+    assert sorted(unlinked) == ["checkpoint-epoch1.pth", "checkpoint-epoch2.pth"] and epoch_files(tmp_path) == [3]
+
+
+def test_save_top_k_after_a_resume_ranks_the_files_there_by_their_stored_values(tmp_path, monkeypatch, caplog):
+    first = Checkpointer(tmp_path, save_top_k=2, monitor="max val_accuracy")
+    for epoch, value in enumerate([0.5, 0.9, 0.7, 0.6], 1):
+        first.save(top_k_state(epoch, value), epoch, is_best=False, is_last=epoch == 4)
+    assert epoch_files(tmp_path) == [2, 3, 4]
+    (tmp_path / "checkpoint-epoch9.pth").write_bytes(b"not a checkpoint")  # unreadable: left alone
+    old = top_k_state(10, 0.0)
+    old["monitor"] = {k: v for k, v in old["monitor"].items() if k not in ("last", "last_at")}  # before save_top_k
+    torch.save(old, tmp_path / "checkpoint-epoch10.pth")
+
+    real_load, loads = torch.load, []
+
+    def load(*args, **kwargs):
+        loads.append(kwargs)
+        return real_load(*args, **kwargs)
+    monkeypatch.setattr(torch, "load", load)
+    resumed = Checkpointer(tmp_path, save_top_k=2, monitor="max val_accuracy")  # a new process
+    monkeypatch.setattr(torch, "load", real_load)
+    assert len(loads) == 5 and all(kw["mmap"] and kw["weights_only"] for kw in loads)
+    assert "checkpoint-epoch9.pth in place: it cannot be read" in caplog.text
+    assert "checkpoint-epoch10.pth in place: it stores no value of val_accuracy" in caplog.text
+
+    resumed.save(top_k_state(5, 0.8), 5, is_best=False, is_last=False)
+    assert epoch_files(tmp_path) == [2, 5, 9, 10]  # 3 (0.7) and 4 (0.6) ranked below 5 (0.8) from their files
+    resumed.save(top_k_state(6, 0.1), 6, is_best=False, is_last=True)
+    assert epoch_files(tmp_path) == [2, 5, 6, 9, 10]
+
+
+def test_save_top_k_with_keep_last_keeps_what_both_keep(tmp_path):
+    checkpointer = Checkpointer(tmp_path, keep_last=2, save_top_k=1, monitor="max val_accuracy")
+    for epoch, value in enumerate([0.9, 0.5, 0.7], 1):
+        checkpointer.save(top_k_state(epoch, value), epoch, is_best=False, is_last=False)
+    assert epoch_files(tmp_path) == [3]  # keep_last dropped 1 (the best), top-k then dropped 2
+
+
+def test_save_top_k_without_a_monitor_is_an_error():
+    with pytest.raises(UserError, match="trainer.save_top_k is set but trainer.monitor is 'off'"):
+        Checkpointer(None, save_top_k=2, monitor="off")
+
+
+def test_monitored_value_is_the_value_measured_on_the_checkpoint_s_state():
+    assert monitored_value(top_k_state(3, 0.25), "val_accuracy") == 0.25
+    assert monitored_value(top_k_state(3, None), "val_accuracy") is None  # not validated: the last value is epoch 2's
+    assert monitored_value(top_k_state(3, 0.25), "val_loss") is _UNRANKED  # written while another key was monitored
+    mid_epoch = top_k_state(3, 0.25)
+    mid_epoch["monitor"]["last_at"] = [3, 25]  # a validation at step 25, then training went on to step 30
+    assert monitored_value(mid_epoch, "val_accuracy") is None
+    mid_epoch["monitor"]["last_at"] = [3, 30]
+    assert monitored_value(mid_epoch, "val_accuracy") == 0.25

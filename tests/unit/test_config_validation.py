@@ -101,3 +101,14 @@ def test_unfreezing_without_anything_frozen_is_a_mistake(tmp_path):
         "or set trainer.unfreeze_at_epoch to null"]
     config["trainer"]["freeze"] = ["features.*"]
     assert validate(with_defaults(config)) == []
+
+
+def test_save_top_k_without_a_monitor_is_reported_with_the_other_problems(tmp_path):
+    config = tiny_config(tmp_path, save_top_k=2, monitor="off", early_stop=-1)
+    assert validate(with_defaults(config)) == [
+        "trainer.save_top_k is set but trainer.monitor is 'off': there is no value to rank checkpoints by; set "
+        "trainer.monitor (e.g. 'min val_loss') or set trainer.save_top_k to null",
+        "trainer.early_stop must be 0 (off) or a positive patience, got -1"]
+    config["trainer"]["monitor"] = "max val_accuracy"
+    del config["trainer"]["early_stop"]
+    assert validate(with_defaults(config)) == []

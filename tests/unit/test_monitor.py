@@ -19,3 +19,18 @@ def test_monitor_max_and_off(tmp_path):
 def test_monitor_on_a_key_the_run_never_logs_fails_before_training(tmp_path):
     with pytest.raises(UserError, match=r"trainer.monitor: 'val_acc' is not logged.*val_loss"):
         make_trainer(tmp_path, monitor="max val_acc")
+
+
+def test_monitor_saves_the_last_value_and_where_it_was_measured_and_loads_old_states():
+    monitor = Monitor("min val_loss", 3)
+    assert monitor.state_dict()["last"] is None and monitor.state_dict()["last_at"] is None
+    monitor.update({"epoch": 1, "val_loss": 0.5})
+    monitor.update({"epoch": 2, "step": 40, "val_loss": 0.7})
+    state = monitor.state_dict()
+    assert state == {"mode": "min", "key": "val_loss", "best": 0.5, "wait": 1, "last": 0.7, "last_at": [2, 40]}
+    resumed = Monitor("min val_loss", 3)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+    old = Monitor("min val_loss", 3)
+    old.load_state_dict({"mode": "min", "key": "val_loss", "best": 0.4, "wait": 2})  # from before save_top_k
+    assert (old.best, old.wait, old.last, old.last_at) == (0.4, 2, None, None)

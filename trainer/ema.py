@@ -1,0 +1,94 @@
+"""trainer.ema: an exponential moving average of the weights, kept on the device (a part of the Trainer's loop and a
+checkpoint part). torch's AveragedModel holds the averaged copy and get_ema_multi_avg_fn does the arithmetic;
+AveragedModel.update_parameters is not called because it reads its step count from the device (a host sync) on
+every update: the count is kept on the host here instead."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from base.settings import EMA_KEYS
+from utils.checkpoint import unwrap
+
+EMA = "ema"  # the checkpoint part: {"state_dict": the averaged weights (unwrapped names), "updates": count}
+
+
+class WeightAverage:
+    """The average of the model's parameters and buffers, updated after every `every` optimizer steps; until step
+    `warmup_steps` it is a copy of the weights. Validation, model_best.pth and test.py use it (swapped())."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup_steps: int = 0, every: int = 1):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.average = get_ema_multi_avg_fn(decay)
+        self.averaged = AveragedModel(unwrap(model), multi_avg_fn=self.average, use_buffers=True)
+        self.warmup_steps, self.every = warmup_steps, every
+        self.updates = 0  # on the host: AveragedModel's n_averaged lives on the device
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @classmethod
+    def from_setting(cls, model: nn.Module, setting: dict | None) -> "WeightAverage | None":
+        return None if setting is None else cls(model, **{**EMA_KEYS, **setting})
+
+    def pairs(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(averaged, current) for every parameter and buffer, in the module's order (the same objects all run)."""
+        if self._pairs is None:
+            plain = unwrap(model)
+            current = [*plain.parameters(), *plain.buffers()]
+            averaged = [*self.averaged.module.parameters(), *self.averaged.module.buffers()]
+            self._pairs = list(zip(averaged, current, strict=True))
+        return self._pairs
+
+    @torch.no_grad()
+    def on_step_end(self, model: nn.Module, global_step: int) -> None:
+        """After an optimizer step: fold the weights into the average (no host sync)."""
+        if global_step % self.every:
+            return
+        groups: dict[tuple, tuple[list, list]] = {}
+        copies: tuple[list, list] = ([], [])
+        warm = global_step > self.warmup_steps and self.updates > 0
+        for averaged, current in self.pairs(model):
+            averaged, current = averaged.detach(), current.detach()
+            if warm and averaged.is_floating_point():
+                target = groups.setdefault((averaged.device, averaged.dtype), ([], []))
+            else:
+                target = copies  # before the first update and after warmup, and counters (num_batches_tracked)
+            target[0].append(averaged)
+            target[1].append(current)
+        for averaged, current in groups.values():
+            self.average(averaged, current, None)
+        if copies[0]:
+            torch._foreach_copy_(copies[0], copies[1])
+        self.averaged.n_averaged += 1
+        self.updates += 1
+
+    @contextlib.contextmanager
+    def swapped(self, model: nn.Module) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights (tensors swapped, nothing copied)."""
+        pairs = self.pairs(model)
+        _swap(pairs)
+        try:
+            yield
+        finally:
+            _swap(pairs)
+
+    def state_dict(self) -> dict:
+        return {"state_dict": self.averaged.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.averaged.module.load_state_dict(state["state_dict"])
+        self.updates = state["updates"]
+        self.averaged.n_averaged.fill_(self.updates)
+
+
+def _swap(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for averaged, current in pairs:
+        averaged.data, current.data = current.data, averaged.data
+
+
+def inference_weights(checkpoint: dict) -> dict:
+    """The weights to evaluate or predict with: the averaged ones when the run kept an average, else the model's."""
+    return checkpoint[EMA]["state_dict"] if isinstance(checkpoint.get(EMA), dict) else checkpoint["state_dict"]
