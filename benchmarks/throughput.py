@@ -6,9 +6,11 @@ epoch. The Trainer runs as train.py runs it: TensorBoard, progress bar, metrics.
 on. Each round runs both, alternating which goes first; the last line is the median of the rounds'
 trainer/raw ratios (pairs run back to back share the machine's state, which drifts between rounds).
 --torchmetrics adds torchmetrics' MulticlassF1Score (macro) to both: the trainer as a configured metric, the
-raw loop updating it each batch and computing it once per epoch and phase.
+raw loop updating it each batch and computing it once per epoch and phase. --ema keeps an exponential moving
+average of the weights in both (trainer.ema; the raw loop with torch's AveragedModel) and validates with it.
 
     python benchmarks/throughput.py [--samples 60000] [--epochs 2] [--batch-size 128] [--rounds 5] [--torchmetrics]
+                                    [--ema]
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,11 +48,13 @@ def f1_metric(enabled: bool, **args):
     return MulticlassF1Score(num_classes=10, average="macro", **args)
 
 
-def raw_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, torchmetrics: bool = False) -> float:
+def raw_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, torchmetrics: bool = False,
+             ema: bool = False) -> float:
     """A careful hand-written loop; returns training samples per second (validation time included)."""
     torch.manual_seed(0)
     f1 = f1_metric(torchmetrics, validate_args=False)  # inputs known to be right: no checks that read the device
     model = MnistModel()
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=True) if ema else None
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     n_valid = len(x) // 10
@@ -67,6 +72,8 @@ def raw_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, tor
             loss = F.nll_loss(output, target)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             loss_sum += loss.detach() * len(index)
             correct += (output.argmax(1) == target).sum()
             if f1 is not None:
@@ -74,11 +81,12 @@ def raw_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, tor
         train_f1 = f1.compute().item() if f1 is not None else None
         if f1 is not None:
             f1.reset()
-        model.eval()
+        evaluated = model if average is None else average.module
+        evaluated.eval()
         with torch.no_grad():
             val_loss = torch.zeros(())
             for i in range(0, n_valid, batch_size):
-                output, target = model(x[valid[i:i + batch_size]]), y[valid[i:i + batch_size]]
+                output, target = evaluated(x[valid[i:i + batch_size]]), y[valid[i:i + batch_size]]
                 val_loss += F.nll_loss(output, target, reduction="sum")
                 if f1 is not None:
                     f1.update(output, target)
@@ -89,14 +97,15 @@ def raw_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, tor
     return len(train) * epochs / (time.perf_counter() - started)
 
 
-def trainer_run(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, torchmetrics: bool = False) -> float:
+def trainer_run(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, torchmetrics: bool = False,
+                ema: bool = False) -> float:
     """The same task through the Trainer with its defaults; returns training samples per second."""
     torch.manual_seed(0)
     loader = BaseDataLoader(TensorDataset(x, y), batch_size, True, 0.1, 0)
     model = MnistModel()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = TrainerSettings(epochs=epochs, monitor="min val_loss")
+        settings = TrainerSettings(epochs=epochs, monitor="min val_loss", ema={"decay": 0.999} if ema else None)
         outputs = RunOutputs().open(RunDirs(Path(tmp), Path(tmp)), settings)
         metrics = {"accuracy": accuracy, **({"f1_macro": f1_metric(True)} if torchmetrics else {})}
         trainer = Trainer(model, F.nll_loss, metrics, optimizer, settings, data_loader=loader,
@@ -113,17 +122,20 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torchmetrics", action="store_true", help="add torchmetrics' macro F1 to both loops")
+    parser.add_argument("--ema", action="store_true", help="keep a moving average of the weights in both loops")
     args = parser.parse_args(argv)
     x, y = synthetic(args.samples)
     print(f"{args.samples} samples, batch {args.batch_size}, {args.epochs} epochs, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}"
-          + (", torchmetrics MulticlassF1Score in both" if args.torchmetrics else ""))
-    raw_loop(x[:1024], y[:1024], 1, args.batch_size, args.torchmetrics)  # warm-up: one-time imports, allocations
-    trainer_run(x[:1024], y[:1024], 1, args.batch_size, args.torchmetrics)
+          + (", torchmetrics MulticlassF1Score in both" if args.torchmetrics else "")
+          + (", EMA of the weights in both" if args.ema else ""))
+    options = (args.torchmetrics, args.ema)
+    raw_loop(x[:1024], y[:1024], 1, args.batch_size, *options)  # warm-up: one-time imports and allocations
+    trainer_run(x[:1024], y[:1024], 1, args.batch_size, *options)
     ratios = []
     for round_ in range(1, args.rounds + 1):
         runs = [("raw", raw_loop), ("trainer", trainer_run)]
-        speed = dict((name, run(x, y, args.epochs, args.batch_size, args.torchmetrics))
+        speed = dict((name, run(x, y, args.epochs, args.batch_size, *options))
                      for name, run in runs[::1 - 2 * (round_ % 2 == 0)])
         ratios.append(speed["trainer"] / speed["raw"])
         print(f"round {round_}: raw {speed['raw']:,.0f} samples/s, trainer {speed['trainer']:,.0f} samples/s, "

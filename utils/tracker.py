@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any, Callable, Sequence
 
 import torch
@@ -97,15 +98,17 @@ class EpochMetrics:
         self.metrics = {name: copy.deepcopy(m).to(device) for name, m in metrics.items()}
         self.device = device
         self.classes = list(classes) if classes else None
+        self.counting = DeviceCounting(enabled=device.type == "cuda" and bool(metrics))
 
     def __bool__(self) -> bool:
         return bool(self.metrics)
 
     def update(self, output: Any, target: Any) -> None:
-        for metric in self.metrics.values():
-            metric.update(output, target)
-            if getattr(metric, "validate_args", False):  # checked on the first batch: later checks read the device
-                metric.validate_args = False
+        with self.counting:
+            for metric in self.metrics.values():
+                metric.update(output, target)
+                if getattr(metric, "validate_args", False):  # checked on the first batch: later checks read the device
+                    metric.validate_args = False
 
     def result(self) -> dict[str, float | list | dict]:
         """{name: number, or nested list for a non-scalar result (per class, a confusion matrix); a per-class list
@@ -148,6 +151,43 @@ class EpochMetrics:
             metric.reset()
             for key, value in state.get(name, {}).items():
                 setattr(metric, key, _clone(value, self.device))
+
+
+class DeviceCounting:
+    """While active (and enabled: on a GPU), torchmetrics counts classes on the device. Its classification metrics
+    count with torch.bincount, which on CUDA reads the largest value back to the host first: a host sync for every
+    batch. Inside this block its _bincount is count_on_device instead: the same counts for values in
+    [0, minlength), values outside them dropped as torchmetrics' own deterministic fallback drops them."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._modules: list | None = None
+
+    def __enter__(self) -> "DeviceCounting":
+        if self.enabled:
+            if self._modules is None:  # the torchmetrics modules that imported _bincount by name
+                from torchmetrics.utilities import data
+                self._original = data._bincount
+                self._modules = [m for name, m in list(sys.modules.items()) if name.startswith("torchmetrics")
+                                 and getattr(m, "_bincount", None) is self._original]
+            for module in self._modules:
+                module._bincount = count_on_device
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            for module in self._modules:
+                module._bincount = self._original
+
+
+def count_on_device(x: torch.Tensor, minlength: int | None = None) -> torch.Tensor:
+    """torch.bincount(x, minlength) for the values in [0, minlength), without reading x on the host."""
+    if minlength is None:  # the number of bins depends on the values: they must be read
+        return torch.bincount(x)
+    x = x.flatten().long()
+    index = torch.where((x >= 0) & (x < minlength), x, minlength)  # the rest into one more bin, dropped
+    counts = torch.zeros(minlength + 1, dtype=torch.long, device=x.device)
+    return counts.scatter_add_(0, index, torch.ones_like(index))[:minlength]
 
 
 def _clone(value: Any, device: torch.device | None = None) -> Any:
