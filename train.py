@@ -163,6 +163,9 @@ def build(config: ConfigParser, device: torch.device, device_ids: list[int] = ()
     if not training:  # evaluation: nothing to monitor, and test.py prints only its results
         settings = dataclasses.replace(settings, monitor="off", verbosity=0)
     data_loader, valid_data_loader = build_data(config, training, dist)
+    for loader in (data_loader, valid_data_loader):
+        if hasattr(loader, "set_device"):  # in-memory images are converted there, after the copy
+            loader.set_device(device)
     model = config.init_obj("arch", ARCHS)
     if training and config["arch"]["weights"] and config.resume is None:  # a new run starting from weights
         load_initial_weights(model, config["arch"])

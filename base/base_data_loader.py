@@ -78,10 +78,16 @@ class EpochDataLoader(DataLoader):
         super().__init__(dataset, generator=torch.Generator(), **kwargs)
         self.seed = seed
         self.rank = 0
+        self.device = torch.device("cpu")  # where in-memory batches are prepared (set_device)
         self.set_epoch(0)
         # Tensors in memory are served a batch at a time by index slicing, not per sample + collate.
         self.in_memory = (isinstance(dataset, TensorDataset) and isinstance(self.sampler, EpochSampler)
                           and self.collate_fn is default_collate)
+
+    def set_device(self, device: torch.device) -> None:
+        """The device the model runs on: in-memory images kept as stored (uint8) are copied there, then converted
+        and normalised there, a batch at a time."""
+        self.device = torch.device(device)
 
     def __iter__(self) -> Iterator:
         return self._slices() if self.in_memory else super().__iter__()
@@ -90,12 +96,17 @@ class EpochDataLoader(DataLoader):
         """Batches gathered from the dataset's tensors, in the sampler's order (what collate would give)."""
         order = self.sampler.epoch_order()
         pin = self.pin_memory and torch.cuda.is_available()
+        prepare = getattr(self.dataset, "prepare", None)
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
             if self.drop_last and len(index) < self.batch_size:
                 return
             batch = [t[index] for t in self.dataset.tensors]
-            yield [b.pin_memory() for b in batch] if pin else batch
+            if pin:
+                batch = [b.pin_memory() for b in batch]
+            if prepare is not None:  # stored images: copied as they are, converted on the device
+                batch[0] = prepare(batch[0].to(self.device, non_blocking=True))
+            yield batch
 
     def shard(self, rank: int, world_size: int) -> None:
         """Serve this rank's share of every global batch (DistributedDataParallel)."""
@@ -172,8 +183,10 @@ class BaseDataLoader(EpochDataLoader):
         """A DataLoader over the validation part in a fixed order (eval_dataset's samples), or None."""
         if self.valid_sampler is None:
             return None
-        return EpochDataLoader(sampler=self.valid_sampler, seed=self.seed,
-                               **{**self.init_kwargs, "dataset": self.eval_dataset})
+        loader = EpochDataLoader(sampler=self.valid_sampler, seed=self.seed,
+                                 **{**self.init_kwargs, "dataset": self.eval_dataset})
+        loader.set_device(self.device)
+        return loader
 
 
 def _validation_size(split: Any, n: int) -> int:

@@ -75,8 +75,9 @@ class ArrayDataLoader(BaseDataLoader):
         """data_file: a .npy or .blosc2 file (one array: the inputs) or a .npz file (the arrays named
         inputs_key and targets_key). The targets come from targets_file (.npy/.blosc2) if given, else from
         the .npz; targets_key=None makes the inputs the targets (autoencoders). training=False (test.py)
-        reads test_file and test_targets_file instead. Inputs become float32; integer targets int64
-        (class indices), other targets float32."""
+        reads test_file and test_targets_file instead. Inputs become float32 (integer and boolean ones are kept as
+        stored and converted a batch at a time, on the device); integer targets int64 (class indices), other
+        targets float32."""
         if training:
             x_arg, y_arg, x_file, y_file = "data_file", "targets_file", data_file, targets_file
         else:
@@ -98,7 +99,9 @@ class ArrayDataLoader(BaseDataLoader):
         if len(inputs) != len(targets):
             raise UserError(f"data_loader.args.{x_arg}: {x_file} has {len(inputs)} input samples but the targets "
                             f"have {len(targets)}; give as many targets as inputs (the first dimension)")
-        self.dataset = TensorDataset(_tensor(inputs), _tensor(targets, target=True))
+        targets = _tensor(targets, target=True)
+        stored = inputs.dtype in STORED
+        self.dataset = StoredArrays(_stored(inputs), targets) if stored else TensorDataset(_tensor(inputs), targets)
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory)
 
 
@@ -144,6 +147,26 @@ def _read(path: str, arg: str, suffixes: tuple[str, ...], names: dict[str, str])
         if a.dtype.kind not in "biuf":
             raise UserError(f"{where} holds {a.dtype} values; save numbers or booleans (e.g. x.astype(np.float32))")
     return arrays
+
+
+STORED = tuple(np.dtype(t) for t in ("bool", "uint8", "int8", "int16", "int32", "int64"))  # kept as they are
+
+
+class StoredArrays(TensorDataset):
+    """Integer or boolean inputs held in their stored dtype (uint8 images: a quarter of float32's memory); a batch
+    becomes float32 where it is used, after its copy to the device (prepare): the values float32 would hold."""
+
+    def prepare(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs.to(torch.float32)
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return self.prepare(x), y
+
+
+def _stored(array: np.ndarray) -> torch.Tensor:
+    """The array as it is stored (a native-byte-order copy where needed)."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
 
 
 def _tensor(array: np.ndarray, target: bool = False) -> torch.Tensor:

@@ -27,11 +27,33 @@ class ImageTensorDataset(Dataset):
         return self.transform(self.images[index]), self.targets[index]
 
 
+class StoredImages(TensorDataset):
+    """uint8 images (N, C, H, W) and their targets, held as stored; a batch is converted to float32 and normalised
+    where it is used, after its copy to the device (prepare): a quarter of float32's memory, and of its copies.
+    The values are those of the per-sample pipeline's ToDtype(float32, scale=True) and Normalize, bit for bit."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, mean: Sequence[float], std: Sequence[float]):
+        super().__init__(images, targets)
+        self.mean, self.std = list(mean), list(std)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch (or one image) of stored images as the model takes it, on their device."""
+        from torchvision.transforms.v2 import functional as F
+
+        return F.normalize(F.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
+
+    def __getitem__(self, index):
+        image, target = super().__getitem__(index)
+        return self.prepare(image), target
+
+
 def in_memory_images(images: torch.Tensor, targets: torch.Tensor, spec: Sequence | None, mean: Sequence[float],
                      std: Sequence[float], path: str) -> Dataset:
-    """images with the transforms spec names; without any, converted and normalised once (then served as
-    slices of one tensor, the fast path), else per sample."""
+    """images with the transforms spec names; without any, kept as they are stored and served as slices of one
+    tensor (the fast path: converted and normalised a batch at a time, on the device), else per sample."""
     pipeline = image_pipeline(spec, mean, std, path)
+    if not spec and images.dtype == torch.uint8:
+        return StoredImages(images, targets, mean, std)
     if not spec:
         return TensorDataset(pipeline(images), targets)
     return ImageTensorDataset(images, targets, pipeline)

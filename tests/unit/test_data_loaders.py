@@ -347,3 +347,41 @@ def test_torchvision_loaders_have_their_datasets_class_names(tmp_path):
     assert cifar.classes == [f"class{i}" for i in range(10)]  # read from the dataset's batches.meta
     from data_loader.data_loaders import DigitsDataLoader
     assert DigitsDataLoader().classes is None  # no names: per-class results stay lists
+
+
+# ---- in-memory images kept as stored (uint8), converted a batch at a time where the model runs ----
+
+@pytest.mark.parametrize("cls, write, stats", [(MnistDataLoader, write_mnist, ((0.1307,), (0.3081,))),
+                                               (Cifar10DataLoader, write_cifar, None)])
+def test_stored_images_give_the_float_paths_batches_bit_for_bit(tmp_path, cls, write, stats):
+    from data_loader.datasets import StoredImages
+    from data_loader.transforms import image_pipeline
+
+    write(tmp_path, n_train=40)
+    loader = cls(str(tmp_path), batch_size=16, shuffle=True, validation_split=8, download=False)
+    stored = loader.dataset
+    assert isinstance(stored, StoredImages) and stored.tensors[0].dtype == torch.uint8  # a quarter of float32
+    float_path = image_pipeline(None, stored.mean, stored.std, "x")(stored.tensors[0])  # the old whole-tensor path
+    assert float_path.dtype == torch.float32
+    loader.set_epoch(3)
+    order = loader.sampler.epoch_order()
+    x, _ = batches(loader)
+    assert torch.equal(x, float_path[order])
+    assert torch.equal(stored[5][0], float_path[5])  # one sample, as a Dataset
+    valid = loader.split_validation()
+    assert torch.equal(torch.cat([b for b, _ in valid]), float_path[valid.sampler.epoch_order()])
+
+
+def test_integer_arrays_are_kept_as_stored_and_converted_per_batch(tmp_path):
+    from data_loader.arrays import ArrayDataLoader, StoredArrays
+
+    rng = np.random.RandomState(0)
+    np.savez(tmp_path / "a.npz", x=rng.randint(0, 256, (30, 1, 4, 4)).astype(np.uint8), y=np.arange(30) % 3)
+    loader = ArrayDataLoader(str(tmp_path / "a.npz"), batch_size=8, shuffle=False, validation_split=0)
+    assert isinstance(loader.dataset, StoredArrays) and loader.dataset.tensors[0].dtype == torch.uint8
+    x, _ = batches(loader)
+    assert x.dtype == torch.float32
+    assert torch.equal(x, torch.from_numpy(np.load(tmp_path / "a.npz")["x"].astype(np.float32)))
+    np.save(tmp_path / "f.npy", rng.rand(10, 3))  # float64: converted once to float32, as before
+    floats = ArrayDataLoader(str(tmp_path / "f.npy"), batch_size=4, targets_key=None)
+    assert floats.dataset.tensors[0].dtype == torch.float32
