@@ -1,0 +1,408 @@
+"""Predict with a checkpoint's model: python predict.py -r CHECKPOINT --input PATH [--out FILE]."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from utils.cli import select_devices
+
+DEFAULT_TOP_K = 5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Predict with a checkpoint's model on new images or arrays.")
+    parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="a folder of images (and its subfolders), a CSV of image file names relative to its "
+                             "folder (a label column optional), a .npy/.npz/.blosc2 file of samples, or the word "
+                             "test: the run's test split (a folder named test: ./test)")
+    parser.add_argument("--out", help="a .csv or .jsonl file (default: predictions.csv beside the checkpoint)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="inputs per batch (default: the run's data_loader.args.batch_size)")
+    parser.add_argument("--top-k", type=int, metavar="K",
+                        help=f"classes listed per input, most probable first (default {DEFAULT_TOP_K}, or all if "
+                             "fewer)")
+    parser.add_argument("-d", "--device", help="GPU index to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES), or cpu")
+    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image file instead of skipping it")
+    parser.add_argument("--num-workers", type=int, metavar="N",
+                        help="processes reading image files (default 0; for --input test, the run's)")
+    return parser
+
+
+if __name__ == "__main__":
+    # As in train.py: --help and -d act before the imports below, which import torch.
+    select_devices(build_parser().parse_args().device)
+
+import csv  # noqa: E402  (the imports that must wait for the lines above)
+import inspect  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import struct  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any, Iterable, Iterator, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from data_loader.arrays import SUFFIXES as ARRAY_SUFFIXES  # noqa: E402
+from data_loader.inference import (IMAGE_SUFFIXES, ImageFiles, array_batches, collate_inputs,  # noqa: E402
+                                   folder_labels, image_files, input_pipeline, listed_images, names_in_data,
+                                   read_arrays)
+from logger import get_logger, setup_logging  # noqa: E402
+from parse_config import ConfigParser  # noqa: E402
+from train import build_data, test_split_args, trained_model  # noqa: E402
+from trainer.trainer import to_device  # noqa: E402
+from utils.checkpoint import find_checkpoint  # noqa: E402
+from utils.distributed import SINGLE  # noqa: E402
+from utils.errors import UserError, first_line, project_location, raised_by_a_library, run_cli  # noqa: E402
+from utils.registry import DATA_LOADERS  # noqa: E402
+from utils.util import prepare_device  # noqa: E402
+
+KINDS = f"a folder of images, a .csv list of image files, a {'/'.join(ARRAY_SUFFIXES)} file of samples or the word test"
+# (indices of the inputs in the batch, their model inputs or None, their labels or None, (index, reason) skipped)
+Batch = tuple[list[int], Any, "torch.Tensor | None", list[tuple[int, str]]]
+
+
+@dataclass
+class Inputs:
+    """What --input names, in batches: key is the first column ("file" or "index"), names[i] the i-th input's."""
+
+    source: str
+    key: str
+    names: Sequence
+    batches: Iterable[Batch]
+    count: int
+    n_batches: int
+    classes: list[str] | None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Load the checkpoint's model and its data loader's evaluation pipeline, predict every input of --input in
+    batches and write one row per input as the batches come; returns the summary it prints."""
+    args = build_parser().parse_args(argv)
+    select_devices(args.device)
+    setup_logging(None)
+    check_flags(args)
+    path, checkpoint = find_checkpoint(args.resume)
+    device, _ = prepare_device(min(checkpoint["config"].get("n_gpu", 1), 1), force_cpu=args.device == "cpu")
+    config, model = trained_model(checkpoint, device)
+    inputs = open_inputs(args, config)
+    out = Path(args.out) if args.out else path.with_name("predictions.csv")
+    summary = predict(model, inputs, device, out, args.top_k, args.strict)
+    report(summary, path)
+    return summary
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--top-k", args.top_k, 1),
+                               ("--num-workers", args.num_workers, 0)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} {value}: give a whole number from {least}")
+    if args.out and Path(args.out).suffix.lower() not in (".csv", ".jsonl"):
+        raise UserError(f"--out {args.out}: give a file name ending in .csv or .jsonl (JSON Lines)")
+
+
+# ---- the inputs ----
+
+def open_inputs(args: argparse.Namespace, config: ConfigParser) -> Inputs:
+    """The inputs --input names, as batches of model inputs through the run's evaluation pipeline."""
+    loader_class = DATA_LOADERS.get(config["data_loader"]["type"], "data_loader.type")
+    loader_args = config["data_loader"]["args"]
+    if args.input == "test":
+        return split_inputs(config, loader_class, args)
+    source = Path(args.input)
+    if not source.exists():
+        raise UserError(f"--input {source}: no such file or folder (relative paths are from the working directory); "
+                        f"give {KINDS}")
+    suffix = source.suffix.lower()
+    batch_size = args.batch_size or loader_args.get("batch_size") or 64
+    if source.is_file() and suffix not in (".csv", *ARRAY_SUFFIXES):
+        raise UserError(f"--input {source}: unknown kind of file {suffix or '(no suffix)'!r}; give {KINDS}")
+    classes = class_names(config, loader_class)
+    if suffix in ARRAY_SUFFIXES and source.is_file():
+        samples, labels = read_arrays(str(source), loader_args.get("inputs_key") or "x",
+                                      loader_args.get("targets_key", "y"))
+        batches = labelled(array_batches(samples, batch_size), labels)
+        return Inputs(str(source), "index", range(len(samples)), batches, len(samples),
+                      math.ceil(len(samples) / batch_size), classes)
+    pipeline = input_pipeline(loader_class, loader_args)
+    if pipeline.read is None:
+        raise UserError(f"--input {source}: {pipeline.reason}")
+    if source.is_dir():
+        root, (names, others) = source, image_files(str(source))
+        if not names:
+            raise UserError(f"--input {source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its "
+                            "subfolders; give a folder of images")
+        if others:
+            get_logger("predict").info("Leaving out %d file(s) in %s that are not images (%s).", others, source,
+                                       ", ".join(IMAGE_SUFFIXES))
+        labels = folder_labels(names, classes)
+    else:
+        root, (names, labels) = source.parent, listed_images(str(source), classes)
+    loader = DataLoader(ImageFiles([str(root / name) for name in names], pipeline), batch_size=batch_size,
+                        num_workers=args.num_workers or 0, collate_fn=collate_inputs)
+    return Inputs(str(source), "file", names, labelled(loader, labels), len(names), len(loader), classes)
+
+
+def labelled(batches: Iterable, labels: Sequence[int] | np.ndarray | None) -> Iterator[Batch]:
+    """InputBatches with the labels of their inputs (None when the inputs have none)."""
+    labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    for batch in batches:
+        yield (batch.indices, batch.inputs, None if labels is None else labels[batch.indices], batch.skipped)
+
+
+def split_inputs(config: ConfigParser, loader_class: type, args: argparse.Namespace) -> Inputs:
+    """The run's test split, built as test.py builds it (--batch-size and --num-workers applied when the loader
+    takes them); its class targets are the labels."""
+    params = inspect.signature(loader_class).parameters
+    given = {"batch_size": args.batch_size, "num_workers": args.num_workers}
+    config["data_loader"]["args"].update({k: v for k, v in given.items() if v is not None and k in params})
+    loader, _ = build_data(config, False, SINGLE)
+    sampler = getattr(loader, "sampler", None)
+    count = len(sampler) if sampler is not None else len(loader.dataset)
+    return Inputs("test", "index", range(count), split_batches(loader), count, len(loader),
+                  class_names(config, loader_class, loader))
+
+
+def split_batches(loader: Iterable) -> Iterator[Batch]:
+    start = 0
+    for data, target in loader:
+        n = len(data) if isinstance(data, torch.Tensor) else len(target)
+        classes = isinstance(target, torch.Tensor) and target.ndim == 1 and not target.is_floating_point()
+        yield list(range(start, start + n)), data, target if classes else None, []
+        start += n
+
+
+def class_names(config: ConfigParser, loader_class: type, loader: Any = None) -> list[str] | None:
+    """The run's class names: data_loader.args.classes, else those its loader reads from its data (torchvision's
+    datasets: the test split is built, without downloading, to read them), else None."""
+    names = config["data_loader"]["args"].get("classes")
+    if names is None and loader is None and names_in_data(loader_class):
+        extra = {"download": False} if "download" in inspect.signature(loader_class).parameters else {}
+        try:
+            loader = config.init_obj("data_loader", DATA_LOADERS, **test_split_args(loader_class), **extra)
+        except UserError as e:
+            get_logger("predict").warning("Class names unknown (classes are written as indices): %s", e.problems[0])
+    names = names if names is not None else getattr(loader, "classes", None)
+    return None if names is None else [str(name) for name in names]
+
+
+# ---- predicting and writing ----
+
+def predict(model: torch.nn.Module, inputs: Inputs, device: torch.device, out: Path, top_k: int | None,
+            strict: bool) -> dict:
+    """Run the model over the batches, writing each batch's rows as it comes; skip (or with strict, stop at) an
+    unreadable file."""
+    logger = get_logger("predict")
+    writer, skipped = None, 0
+    try:
+        for indices, data, labels, unreadable in tqdm(inputs.batches, total=inputs.n_batches, desc="predict",
+                                                      unit="batch", leave=False, disable=None):
+            for _, message in unreadable:
+                if strict:
+                    raise UserError(f"{message} (--strict stops at an unreadable file; without it, it is skipped)")
+                logger.warning("Skipping %s", message)
+            skipped += len(unreadable)
+            if data is None:
+                continue
+            output = forward(model, data, device, inputs.source)
+            if writer is None:
+                writer = open_writer(output, inputs, out, top_k)
+            writer.write(indices, output, labels)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise UserError(f"--input {inputs.source}: none of its {inputs.count} input(s) could be read; see the "
+                        "warnings above")
+    return {**writer.summary(), "skipped": skipped, "input": inputs.source}
+
+
+@torch.no_grad()
+def forward(model: torch.nn.Module, data: Any, device: torch.device, source: str) -> torch.Tensor:
+    """The model's output for a batch, as float32; inputs it cannot take are a UserError with their shape."""
+    try:
+        output = model(to_device(data, device))
+    except RuntimeError as e:
+        if not raised_by_a_library(e):
+            raise
+        shape = list(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+        raise UserError(f"--input {source}: the model cannot take inputs of shape {shape}: {first_line(e)}"
+                        f"{project_location(e)}; give inputs shaped as the run's training inputs") from None
+    if not isinstance(output, torch.Tensor):
+        raise UserError(f"arch.type {type(model).__name__} returns a {type(output).__name__}, not one tensor; "
+                        "predict.py writes one tensor per input")
+    return output.float()
+
+
+def open_writer(output: torch.Tensor, inputs: Inputs, out: Path, top_k: int | None) -> ClassRows | RawOutputs:
+    """Class rows when the first batch's output is class scores (2-D, several columns), else raw outputs."""
+    if output.ndim == 2 and output.shape[1] > 1:
+        n = output.shape[1]
+        if top_k is not None and top_k > n:
+            raise UserError(f"--top-k {top_k}: the model scores {n} classes; give at most {n}")
+        return ClassRows(out, inputs, min(top_k or DEFAULT_TOP_K, n), probability_kind(output))
+    return RawOutputs(out, inputs, output)
+
+
+PROBABILITIES = {"log": "exp of the outputs (they are log-probabilities)",
+                 "softmax": "softmax of the outputs (logits)",
+                 "as is": "the outputs (they are probabilities)"}
+
+
+def probability_kind(output: torch.Tensor) -> str:
+    """How a run's outputs become probabilities, judged on its first batch: "log" when every row of exp(output)
+    sums to 1 and no output is positive, "as is" when the rows are already probabilities, else "softmax"."""
+    def sums_to_one(p: torch.Tensor) -> bool:
+        return bool(torch.allclose(p.sum(1), torch.ones(len(p), device=p.device), atol=1e-3))
+
+    if (output <= 0).all() and sums_to_one(output.exp()):
+        return "log"
+    if ((output >= 0) & (output <= 1)).all() and sums_to_one(output):
+        return "as is"
+    return "softmax"
+
+
+def open_file(path: Path, binary: bool = False):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "wb") if binary else open(path, "w", newline="", encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"--out {path}: cannot write it: {e.strerror}") from None
+
+
+class Rows:
+    """A CSV (header from the first row; a list value spread over numbered columns) or JSON Lines file, opened
+    once and appended to a batch at a time."""
+
+    def __init__(self, path: Path):
+        self.path, self.file, self.csv = path, open_file(path), None
+
+    def write(self, rows: list[dict]) -> None:
+        if self.path.suffix.lower() == ".jsonl":
+            self.file.writelines(json.dumps(row) + "\n" for row in rows)
+            return
+        rows = [_flat(row) for row in rows]
+        if self.csv is None:
+            self.csv = csv.DictWriter(self.file, fieldnames=list(rows[0]), lineterminator="\n")
+            self.csv.writeheader()
+        self.csv.writerows(rows)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _flat(row: dict) -> dict:
+    """{"top_k": [{"class": c, "probability": p}, ...]} as top1_class, top1_prob, ... columns."""
+    flat = {k: v for k, v in row.items() if k != "top_k"}
+    for i, entry in enumerate(row.get("top_k", []), 1):
+        flat[f"top{i}_class"], flat[f"top{i}_prob"] = entry["class"], entry["probability"]
+    return flat
+
+
+class ClassRows:
+    """One row per input: its name, label (when known), predicted class and probability, and the top k; the
+    accuracy over the labelled inputs."""
+
+    def __init__(self, out: Path, inputs: Inputs, k: int, kind: str):
+        self.rows, self.inputs, self.k, self.kind = Rows(out), inputs, k, kind
+        self.count = self.labelled = self.correct = 0
+        classes = inputs.classes
+        self.name = (lambda i: classes[i] if i < len(classes) else i) if classes else (lambda i: i)
+        print(f"Probabilities: {PROBABILITIES[kind]}.")
+
+    def write(self, indices: list[int], output: torch.Tensor, labels: torch.Tensor | None) -> None:
+        probabilities = output.exp() if self.kind == "log" else output.softmax(1) if self.kind == "softmax" else output
+        values, classes = probabilities.topk(self.k, dim=1)
+        values, classes = values.cpu().tolist(), classes.cpu().tolist()
+        truth = None if labels is None else labels.cpu().tolist()
+        rows = []
+        for n, index in enumerate(indices):
+            row = {self.inputs.key: self.inputs.names[index]}
+            if truth is not None:
+                row["label"] = self.name(truth[n])
+            top = [{"class": self.name(c), "probability": round(p, 6)} for c, p in zip(classes[n], values[n])]
+            rows.append({**row, **top[0], "top_k": top})
+        self.rows.write(rows)
+        self.count += len(indices)
+        if truth is not None:
+            self.labelled += len(truth)
+            self.correct += sum(c[0] == t for c, t in zip(classes, truth))
+
+    def close(self) -> None:
+        self.rows.close()
+
+    def summary(self) -> dict:
+        accuracy = {"accuracy": self.correct / self.labelled, "labelled": self.labelled} if self.labelled else {}
+        return {"predicted": self.count, **accuracy, "probabilities": self.kind, "out": str(self.rows.path)}
+
+
+class RawOutputs:
+    """Outputs that are not class scores (regression, images): the raw values in a .npy file beside an index file
+    that names each row's input."""
+
+    def __init__(self, out: Path, inputs: Inputs, first: torch.Tensor):
+        self.index, self.inputs = Rows(out), inputs
+        self.array = NpyWriter(out.with_suffix(".npy"), (inputs.count, *first.shape[1:]))
+        print(f"The model's outputs are not class scores (each {list(first.shape[1:]) or 'a number'}): raw outputs "
+              f"go to {self.array.path}, row i for row i of {out}.")
+
+    def write(self, indices: list[int], output: torch.Tensor, labels: torch.Tensor | None) -> None:
+        self.index.write([{self.inputs.key: self.inputs.names[i]} for i in indices])
+        self.array.write(output.cpu().numpy())
+
+    def close(self) -> None:
+        self.index.close()
+        self.array.close()
+
+    def summary(self) -> dict:
+        return {"predicted": self.array.rows, "out": str(self.index.path), "outputs": str(self.array.path)}
+
+
+class NpyWriter:
+    """A float32 .npy file written a batch at a time: its header is sized for the most rows there can be
+    (shape[0]) and rewritten in place with the rows written, so nothing is held but the batch."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape, self.rows = path, shape, 0
+        self.file = open_file(path, binary=True)
+        self.size = len(_npy_header(shape))
+        self.file.write(_npy_header(shape))
+
+    def write(self, array: np.ndarray) -> None:
+        if tuple(array.shape[1:]) != self.shape[1:]:
+            raise UserError(f"the model's outputs changed shape between batches ({list(self.shape[1:])} then "
+                            f"{list(array.shape[1:])}); predict.py writes outputs of one shape")
+        self.file.write(np.ascontiguousarray(array, dtype="<f4").tobytes())
+        self.rows += len(array)
+
+    def close(self) -> None:
+        self.file.seek(0)
+        self.file.write(_npy_header((self.rows, *self.shape[1:]), self.size))
+        self.file.close()
+
+
+def _npy_header(shape: tuple[int, ...], size: int | None = None) -> bytes:
+    """The header of a version 1.0 .npy file of float32 values in C order, padded to size bytes (default: the
+    shortest multiple of 64)."""
+    text = repr({"descr": "<f4", "fortran_order": False, "shape": tuple(shape)}).encode("latin1")
+    size = size or -(-(len(text) + 11) // 64) * 64
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", size - 10) + text + b" " * (size - 11 - len(text)) + b"\n"
+
+
+def report(summary: dict, checkpoint: Path) -> None:
+    print(f"Predicted {summary['predicted']} input(s) of {summary['input']} with {checkpoint}")
+    if "accuracy" in summary:
+        print(f"    accuracy       : {summary['accuracy']:.6g} ({summary['labelled']} labelled inputs)")
+    if summary["skipped"]:
+        print(f"skipped {summary['skipped']} unreadable file(s)")
+    if "outputs" in summary:
+        print(f"Raw outputs written to {summary['outputs']}; their inputs, row by row, to {summary['out']}")
+    else:
+        print(f"Predictions written to {summary['out']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
