@@ -1,0 +1,307 @@
+"""Export a trained model for serving and check it against PyTorch:
+python export.py -r CHECKPOINT --format onnx|pt2 [--out FILE] [--dynamic-batch]."""
+from __future__ import annotations
+
+import argparse
+
+from utils.cli import select_devices
+
+FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2"}  # written beside the checkpoint unless --out says
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # requirements-export.txt
+INSTALL = "pip install -r requirements-export.txt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Export a checkpoint's model to ONNX or a torch.export program "
+                                                 "and check the file's outputs against PyTorch's.")
+    parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
+    parser.add_argument("--format", required=True, choices=sorted(FILE_NAMES),
+                        help="onnx (the dynamo-based exporter; run it with onnxruntime) or pt2 (torch.export.save)")
+    parser.add_argument("--out", help="the file to write (default: model.onnx or model.pt2 beside the checkpoint)")
+    parser.add_argument("--dynamic-batch", action="store_true",
+                        help="any batch size (default: the example's batch size is fixed in the file)")
+    parser.add_argument("-d", "--device", help="GPU index to export on, e.g. 0 (sets CUDA_VISIBLE_DEVICES), or cpu")
+    parser.add_argument("--tolerance", type=float,
+                        help="the largest absolute difference from PyTorch that verifies (default 1e-4; 1e-2 for "
+                             "float16/bfloat16 outputs)")
+    parser.add_argument("--opset", type=int, help="with --format onnx: the ONNX opset (default: the exporter's)")
+    parser.add_argument("--batch-size", type=int, default=2,
+                        help="samples of the run's data in the example input (default 2)")
+    return parser
+
+
+if __name__ == "__main__":
+    # As in train.py and test.py: --help and -d act before the imports below, which import torch.
+    select_devices(build_parser().parse_args().device)
+
+import contextlib  # noqa: E402  (the imports that must wait for the lines above)
+import importlib  # noqa: E402
+import io  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import torch  # noqa: E402
+from torch.utils import _pytree as pytree  # noqa: E402
+
+from logger import get_logger, setup_logging  # noqa: E402
+from parse_config import ConfigParser  # noqa: E402
+from train import build_data, trained_model  # noqa: E402
+from trainer.trainer import to_device  # noqa: E402
+from utils.checkpoint import find_checkpoint  # noqa: E402
+from utils.distributed import SINGLE  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+
+# torch.onnx writes the weights into one file up to this size and beside it above (an ONNX file is a protobuf,
+# limited to 2 GB; torch.onnx keeps room for the graph): we ask for it at the same size, so that we can say so.
+EXTERNAL_DATA_BYTES = 1536 * 1024**2
+TOLERANCE, HALF_TOLERANCE = 1e-4, 1e-2  # float32 (and float64) outputs; float16/bfloat16 outputs
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch.onnx colours parts of its messages
+_MORE = re.compile(r"For more information, run with .*$")  # torch's pointer to its logs, in a first line
+_CALL = re.compile(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+), in (\S+)\n\s*(.+)')
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Load the checkpoint's model, take an example batch of its data, export, and verify the file against
+    PyTorch on that batch (and, with --dynamic-batch, on one of another size)."""
+    args = build_parser().parse_args(argv)
+    select_devices(args.device)
+    setup_logging(None)
+    check_args(args)
+    if args.format == "onnx":
+        require_onnx()  # before anything slow
+    path, checkpoint = find_checkpoint(args.resume)
+    device = choose_device(checkpoint, args.device)
+    config, model = trained_model(checkpoint, device)
+    samples = to_device(example_inputs(config, args.batch_size + 1), device)  # one more: the other batch size
+    batches = [samples[:args.batch_size]] + ([samples] if args.dynamic_batch else [])
+    out = Path(args.out) if args.out else path.with_name(FILE_NAMES[args.format])
+    notes = export_model(model, batches[0], args.format, out, dynamic_batch=args.dynamic_batch, opset=args.opset)
+    print(f"Exported {path} to {out} ({args.format}, {_size(out)}; input {_shape(batches[0])}, "
+          f"{'any batch size' if args.dynamic_batch else f'batch size fixed at {args.batch_size}'}){notes}")
+    differences = verify(model, out, args.format, batches, args.tolerance)
+    return {"file": str(out), "format": args.format, "checkpoint": str(path), "dynamic_batch": args.dynamic_batch,
+            "differences": differences}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    problems = []
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be 1 or more, got {args.batch_size}")
+    elif args.dynamic_batch and args.batch_size < 2:
+        problems.append("--dynamic-batch needs --batch-size 2 or more: torch.export takes a batch of 1 as fixed")
+    if args.tolerance is not None and not args.tolerance >= 0:
+        problems.append(f"--tolerance must be 0 or more, got {args.tolerance}")
+    if args.opset is not None and args.format != "onnx":
+        problems.append("--opset applies to --format onnx only")
+    if problems:
+        raise UserError(problems)
+
+
+def require_onnx() -> None:
+    """The packages --format onnx needs (an optional extra), or one line saying how to install them."""
+    missing = []
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"--format onnx needs {', '.join(missing)}, not installed here: {INSTALL}")
+
+
+def choose_device(checkpoint: dict, flag: str | None) -> torch.device:
+    """The first GPU when the run used one (n_gpu) and there is one, unless -d cpu; else the CPU."""
+    use_gpu = flag != "cpu" and checkpoint["config"].get("n_gpu", 1) > 0 and torch.cuda.is_available()
+    return torch.device("cuda:0" if use_gpu else "cpu")
+
+
+def example_inputs(config: ConfigParser, n: int) -> torch.Tensor:
+    """The first n inputs of the run's test split (of its training data when it has none), built as test.py
+    builds it; samples are repeated when the first batch holds fewer."""
+    try:
+        loader, _ = build_data(config, False, SINGLE)
+    except UserError as e:
+        get_logger("export").warning("No test split to take the example input from (%s); using the first batch "
+                                     "of the training data instead.", "; ".join(e.problems))
+        loader, _ = build_data(config, True, SINGLE)
+    batch = next(iter(loader), None)
+    if batch is None:
+        raise UserError("the data loader gives no batch: export.py traces the model on a batch of the run's data")
+    data = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if not isinstance(data, torch.Tensor):
+        raise UserError(f"export.py exports models that take one tensor; the data loader's inputs are a "
+                        f"{type(data).__name__}")
+    if len(data) < n:
+        data = data.repeat(math.ceil(n / len(data)), *[1] * (data.dim() - 1))
+    return data[:n]
+
+
+def export_model(model: torch.nn.Module, x: torch.Tensor, fmt: str, out: Path, *, dynamic_batch: bool = False,
+                 opset: int | None = None) -> str:
+    """Write model, traced on the example batch x, to out as ONNX or a torch.export program; returns a note for
+    the report ('' or where the weights went). A model the exporter cannot trace is a UserError with its reason."""
+    # Dim.DYNAMIC, not a named Dim: torch 2.11 refuses a named Dim's range (from 0) for a batch dimension that the
+    # traced code takes as 2 or more, while DYNAMIC lets export narrow the range (the files still run a batch of 1)
+    dynamic_shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch else None
+    external = fmt == "onnx" and weight_bytes(model) > EXTERNAL_DATA_BYTES
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad(), quiet():
+            if fmt == "onnx":
+                torch.onnx.export(model, (x,), out, dynamo=True, external_data=external, dynamic_shapes=dynamic_shapes,
+                                  opset_version=opset, verbose=False)
+            else:
+                torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes), out)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write the file: {e.strerror or e}") from None
+    except Exception as e:  # whatever tracing the user's model raises: this exporter cannot take the model
+        raise UserError(f"{type(model).__name__} cannot be exported to {fmt}: {exporter_reason(e)}") from None
+    if external:
+        return (f"; its weights ({weight_bytes(model) / 1e9:.1f} GB) are over what one ONNX file holds (2 GB): they "
+                f"are in {out.name}.data beside it, keep the two together")
+    return ""
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+@contextlib.contextmanager
+def quiet():
+    """Keep what the exporters write to stderr (on failure: partial graphs and logs, dozens of lines) from the
+    console, written out after a successful export only; and the exporters' info logs from it."""
+    captured, root = io.StringIO(), logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the ONNX optimizer's info lines (the libraries' loggers inherit the root's level)
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        root.setLevel(level)
+    sys.stderr.write(captured.getvalue())
+
+
+def exporter_reason(error: BaseException) -> str:
+    """One line out of an exporter's exception: the innermost cause's type and first line (torch.onnx wraps
+    torch.export's error in a page of advice), and the model's line that raised it when the message names it."""
+    chain = [error]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    texts = [_ANSI.sub("", str(e)).strip() for e in chain]
+    depth = max((i for i, text in enumerate(texts) if text), default=0)
+    reason = f"{type(chain[depth]).__name__}: {_first_lines(texts[depth]) or '(no message)'}"
+    call = _CALL.search("\n".join(texts))
+    if call:
+        file, line, function, code = call.groups()
+        reason += f" (raised at {_relative(file)}:{line} in {function}: {code.strip()})"
+    return reason
+
+
+def _first_lines(text: str) -> str:
+    """The first line, less torch's pointer to its logs; with the line after it when it only announces one (torch
+    .export's 'Constraints violated (batch)!' is followed by the reason)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = _MORE.sub("", lines[0]).strip()
+    if first.endswith(("!", ":")) and len(lines) > 1:
+        first += " " + lines[1].removeprefix("- ")
+    return first
+
+
+def verify(model: torch.nn.Module, out: Path, fmt: str, batches: list[torch.Tensor],
+           tolerance: float | None = None) -> dict[int, float]:
+    """Run the exported file (onnxruntime on the CPU, or torch.export.load) and PyTorch on each batch and compare
+    every output tensor; returns {batch size: largest absolute difference}. Above the tolerance: a UserError."""
+    run, runner = onnx_runner(out) if fmt == "onnx" else pt2_runner(out)
+    differences, half = {}, False
+    for x in batches:
+        with torch.no_grad(), exact_float32():
+            expected = tensors(model(x))
+            got = runner(x)
+        half |= any(t.dtype in (torch.float16, torch.bfloat16) for t in expected)
+        differences[len(x)] = largest_difference(expected, got, out, len(x))
+    tolerance = tolerance if tolerance is not None else HALF_TOLERANCE if half else TOLERANCE
+    found = ", ".join(f"{d:.2g} on a batch of {n}" for n, d in differences.items())
+    print(f"Verified with {run} against PyTorch on {batches[0].device}: largest absolute difference {found} "
+          f"(tolerance {tolerance:g})")
+    worst_n, worst = max(differences.items(), key=lambda item: item[1])
+    if worst > tolerance:
+        raise UserError(f"{out} did not verify: the largest absolute difference from PyTorch, {worst:.3g} on a "
+                        f"batch of {worst_n}, is above the tolerance {tolerance:g} (the file is kept; --tolerance "
+                        f"sets the limit)")
+    return differences
+
+
+def onnx_runner(out: Path) -> tuple[str, Callable[[torch.Tensor], list[torch.Tensor]]]:
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
+        raise UserError(f"{out} was written but onnxruntime cannot load it: {exporter_reason(e)}") from None
+    name = session.get_inputs()[0].name
+    return "onnxruntime (CPUExecutionProvider)", lambda x: [
+        torch.from_numpy(a) for a in session.run(None, {name: x.detach().cpu().numpy()})]
+
+
+def pt2_runner(out: Path) -> tuple[str, Callable[[torch.Tensor], list[torch.Tensor]]]:
+    program = torch.export.load(out).module()
+    return "torch.export.load", lambda x: tensors(program(x))
+
+
+def tensors(output) -> list[torch.Tensor]:
+    """Every tensor in a model's output (a tensor, or tuples, lists and dicts of them), in torch.export's order."""
+    return [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
+
+
+def largest_difference(expected: list[torch.Tensor], got: list[torch.Tensor], out: Path, n: int) -> float:
+    """The largest absolute difference over every output tensor (NaN where PyTorch has none counts as infinite)."""
+    if len(expected) != len(got) or any(e.shape != g.shape for e, g in zip(expected, got)):
+        shapes = [tuple(t.shape) for t in expected], [tuple(t.shape) for t in got]
+        raise UserError(f"{out} did not verify: on a batch of {n} PyTorch gives outputs of shapes {shapes[0]}, the "
+                        f"exported model {shapes[1]} (the file is kept)")
+    worst = 0.0
+    for e, g in zip(expected, got):
+        a, b = e.detach().cpu().double(), g.detach().cpu().double()
+        same = (a == b) | (a.isnan() & b.isnan())  # equal infinities and NaN where PyTorch has NaN agree
+        difference = (a - b).abs().masked_fill(same, 0).nan_to_num(nan=math.inf)
+        worst = max(worst, difference.max().item() if difference.numel() else 0.0)
+    return worst
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """Full float32 matmuls and convolutions on a GPU (no TF32), so that PyTorch's outputs are a fair reference."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+def _shape(x: torch.Tensor) -> str:
+    return f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+
+
+def _size(path: Path) -> str:
+    size = path.stat().st_size
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def _relative(file: str) -> str:
+    try:
+        return str(Path(file).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return file
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

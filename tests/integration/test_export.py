@@ -1,0 +1,214 @@
+"""export.py end to end: the shipped models trained tiny, exported to ONNX and to torch.export programs through
+export.main, checked by export.py's own verification and again here with onnxruntime and torch.export.load; a
+model the exporter cannot take, missing ONNX packages, a file that does not verify, large weights as external data,
+and the README's onnxruntime example run as it is written."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import onnxruntime
+import pytest
+import torch
+from torch import nn
+
+import export
+import train
+from conftest import ROOT, tiny_config
+from fake_data import write_cifar, write_image_folder, write_mnist
+from utils.checkpoint import find_checkpoint
+from utils.errors import UserError, run_cli
+from utils.registry import ARCHS
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+QUICK = ["trainer.epochs=1", "trainer.verbosity=0", "trainer.tensorboard=false", "--run-id", "x"]
+
+
+def _train(config: Path | dict, save: Path, *overrides: str) -> Path:
+    """Train one tiny epoch; returns the run directory."""
+    if isinstance(config, dict):
+        path = save.parent / "config.json"
+        path.write_text(json.dumps(config))
+        config = path
+    name = json.loads(Path(config).read_text())["name"]
+    train.main(["-c", str(config), f"trainer.save_dir={save}", *QUICK, *overrides])
+    return save / "models" / name / "x"
+
+
+def digits(tmp: Path) -> Path:
+    return _train(tiny_config(tmp / "saved"), tmp / "saved")
+
+
+def mnist(tmp: Path) -> Path:
+    write_mnist(tmp / "data", n_train=20, n_test=10)
+    return _train(ROOT / "configs/mnist.json", tmp / "saved", f"data_loader.args.data_dir={tmp / 'data'}",
+                  "data_loader.args.num_workers=0", "data_loader.args.batch_size=8")
+
+
+def image_folder(tmp: Path) -> Path:
+    """configs/image_folder.json's CNN, without a test split: export.py takes the training data's first batch."""
+    write_image_folder(tmp / "train", {"a": 4, "b": 4, "c": 4})
+    return _train(ROOT / "configs/image_folder.json", tmp / "saved", f"data_loader.args.data_dir={tmp / 'train'}",
+                  "data_loader.args.test_dir=null", "data_loader.args.num_workers=0", "data_loader.args.batch_size=4")
+
+
+def resnet18(tmp: Path) -> Path:
+    write_cifar(tmp / "data", n_train=16, n_test=4)
+    return _train(ROOT / "configs/resnet18_cifar10.json", tmp / "saved", "arch.weights=null",
+                  f"data_loader.args.data_dir={tmp / 'data'}", "data_loader.args.num_workers=0",
+                  "data_loader.args.batch_size=8")
+
+
+RUNS = {"digits": digits, "mnist": mnist, "image_folder": image_folder, "resnet18": resnet18}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """runs(kind) -> the run directory of that shipped model trained one tiny epoch (once per module)."""
+    made: dict[str, Path] = {}
+
+    def run(kind: str) -> Path:
+        if kind not in made:
+            made[kind] = RUNS[kind](tmp_path_factory.mktemp(kind))
+        return made[kind]
+    return run
+
+
+def batch_dimension(path: Path, fmt: str, shape: tuple[int, ...]) -> str | int:
+    """What the exported file says of its input's first dimension (checked apart from export.py): its fixed size,
+    or "dynamic" when the file runs a batch of another size."""
+    if fmt == "onnx":
+        first = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape[0]
+        return first if isinstance(first, int) else "dynamic"
+    module = torch.export.load(path).module()
+    try:
+        module(torch.zeros(shape[0] + 2, *shape[1:]))
+    except Exception:  # torch.export's guards refuse a batch of another size
+        return shape[0]
+    return "dynamic"
+
+
+SLOW = pytest.mark.slow  # every ONNX export takes seconds (torch.onnx builds its operator table each time), the first
+                        # one in a session ten more; the CNN and resnet18 train for seconds
+CASES = [  # (run, format, --dynamic-batch)
+    pytest.param("digits", "onnx", True, marks=SLOW), pytest.param("digits", "pt2", True),
+    pytest.param("mnist", "onnx", True, marks=SLOW), pytest.param("mnist", "pt2", False),
+    pytest.param("image_folder", "onnx", False, marks=SLOW), pytest.param("image_folder", "pt2", True, marks=SLOW),
+    pytest.param("resnet18", "onnx", True, marks=SLOW), pytest.param("resnet18", "pt2", False, marks=SLOW),
+]
+
+
+@pytest.mark.parametrize("kind, fmt, dynamic", CASES)
+def test_a_shipped_model_exports_and_verifies(runs, kind, fmt, dynamic, capsys):
+    run = runs(kind)
+    capsys.readouterr()
+    results = export.main(["-r", str(run), "--format", fmt, "-d", "cpu", *(["--dynamic-batch"] if dynamic else [])])
+    out = capsys.readouterr().out
+
+    path = run / f"model.{fmt}"
+    assert results["file"] == str(path) and path.is_file() and not path.with_name(path.name + ".data").exists()
+    assert list(results["differences"]) == ([2, 3] if dynamic else [2])  # the other batch size proves it dynamic
+    assert all(d < 1e-4 for d in results["differences"].values()), results
+    assert f"to {path}" in out and "Verified with" in out and "tolerance 0.0001" in out
+    assert ("No test split" in out) == (kind == "image_folder")  # its run has none: the training data's batch
+
+    _, checkpoint = find_checkpoint(run)
+    config, _ = train.trained_model(checkpoint, torch.device("cpu"))
+    shape = tuple(export.example_inputs(config, 2).shape)
+    assert batch_dimension(path, fmt, shape) == ("dynamic" if dynamic else 2)
+
+
+class DataDependent(nn.Module):
+    """Branches on the values of its input: torch.export cannot trace that."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.linear(x.flatten(1))
+        return -self.linear(x.flatten(1))
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=SLOW), "pt2"])
+def test_a_model_that_cannot_be_exported_is_one_error_line(runs, fmt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(ARCHS._entries, "DataDependent", DataDependent)  # as if defined in model/model.py
+    _, checkpoint = find_checkpoint(runs("digits"))
+    checkpoint["config"]["arch"] = {**checkpoint["config"]["arch"], "type": "DataDependent", "args": {}}
+    checkpoint["state_dict"] = DataDependent().state_dict()
+    torch.save(checkpoint, tmp_path / "checkpoint.pth")
+    capsys.readouterr()
+
+    assert run_cli(export.main, ["-r", str(tmp_path / "checkpoint.pth"), "--format", fmt]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err  # none of the exporter's graphs, logs or traceback
+    assert err.startswith(f"error: DataDependent cannot be exported to {fmt}: GuardOnDataDependentSymNode: ")
+    assert "data-dependent" in err and "test_export.py" in err and "if x.sum() > 0:" in err
+
+
+def test_without_the_onnx_packages_onnx_says_what_to_install_and_pt2_still_works(runs, monkeypatch, capsys):
+    for name in export.ONNX_PACKAGES:
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    run = runs("digits")
+    assert run_cli(export.main, ["-r", str(run), "--format", "onnx", "--out", str(run / "no.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --format onnx needs onnx, onnxscript, onnxruntime, not installed here: "
+                   "pip install -r requirements-export.txt\n")
+    assert not (run / "no.onnx").exists()
+    assert export.main(["-r", str(run), "--format", "pt2", "--out", str(run / "alone.pt2")])["differences"][2] < 1e-4
+
+
+def test_a_file_that_does_not_match_pytorch_fails_and_stays(runs, tmp_path):
+    _, checkpoint = find_checkpoint(runs("digits"))
+    config, model = train.trained_model(checkpoint, torch.device("cpu"))
+    x = export.example_inputs(config, 2)
+    export.export_model(model, x, "pt2", tmp_path / "model.pt2")
+    with torch.no_grad():
+        model.features[0].bias += 0.5  # the model has changed since the export
+        changed = (torch.export.load(tmp_path / "model.pt2").module()(x) - model(x)).abs().max().item()
+    assert changed > 0.01
+    with pytest.raises(UserError, match=rf"model.pt2 did not verify: the largest absolute difference from PyTorch, "
+                                        rf"{changed:.3g} on a batch of 2, is above the tolerance 0.0001 \(the file is "
+                                        rf"kept; --tolerance sets the limit\)$"):
+        export.verify(model, tmp_path / "model.pt2", "pt2", [x])
+    assert (tmp_path / "model.pt2").is_file()
+    assert export.verify(model, tmp_path / "model.pt2", "pt2", [x], tolerance=changed * 2) == {2: changed}
+
+
+@SLOW
+def test_weights_too_large_for_one_onnx_file_go_beside_it_and_it_says_so(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)  # as if the weights were over 1.5 GB
+    results = export.main(["-r", str(runs("digits")), "--format", "onnx", "--out", str(tmp_path / "big.onnx")])
+    out = capsys.readouterr().out
+    assert "are in big.onnx.data beside it, keep the two together" in out
+    assert (tmp_path / "big.onnx.data").stat().st_size > (tmp_path / "big.onnx").stat().st_size
+    assert results["differences"][2] < 1e-4  # onnxruntime found the weights beside the file
+
+
+def test_flags_that_do_not_fit_are_one_error_each(capsys):
+    assert run_cli(export.main, ["-r", "nowhere", "--format", "pt2", "--opset", "18", "--dynamic-batch",
+                                 "--batch-size", "1", "--tolerance", "-1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --dynamic-batch needs --batch-size 2 or more: torch.export takes a batch of 1 as fixed",
+        "error: --tolerance must be 0 or more, got -1.0",
+        "error: --opset applies to --format onnx only"]
+
+
+README_EXAMPLE = re.compile(r"<!-- onnxruntime example[^>]*-->\n```python\n(.*?)```", re.S)
+
+
+@SLOW
+def test_the_readme_onnxruntime_example_runs_on_an_exported_file(runs, tmp_path):
+    code = README_EXAMPLE.search((ROOT / "README.md").read_text()).group(1)
+    assert len(code.strip().splitlines()) == 5
+    export.main(["-r", str(runs("digits")), "--format", "onnx", "--dynamic-batch", "--out", str(tmp_path / "m.onnx")])
+    code, replaced = re.subn(r'InferenceSession\("[^"]+"\)', f'InferenceSession({str(tmp_path / "m.onnx")!r})', code)
+    assert replaced == 1
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"\[\d\]\n", result.stdout)  # one predicted digit
