@@ -12,7 +12,7 @@ from conftest import ROOT
 # Lower numbers are lower layers. A module imports its own package or lower layers; model/, data_loader/ and
 # trainer/ stand beside each other and import none of each other.
 LAYERS = {"utils": 0, "logger": 1, "base": 2, "model": 3, "data_loader": 3, "trainer": 3, "parse_config": 4,
-          "train": 5, "test": 5, "new_project": 5}
+          "train": 5, "test": 5, "new_project": 5, "predict": 6, "export": 6, "tune": 6}  # the last use train's build
 
 
 def project_modules() -> dict[str, Path]:
