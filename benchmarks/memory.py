@@ -1,0 +1,267 @@
+"""Peak resident memory of the original template's default job through train.py and through a hand-written
+torchvision loop, each a whole process of its own.
+
+The job is the original pytorch-template's default: LeNet (MnistModel) on MNIST, batch 128, 10% validation, Adam
+(lr 1e-3, amsgrad, as configs/mnist.json has it), nll_loss, accuracy and top-3 accuracy, 2 epochs. MNIST-format
+IDX files of random pixels (60,000 training and 10,000 test images by default) are written to a temporary
+directory in torchvision's layout. The two sides:
+  ours      python train.py -c configs/mnist.json with data_dir (the files), download=false, trainer.epochs,
+            trainer.save_dir (a temporary directory) and num_workers=0; everything else as the config has it:
+            TensorBoard, progress bar, metrics.jsonl, a checkpoint each epoch
+  baseline  torchvision.datasets.MNIST(root, download=False) with ToTensor + Normalize, a 90/10 random_split,
+            DataLoaders (batch 128, the training one shuffled), the same LeNet (a copy: the process imports nothing
+            of the project), optimizer and StepLR; validation each epoch, a checkpoint each epoch
+num_workers is 0 on both sides: getrusage(RUSAGE_SELF) counts the process itself, not DataLoader workers (and ours
+starts none anyway: its batches are sliced from one tensor in memory).
+
+Each side runs as `python benchmarks/memory.py --child ours|baseline --data DIR --save-dir DIR --epochs N`, which
+runs the job in-process (ours: train.py's own __main__ block, with sys.argv set) and prints its peak resident memory
+(resource.getrusage(RUSAGE_SELF).ru_maxrss, KiB on Linux) as its last line. Wall time is from the command to the
+process's exit. Start-up is from the command to the first training step: the child wraps BaseTrainer.train (in the
+child only; the project is not edited) to print the wall clock at its entry, after imports, data, model and the run
+directory. torch's import alone, in a fresh process, is printed for reference. With --rounds > 1 the sides
+alternate which runs first and each figure is the median of its rounds; the last line is the ratio of the peaks.
+
+    python benchmarks/memory.py [--samples 60000] [--epochs 2] [--rounds 1]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import runpy
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+STARTED = time.time()  # the child's first line, before torch is imported; the parent knows when it ran the command
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "@bench"  # the children's lines for the parent start with it; train.py's own output is left alone
+MEAN, STD = (0.1307,), (0.3081,)  # MNIST's, as the original template normalises
+
+
+# -- the parent: a command per side, and what its lines say
+class Child(NamedTuple):
+    """A child's run: when its command started, its wall time to exit, its marked lines by key, its last line."""
+    launched: float
+    wall: float
+    marks: dict[str, list[str]]
+    last: str
+
+    def startup(self) -> float:
+        """Seconds from the command to the first training step."""
+        return float(self.marks["training-starts"][0]) - self.launched
+
+    def startup_text(self) -> str:
+        """The start-up, and the interpreter's part of it (from the command to the script's first line)."""
+        interpreter = float(self.marks["script-starts"][0]) - self.launched
+        return f"{self.startup():.2f} s (interpreter {interpreter:.2f} s, then imports, data, model)"
+
+
+def run_child(script: str, argv: list[str]) -> Child:
+    """Run a benchmark's child command, `python SCRIPT ARGV`, and read its lines. A child that fails stops the
+    benchmark with its output's tail."""
+    launched = time.time()
+    result = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, cwd=ROOT)
+    wall = time.time() - launched
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(argv[:2])} failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n"
+                 f"{result.stderr[-3000:]}")
+    marks: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        if line.startswith(MARK + " "):
+            _, key, *values = line.split(" ", 2)
+            marks.setdefault(key, []).append(values[0] if values else "")
+    return Child(launched, wall, marks, result.stdout.strip().splitlines()[-1])
+
+
+def torch_import_seconds() -> float:
+    """How long `import torch` takes in a fresh interpreter (its files already in the page cache)."""
+    code = "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+# -- the children
+def mark(key: str, value: object = "") -> None:
+    print(f"{MARK} {key} {value}", flush=True)
+
+
+def train_py_in_this_process(argv: list[str]) -> int:
+    """`python train.py ARGV` in this process (its __main__ block runs), marking when training starts; its exit
+    status."""
+    sys.path.insert(0, str(ROOT))
+    from base import BaseTrainer
+
+    train = BaseTrainer.train
+
+    def marked_train(self) -> None:
+        mark("training-starts", time.time())
+        train(self)
+
+    BaseTrainer.train = marked_train  # this process only: the first training step follows at once
+    sys.argv = [str(ROOT / "train.py"), *argv]
+    try:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return 0
+
+
+def ours(data: str, save_dir: str, epochs: int) -> int:
+    return train_py_in_this_process([
+        "-c", str(ROOT / "configs" / "mnist.json"), "--run-id", "memory", f"data_loader.args.data_dir={data}",
+        "+data_loader.args.download=false", "data_loader.args.num_workers=0", f"trainer.epochs={epochs}",
+        f"trainer.save_dir={save_dir}"])
+
+
+def lenet():
+    """The project's MnistModel, written out as a hand-written script would have it."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    class LeNet(nn.Module):
+        def __init__(self, num_classes: int = 10):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
+            self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+            self.conv2_drop = nn.Dropout2d()
+            self.fc1 = nn.Linear(320, 50)
+            self.fc2 = nn.Linear(50, num_classes)
+
+        def forward(self, x):
+            x = F.relu(F.max_pool2d(self.conv1(x), 2))
+            x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+            x = F.relu(self.fc1(x.flatten(1)))
+            x = F.dropout(x, training=self.training)
+            return F.log_softmax(self.fc2(x), dim=1)
+
+    return LeNet()
+
+
+def baseline(data: str, save_dir: str, epochs: int) -> int:
+    """The same job written by hand with torchvision's MNIST and torch's DataLoader."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, random_split
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(123)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as ours with n_gpu 1
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    dataset = datasets.MNIST(data, train=True, download=False, transform=transform)
+    n_valid = int(len(dataset) * 0.1)
+    train_set, valid_set = random_split(dataset, [len(dataset) - n_valid, n_valid],
+                                        generator=torch.Generator().manual_seed(0))
+    train_loader = DataLoader(train_set, batch_size=128, shuffle=True, num_workers=0)
+    valid_loader = DataLoader(valid_set, batch_size=128, num_workers=0)
+    model = lenet().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=0, amsgrad=True)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=50, gamma=0.1)
+
+    def counts(output, target, loss):  # loss sum, correct, correct in the top 3: summed on the device
+        top3 = (output.topk(3, dim=1).indices == target[:, None]).any(1)
+        return torch.stack([loss * len(target), (output.argmax(1) == target).sum(), top3.sum()])
+
+    mark("training-starts", time.time())
+    for epoch in range(1, epochs + 1):
+        model.train()
+        sums = torch.zeros(3, device=device)
+        for data_, target in train_loader:
+            data_, target = data_.to(device), target.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            output = model(data_)
+            loss = F.nll_loss(output, target)
+            loss.backward()
+            optimizer.step()
+            sums += counts(output.detach(), target, loss.detach())
+        scheduler.step()
+        model.eval()
+        val_sums = torch.zeros(3, device=device)
+        with torch.no_grad():
+            for data_, target in valid_loader:
+                data_, target = data_.to(device), target.to(device)
+                output = model(data_)
+                val_sums += counts(output, target, F.nll_loss(output, target))
+        train_values, val_values = (sums / len(train_set)).tolist(), (val_sums / n_valid).tolist()
+        print(f"epoch {epoch}: loss, accuracy, top-3 {train_values}; validation {val_values}", flush=True)
+        torch.save({"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": scheduler.state_dict()}, Path(save_dir) / f"checkpoint-epoch{epoch}.pth")
+    return 0
+
+
+def child(side: str, data: str, save_dir: str, epochs: int) -> int:
+    mark("script-starts", STARTED)
+    status = {"ours": ours, "baseline": baseline}[side](data, save_dir, epochs)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)  # KiB on Linux
+    return status
+
+
+# -- the data
+def write_idx(path: Path, array) -> None:
+    """An IDX file as MNIST ships it: big-endian magic (2051 images, 2049 labels), sizes, uint8 data."""
+    import numpy as np
+
+    magic = {3: 2051, 1: 2049}[array.ndim]
+    path.write_bytes(struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, n_train: int, n_test: int) -> None:
+    """MNIST-format files of random pixels and labels in torchvision's layout: root/MNIST/raw."""
+    import numpy as np
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", rng.randint(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", rng.randint(0, 10, n, dtype=np.uint8))
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=60000, help="training images (test images: a sixth)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--save-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        raise SystemExit(child(args.child, args.data, args.save_dir, args.epochs))
+
+    print(f"MNIST-format files of random pixels: {args.samples} training + {args.samples // 6} test images; batch 128, "
+          f"validation 10%, {args.epochs} epochs, num_workers 0 on both sides; {sys.executable}")
+    print(f"torch import alone: {torch_import_seconds():.2f} s (a fresh process)")
+    results: dict[str, list[tuple[float, float, float]]] = {"ours": [], "baseline": []}  # peak, wall, start-up
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_mnist(data, args.samples, args.samples // 6)
+        for round_ in range(1, args.rounds + 1):
+            for side in ["baseline", "ours"] if round_ % 2 else ["ours", "baseline"]:
+                with tempfile.TemporaryDirectory(dir=tmp) as save_dir:
+                    run = run_child(__file__, ["--child", side, "--data", str(data), "--save-dir", save_dir,
+                                               "--epochs", str(args.epochs)])
+                peak = int(run.last) / 1024
+                results[side].append((peak, run.wall, run.startup()))
+                print(f"round {round_} {side:8s}: peak resident {peak:7.1f} MiB, wall {run.wall:6.1f} s, "
+                      f"start-up {run.startup_text()}", flush=True)
+    of = f" (medians of {args.rounds} rounds)" if args.rounds > 1 else ""
+    medians = {side: [statistics.median(column) for column in zip(*rows)] for side, rows in results.items()}
+    for side, label in (("ours", "ours (train.py)"), ("baseline", "baseline (torchvision loop)")):
+        peak, wall, startup = medians[side]
+        print(f"{label:28s}: peak resident {peak:7.1f} MiB, wall {wall:6.1f} s, start-up {startup:.2f} s "
+              f"from the command to the first training step{of}")
+    ratio = medians["ours"][0] / medians["baseline"][0]
+    print(f"ratio ours/baseline: {ratio:.2f}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""benchmarks/memory.py and benchmarks/time_to_accuracy.py run end to end on tiny settings, and their hand-written
+baselines train what the project trains: the same models, settings and data split."""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+RATIO = re.compile(r"ratio ours/baseline: \d+\.\d\d")
+
+
+def run_benchmark(name: str, *args: str) -> list[str]:
+    """The benchmark's output lines; it must exit 0."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout.strip().splitlines()
+
+
+@pytest.fixture
+def benchmarks(monkeypatch):
+    """(memory, time_to_accuracy), imported as modules."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module("memory"), importlib.import_module("time_to_accuracy")
+
+
+@pytest.mark.slow
+def test_memory_benchmark_prints_each_sides_peak_and_the_ratio():
+    lines = run_benchmark("memory.py", "--samples", "600", "--epochs", "1")
+    assert RATIO.fullmatch(lines[-1])
+    assert [line.split(":")[0].split()[0] for line in lines[-3:-1]] == ["ours", "baseline"]
+    assert all("MiB" in line and "start-up" in line for line in lines[-3:-1])
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_benchmark_prints_each_sides_time_and_the_ratio():
+    lines = run_benchmark("time_to_accuracy.py", "--target", "0.5", "--epochs", "1")
+    assert RATIO.fullmatch(lines[-1])
+    assert all(">= 0.5 at epoch 1" in line and "test accuracy" in line for line in lines[-3:-1])
+
+
+def test_the_baselines_models_are_the_projects(benchmarks):
+    from model.model import DigitsModel, MnistModel
+
+    memory, time_to_accuracy = benchmarks
+    for ours, copy, shape in ((MnistModel, memory.lenet, (4, 1, 28, 28)),
+                              (DigitsModel, time_to_accuracy.digits_cnn, (4, 1, 8, 8))):
+        torch.manual_seed(0)
+        a = ours().eval()
+        torch.manual_seed(0)
+        b = copy().eval()  # the same layers created in the same order: the same initial weights
+        assert a.state_dict().keys() == b.state_dict().keys()
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+        x = torch.randn(shape)
+        assert torch.equal(a(x), b(x))
+
+
+def test_the_digits_baselines_settings_are_config_jsons(benchmarks):
+    _, t = benchmarks
+    config = json.loads((ROOT / "config.json").read_text())
+    loader, optimizer, scheduler = (config[k]["args"] for k in ("data_loader", "optimizer", "lr_scheduler"))
+    assert (config["seed"], loader["batch_size"], loader["validation_split"]) == (t.SEED, t.BATCH_SIZE,
+                                                                                   t.VALIDATION_SPLIT)
+    assert (optimizer["lr"], optimizer["amsgrad"], optimizer["weight_decay"]) == (t.LR, t.AMSGRAD, 0)
+    assert (scheduler["step_size"], scheduler["gamma"], config["trainer"]["early_stop"]) == (t.STEP_SIZE, t.GAMMA,
+                                                                                              t.EARLY_STOP)
+    assert (config["trainer"]["monitor"], config["lr_scheduler"]["type"], config["loss"]) == (
+        "max val_accuracy", "StepLR", "nll_loss")
+
+
+@pytest.mark.slow
+def test_the_digits_baseline_splits_the_data_as_digits_data_loader(benchmarks):
+    from data_loader.data_loaders import DigitsDataLoader
+
+    _, t = benchmarks
+    (x, y), (x_test, y_test), (train_idx, valid_idx) = t.digits_splits()
+    ours = DigitsDataLoader(batch_size=t.BATCH_SIZE, validation_split=t.VALIDATION_SPLIT)
+    test = DigitsDataLoader(batch_size=t.BATCH_SIZE, training=False, validation_split=0.0)
+    assert torch.equal(ours.dataset.tensors[0], x) and torch.equal(ours.dataset.tensors[1], y)
+    assert torch.equal(test.dataset.tensors[0], x_test) and torch.equal(test.dataset.tensors[1], y_test)
+    assert torch.equal(ours.sampler.indices, train_idx) and torch.equal(ours.valid_sampler.indices, valid_idx)
