@@ -2,7 +2,8 @@
 
 CIFAR-10-format files of random images are written to a temporary directory. The baseline is what one
 writes by hand: torchvision.datasets.CIFAR10 with a v2 Compose and a torch DataLoader. Two settings:
-  plain   ToImage, ToDtype, Normalize (ours: kept as uint8, batches sliced from one tensor and converted a batch at a time, no workers)
+  plain   ToImage, ToDtype, Normalize (ours: kept as uint8, batches sliced from one tensor and converted a batch
+          at a time, no workers)
   augment RandomCrop(32, padding=4) and RandomHorizontalFlip before them, in num_workers processes
 Each round times both, alternating which goes first; the ratio ours/baseline is the median over rounds.
 
