@@ -38,6 +38,7 @@ def on_cuda(gpu_check, tmp_path):
     return gpu_check.Context(torch.device("cuda"), gpu_check.SMOKE, tmp_path)
 
 
+@pytest.mark.slow  # over 4 s: a subprocess or a real model
 def test_without_cuda_it_says_so_in_one_line_and_exits_0_before_the_heavy_imports():
     result = run_script(python=("-X", "importtime"))
     assert result.returncode == 0, result.stderr[-2000:]

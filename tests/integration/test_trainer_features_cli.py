@@ -15,6 +15,7 @@ from utils.checkpoint import find_checkpoint
 from utils.errors import run_cli as run_in_process
 
 
+@pytest.mark.slow  # over 4 s: a subprocess or a real model
 def test_fast_dev_run_trains_validates_and_tests_one_batch_and_writes_nothing(tmp_path, write_config):
     result = run_cli("train.py", "-c", str(write_config(epochs=30)), "--fast-dev-run")
     assert result.returncode == 0, result.stderr

@@ -566,6 +566,7 @@ def test_the_arguments_the_template_knows_are_checked_for_range(tmp_path, capsys
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.slow  # over 4 s: a subprocess or a real model
 def test_a_model_too_large_to_allocate_is_one_line_naming_the_section(tmp_path, capsys):
     path = write(tmp_path, tiny_config(tmp_path / "saved"))
     status, lines = run_train(capsys, "-c", str(path), "arch.args.channels=100000000", "--dry-run")

@@ -155,6 +155,7 @@ def test_a_value_torchvision_refuses_is_one_error_line(tmp_path, capsys):
         "Input shape indivisible by patch size!"]
 
 
+@pytest.mark.slow  # over 4 s: a subprocess or a real model
 def test_train_resnet18_on_the_one_channel_8x8_digits_for_an_epoch(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(resnet_config(tmp_path)))
