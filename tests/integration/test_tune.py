@@ -194,3 +194,16 @@ def test_a_search_needs_a_monitored_value(tmp_path, capsys):
     config, space, _ = write_inputs(tmp_path, monitor="off")
     assert run_cli(tune.main, ["-c", str(config), "--space", str(space), "--trials", "2"]) == 2
     assert capsys.readouterr().err.startswith("error: trainer.monitor is 'off' in ")
+
+
+@pytest.mark.slow
+def test_a_trial_can_be_a_torchrun_job(tmp_path):
+    """--launcher: each trial runs under torchrun (2 processes, gloo), one run directory written by rank 0."""
+    config, space, save = write_inputs(tmp_path)
+    launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=2"
+    assert run_cli(tune.main, ["-c", str(config), "--space", str(space), "--trials", "1", "--launcher", launcher]) == 0
+    trial, = load(save).get_trials()
+    assert trial.state == TrialState.COMPLETE
+    ckpt_dir, log_dir = run_dir(save, "Digits_CNN-trial-0")
+    assert (ckpt_dir / "checkpoint-epoch1.pth").is_file() and len(read_metrics(log_dir)) == 1
+    assert trial.value == read_metrics(log_dir)[0]["val_loss"]
