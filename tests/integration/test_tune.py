@@ -117,7 +117,9 @@ def test_a_study_runs_reports_continues_and_prunes(tmp_path, capsys):
     assert "trial 3: PRUNED at step 1" in capsys.readouterr().out
     trials = load(save).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
-    assert 1 <= len(read_metrics(trials[3].user_attrs["log_dir"])) < 3  # its train.py was stopped (SIGTERM)
+    # Its train.py gets SIGTERM once the pruner decides; with epochs of ~0.1 s the run may end before the signal
+    # lands, so the number of epochs it wrote is not asserted below 3 (that would depend on timing).
+    assert 1 <= len(read_metrics(trials[3].user_attrs["log_dir"])) <= 3
     kept = Path(trials[3].user_attrs["run_dir"])
     assert (kept / "config.json").is_file() and list(kept.glob("checkpoint-*.pth"))  # it saved on its way out
 
