@@ -31,7 +31,7 @@ from utils.config_validation import metric_name
 from utils.errors import UserError, did_you_mean, first_line, raised_by_a_library
 from utils.registry import LOSSES, METRICS, Registry
 from utils.settings import from_section, schema_rows
-from utils.util import write_json
+from utils.util import RUN_ID_FORMAT, write_json
 
 # Sections whose keys are declared by a settings class (type, default, range and meaning in one place).
 SETTINGS = {"trainer": TrainerSettings}
@@ -363,7 +363,7 @@ def _refusals(section: str, name: str, args: dict, library: bool) -> Iterator[No
 
 def _new_run_dirs(save_dir: Path, name: str, run_id: str | None) -> RunDirs:
     """Fresh run directories; a timestamp id gets a suffix when taken, an explicit id must be new."""
-    base = run_id or datetime.now().strftime("%m%d_%H%M%S")
+    base = run_id or datetime.now().strftime(RUN_ID_FORMAT)
     for n in range(1000):
         rid = base if n == 0 else f"{base}_{n}"
         dirs = RunDirs(save_dir / "models" / name / rid, save_dir / "log" / name / rid)

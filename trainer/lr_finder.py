@@ -23,6 +23,7 @@ from trainer.trainer import to_device
 from utils.checkpoint import gather, restore
 from utils.distributed import Dist
 from utils.errors import UserError
+from utils.util import RUN_ID_FORMAT
 
 DEFAULT_RANGE = (1e-7, 10.0)
 DEFAULT_STEPS = 200
@@ -30,7 +31,6 @@ MIN_STEPS = 10  # the fewest steps --lr-steps takes, and the fewest points a sug
 BETA = 0.98  # the smoothing of the loss: an exponential moving average, bias-corrected
 DIVERGE = 4.0  # the sweep stops when the smoothed loss exceeds this many times its best
 SKIP_START = 0.1  # the first points (this share) are left out of the suggestion: the average is still settling
-RUN_ID_FORMAT = "%m%d_%H%M%S"  # as parse_config's run directories
 FILES = ("lr_find.png", "lr_find.csv")
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+RUN_ID_FORMAT = "%m%d_%H%M%S"  # a run directory's default name: the start time, e.g. 1122_054040
+
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace path's content with text through a temporary file and a rename: never half a file."""
