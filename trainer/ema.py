@@ -40,28 +40,26 @@ class WeightAverage:
             current = [*plain.parameters(), *plain.buffers()]
             averaged = [*self.averaged.module.parameters(), *self.averaged.module.buffers()]
             self._pairs = list(zip(averaged, current, strict=True))
+            self._groups = _lists({(a.device, a.dtype): [] for a, _ in self._pairs if a.is_floating_point()},
+                                  [(a, c) for a, c in self._pairs if a.is_floating_point()])
+            self._counters = _lists({None: []}, [(a, c) for a, c in self._pairs if not a.is_floating_point()])[0]
+            self._all = _lists({None: []}, self._pairs)[0]
         return self._pairs
 
     @torch.no_grad()
     def on_step_end(self, model: nn.Module, global_step: int) -> None:
-        """After an optimizer step: fold the weights into the average (no host sync)."""
+        """After an optimizer step: fold the weights into the average (no host sync). Before the first update and
+        until warmup_steps the average is a copy; counters (num_batches_tracked) are always copied."""
         if global_step % self.every:
             return
-        groups: dict[tuple, tuple[list, list]] = {}
-        copies: tuple[list, list] = ([], [])
-        warm = global_step > self.warmup_steps and self.updates > 0
-        for averaged, current in self.pairs(model):
-            averaged, current = averaged.detach(), current.detach()
-            if warm and averaged.is_floating_point():
-                target = groups.setdefault((averaged.device, averaged.dtype), ([], []))
-            else:
-                target = copies  # before the first update and after warmup, and counters (num_batches_tracked)
-            target[0].append(averaged)
-            target[1].append(current)
-        for averaged, current in groups.values():
-            self.average(averaged, current, None)
-        if copies[0]:
-            torch._foreach_copy_(copies[0], copies[1])
+        self.pairs(model)
+        if global_step > self.warmup_steps and self.updates > 0:
+            for averaged, current in self._groups:
+                self.average(averaged, current, None)
+            if self._counters[0]:
+                torch._foreach_copy_(*self._counters)
+        else:
+            torch._foreach_copy_(*self._all)
         self.averaged.n_averaged += 1
         self.updates += 1
 
@@ -82,6 +80,16 @@ class WeightAverage:
         self.averaged.module.load_state_dict(state["state_dict"])
         self.updates = state["updates"]
         self.averaged.n_averaged.fill_(self.updates)
+
+
+def _lists(groups: dict, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[list, list]]:
+    """([averaged], [current]) of detached tensors for each key of groups ((device, dtype), or None for all)."""
+    lists = {key: ([], []) for key in groups}
+    for averaged, current in pairs:
+        key = None if None in lists else (averaged.device, averaged.dtype)
+        lists[key][0].append(averaged.detach())
+        lists[key][1].append(current.detach())
+    return list(lists.values())
 
 
 def _swap(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
