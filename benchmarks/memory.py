@@ -1,32 +1,43 @@
-"""Peak resident memory of the original template's default job through train.py and through a hand-written
-torchvision loop, each a whole process of its own.
+"""Peak resident memory of the original template's default job through train.py, through a hand-written torchvision
+loop and, where they are at hand, through the original template itself and through Lightning; each a whole process.
 
 The job is the original pytorch-template's default: LeNet (MnistModel) on MNIST, batch 128, 10% validation, Adam
 (lr 1e-3, amsgrad, as configs/mnist.json has it), nll_loss, accuracy and top-3 accuracy, 2 epochs. MNIST-format
 IDX files of random pixels (60,000 training and 10,000 test images by default) are written to a temporary
-directory in torchvision's layout. The two sides:
+directory in torchvision's layout. The sides:
   ours      python train.py -c configs/mnist.json with data_dir (the files), download=false, trainer.epochs,
             trainer.save_dir (a temporary directory) and num_workers=0; everything else as the config has it:
             TensorBoard, progress bar, metrics.jsonl, a checkpoint each epoch
   baseline  torchvision.datasets.MNIST(root, download=False) with ToTensor + Normalize, a 90/10 random_split,
             DataLoaders (batch 128, the training one shuffled), the same LeNet (a copy: the process imports nothing
             of the project), optimizer and StepLR; validation each epoch, a checkpoint each epoch
-num_workers is 0 on both sides: getrusage(RUSAGE_SELF) counts the process itself, not DataLoader workers (and ours
+  original  with --original DIR, a checkout of https://github.com/victoresque/pytorch-template (it needs pandas<3):
+            its own train.py and config.json, with data_dir, trainer.epochs, trainer.save_dir and num_workers=0
+            changed; everything else as it has it (TensorBoard with an image grid every log step, a checkpoint each
+            epoch)
+  lightning where `lightning` is installed (pip install lightning; not a dependency of the project): the same LeNet,
+            data, optimizer and metrics as a LightningModule under lightning.Trainer at its defaults (TensorBoard
+            logger, progress bar, a checkpoint each epoch, two sanity validation batches)
+num_workers is 0 on every side: getrusage(RUSAGE_SELF) counts the process itself, not DataLoader workers (and ours
 starts none anyway: its batches are sliced from one tensor in memory).
 
-Each side runs as `python benchmarks/memory.py --child ours|baseline --data DIR --save-dir DIR --epochs N`, which
-runs the job in-process (ours: train.py's own __main__ block, with sys.argv set) and prints its peak resident memory
-(resource.getrusage(RUSAGE_SELF).ru_maxrss, KiB on Linux) as its last line. Wall time is from the command to the
-process's exit. Start-up is from the command to the first training step: the child wraps BaseTrainer.train (in the
-child only; the project is not edited) to print the wall clock at its entry, after imports, data, model and the run
-directory. torch's import alone, in a fresh process, is printed for reference. With --rounds > 1 the sides
-alternate which runs first and each figure is the median of its rounds; the last line is the ratio of the peaks.
+Each side runs as `python benchmarks/memory.py --child SIDE --data DIR --save-dir DIR --epochs N`, which runs the job
+in-process (ours and original: their train.py's own __main__ block, with sys.argv set) and prints its peak resident
+memory (resource.getrusage(RUSAGE_SELF).ru_maxrss, KiB on Linux) as its last line. Wall time is from the command to
+the process's exit. Start-up is from the command to the first training step: the child wraps the trainer's train
+method (ours and original; Lightning: a callback at the first training batch), in the child only, to print the wall
+clock at its entry, after imports, data, model and the run directory. torch's import alone, in a fresh process, is
+printed for reference. With --rounds > 1 the order of the sides turns each round and each figure is the median of
+its rounds; a line gives ours' peak over each other side's, the last line over the hand-written loop's.
 
-    python benchmarks/memory.py [--samples 60000] [--epochs 2] [--rounds 1]
+    python benchmarks/memory.py [--samples 60000] [--epochs 2] [--rounds 1] [--original DIR]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
 import resource
 import runpy
 import statistics
@@ -91,22 +102,19 @@ def mark(key: str, value: object = "") -> None:
     print(f"{MARK} {key} {value}", flush=True)
 
 
-def train_py_in_this_process(argv: list[str]) -> int:
-    """`python train.py ARGV` in this process (its __main__ block runs), marking when training starts; its exit
-    status."""
-    sys.path.insert(0, str(ROOT))
-    from base import BaseTrainer
-
-    train = BaseTrainer.train
+def run_train_py(script: Path, argv: list[str], trainer_class) -> int:
+    """`python SCRIPT ARGV` in this process (its __main__ block runs), marking when TRAINER_CLASS.train is entered;
+    its exit status."""
+    train = trainer_class.train
 
     def marked_train(self) -> None:
         mark("training-starts", time.time())
         train(self)
 
-    BaseTrainer.train = marked_train  # this process only: the first training step follows at once
-    sys.argv = [str(ROOT / "train.py"), *argv]
+    trainer_class.train = marked_train  # this process only: the first training step follows at once
+    sys.argv = [str(script), *argv]
     try:
-        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        runpy.run_path(str(script), run_name="__main__")
     except SystemExit as stop:
         if isinstance(stop.code, str):
             print(stop.code, file=sys.stderr)
@@ -114,11 +122,30 @@ def train_py_in_this_process(argv: list[str]) -> int:
     return 0
 
 
-def ours(data: str, save_dir: str, epochs: int) -> int:
-    return train_py_in_this_process([
+def ours(data: str, save_dir: str, epochs: int, template: str | None = None) -> int:
+    sys.path.insert(0, str(ROOT))
+    from base import BaseTrainer
+
+    return run_train_py(ROOT / "train.py", [
         "-c", str(ROOT / "configs" / "mnist.json"), "--run-id", "memory", f"data_loader.args.data_dir={data}",
         "+data_loader.args.download=false", "data_loader.args.num_workers=0", f"trainer.epochs={epochs}",
-        f"trainer.save_dir={save_dir}"])
+        f"trainer.save_dir={save_dir}"], BaseTrainer)
+
+
+def original(data: str, save_dir: str, epochs: int, template: str | None = None) -> int:
+    """The original template's train.py on its own config.json, with the data, epochs, save_dir and num_workers
+    changed. It runs from its own directory: it reads logger/logger_config.json relative to the working one."""
+    root = Path(template).resolve()
+    config = json.loads((root / "config.json").read_text())
+    config["data_loader"]["args"].update(data_dir=data, num_workers=0)
+    config["trainer"].update(epochs=epochs, save_dir=save_dir)
+    config_path = Path(save_dir) / "original_config.json"
+    config_path.write_text(json.dumps(config, indent=4))
+    os.chdir(root)
+    sys.path.insert(0, str(root))
+    from base import BaseTrainer
+
+    return run_train_py(root / "train.py", ["-c", str(config_path)], BaseTrainer)
 
 
 def lenet():
@@ -145,7 +172,7 @@ def lenet():
     return LeNet()
 
 
-def baseline(data: str, save_dir: str, epochs: int) -> int:
+def baseline(data: str, save_dir: str, epochs: int, template: str | None = None) -> int:
     """The same job written by hand with torchvision's MNIST and torch's DataLoader."""
     import torch
     import torch.nn.functional as F
@@ -196,9 +223,67 @@ def baseline(data: str, save_dir: str, epochs: int) -> int:
     return 0
 
 
-def child(side: str, data: str, save_dir: str, epochs: int) -> int:
+def lightning(data: str, save_dir: str, epochs: int, template: str | None = None) -> int:
+    """The same job as a LightningModule under lightning.Trainer at its defaults."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, random_split
+    from torchvision import datasets, transforms
+
+    class LeNetModule(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = lenet()
+
+        def forward(self, x):
+            return self.model(x)
+
+        def step(self, batch, stage: str):
+            data_, target = batch
+            output = self.model(data_)
+            loss = F.nll_loss(output, target)
+            top3 = (output.topk(3, dim=1).indices == target[:, None]).any(1)
+            self.log_dict({f"{stage}_loss": loss, f"{stage}_accuracy": (output.argmax(1) == target).float().mean(),
+                           f"{stage}_top_3": top3.float().mean()}, on_step=False, on_epoch=True,
+                          prog_bar=stage == "val")
+            return loss
+
+        def training_step(self, batch, batch_idx):
+            return self.step(batch, "train")
+
+        def validation_step(self, batch, batch_idx):
+            self.step(batch, "val")
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.Adam(self.parameters(), lr=1e-3, weight_decay=0, amsgrad=True)
+            return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=50, gamma=0.1)]
+
+    class MarkFirstStep(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 0 and batch_idx == 0:
+                mark("training-starts", time.time())
+
+    L.seed_everything(123, verbose=False)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    dataset = datasets.MNIST(data, train=True, download=False, transform=transform)
+    n_valid = int(len(dataset) * 0.1)
+    train_set, valid_set = random_split(dataset, [len(dataset) - n_valid, n_valid],
+                                        generator=torch.Generator().manual_seed(0))
+    trainer = L.Trainer(max_epochs=epochs, devices=1, default_root_dir=save_dir, callbacks=[MarkFirstStep()])
+    trainer.fit(LeNetModule(), DataLoader(train_set, batch_size=128, shuffle=True, num_workers=0),
+                DataLoader(valid_set, batch_size=128, num_workers=0))
+    return 0
+
+
+SIDES = {"ours": ours, "baseline": baseline, "original": original, "lightning": lightning}
+LABELS = {"ours": "ours (train.py)", "baseline": "baseline (torchvision loop)", "original": "original template",
+          "lightning": "Lightning"}
+
+
+def child(side: str, data: str, save_dir: str, epochs: int, template: str | None) -> int:
     mark("script-starts", STARTED)
-    status = {"ours": ours, "baseline": baseline}[side](data, save_dir, epochs)
+    status = SIDES[side](data, save_dir, epochs, template)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)  # KiB on Linux
     return status
 
@@ -229,35 +314,50 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--samples", type=int, default=60000, help="training images (test images: a sixth)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--original", metavar="DIR", help="a checkout of victoresque/pytorch-template to run too")
+    parser.add_argument("--child", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--save-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        raise SystemExit(child(args.child, args.data, args.save_dir, args.epochs))
+        raise SystemExit(child(args.child, args.data, args.save_dir, args.epochs, args.original))
+    if args.original and not (Path(args.original) / "train.py").is_file():
+        parser.error(f"--original {args.original}: no train.py there; pass a checkout of "
+                     f"https://github.com/victoresque/pytorch-template")
 
+    sides = ["baseline", "ours"] + (["original"] if args.original else [])
+    if importlib.util.find_spec("lightning") is not None:
+        sides.append("lightning")
     print(f"MNIST-format files of random pixels: {args.samples} training + {args.samples // 6} test images; batch 128, "
-          f"validation 10%, {args.epochs} epochs, num_workers 0 on both sides; {sys.executable}")
+          f"validation 10%, {args.epochs} epochs, num_workers 0 on every side; {sys.executable}")
+    skipped = [why for why, run in (("original (no --original DIR)", args.original),
+                                     ("lightning (not installed)", "lightning" in sides)) if not run]
+    if skipped:
+        print(f"not run: {', '.join(skipped)}")
     print(f"torch import alone: {torch_import_seconds():.2f} s (a fresh process)")
-    results: dict[str, list[tuple[float, float, float]]] = {"ours": [], "baseline": []}  # peak, wall, start-up
+    results: dict[str, list[tuple[float, float, float]]] = {side: [] for side in sides}  # peak, wall, start-up
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         write_mnist(data, args.samples, args.samples // 6)
         for round_ in range(1, args.rounds + 1):
-            for side in ["baseline", "ours"] if round_ % 2 else ["ours", "baseline"]:
+            turn = (round_ - 1) % len(sides)
+            for side in sides[turn:] + sides[:turn]:
                 with tempfile.TemporaryDirectory(dir=tmp) as save_dir:
                     run = run_child(__file__, ["--child", side, "--data", str(data), "--save-dir", save_dir,
-                                               "--epochs", str(args.epochs)])
+                                               "--epochs", str(args.epochs)]
+                                    + (["--original", args.original] if side == "original" else []))
                 peak = int(run.last) / 1024
                 results[side].append((peak, run.wall, run.startup()))
-                print(f"round {round_} {side:8s}: peak resident {peak:7.1f} MiB, wall {run.wall:6.1f} s, "
+                print(f"round {round_} {side:9s}: peak resident {peak:7.1f} MiB, wall {run.wall:6.1f} s, "
                       f"start-up {run.startup_text()}", flush=True)
     of = f" (medians of {args.rounds} rounds)" if args.rounds > 1 else ""
     medians = {side: [statistics.median(column) for column in zip(*rows)] for side, rows in results.items()}
-    for side, label in (("ours", "ours (train.py)"), ("baseline", "baseline (torchvision loop)")):
+    for side in sides:
         peak, wall, startup = medians[side]
-        print(f"{label:28s}: peak resident {peak:7.1f} MiB, wall {wall:6.1f} s, start-up {startup:.2f} s "
+        print(f"{LABELS[side]:28s}: peak resident {peak:7.1f} MiB, wall {wall:6.1f} s, start-up {startup:.2f} s "
               f"from the command to the first training step{of}")
+    for side in sides[2:]:
+        print(f"ratio ours/{side}: {medians['ours'][0] / medians[side][0]:.2f}")
     ratio = medians["ours"][0] / medians["baseline"][0]
     print(f"ratio ours/baseline: {ratio:.2f}")
     return ratio
