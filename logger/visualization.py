@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 
 
 TRAIN, VALID, RUN = "train", "valid", ""  # the event directories of a RunBoard: train/, valid/, the run's own
+# What TensorBoard's file layer imports for remote log directories (s3://, fsspec URLs) when they are installed:
+# boto3 alone holds about 8 MiB resident with s3transfer. A run's log directories are local.
+REMOTE_FILESYSTEMS = ("boto3", "fsspec")
 
 
 class NullWriter:
@@ -45,8 +49,7 @@ class TensorboardWriter(NullWriter):
     """
 
     def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard is slow to import
-
+        SummaryWriter = summary_writer_class()
         self._earlier = sorted(Path(log_dir).glob("events.out.tfevents.*"))
         self._writer = SummaryWriter(log_dir=str(log_dir))
         self._first_step: dict[str, int] = {}  # tag -> the first step this writer wrote for it
@@ -124,6 +127,21 @@ class RunBoard(NullWriter):
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
+
+
+def summary_writer_class() -> type:
+    """torch's SummaryWriter, imported on first use (tensorboard is slow to import) without the remote filesystem
+    packages its file layer would import: while it is imported they read as missing, so TensorBoard marks S3 and
+    fsspec URLs unsupported; afterwards they import as usual. Already imported ones are left as they are."""
+    hidden = [name for name in REMOTE_FILESYSTEMS if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # `import name` raises ImportError while the entry is None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+    return SummaryWriter
 
 
 def make_writer(log_dir: Path | None, enabled: bool) -> NullWriter:

@@ -1,7 +1,10 @@
 """Tests for logger/visualization.py: the TensorBoard writer, read back, and the do-nothing writer."""
 from __future__ import annotations
 
-from conftest import events
+import subprocess
+import sys
+
+from conftest import ROOT, events
 from logger import NullWriter, TensorboardWriter, make_writer
 from logger.visualization import RunBoard, hparam_values
 
@@ -44,6 +47,31 @@ def test_hparams_are_the_config_leaves_by_path_in_the_runs_own_events(tmp_path):
     assert start.hparams["optimizer.args.lr"].number_value == 0.1
     assert start.hparams["optimizer.args.betas"].string_value == "[0.9, 0.99]"
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["train", "valid"]  # no directory per call
+
+
+def test_the_writer_imports_no_remote_filesystem_package_and_leaves_them_importable(tmp_path):
+    site = tmp_path / "site"  # a boto3 of our own, found first: whether or not the real one is installed
+    (site / "boto3").mkdir(parents=True)
+    (site / "boto3" / "__init__.py").write_text("FAKE = True\n")
+    code = (  # a fresh interpreter: tensorboard is not yet imported
+        "import sys; from pathlib import Path; from logger import make_writer\n"
+        "board = make_writer(Path(sys.argv[1]), True); board.add_scalar('loss', 1.0, 1, 'train'); board.close()\n"
+        "print(sorted(m for m in ('boto3', 'fsspec', 'tensorboard') if m in sys.modules))\n"
+        "import boto3, fsspec; print(boto3.FAKE, fsspec.__name__)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "log")], capture_output=True, text=True,
+                            cwd=ROOT, env={"PYTHONPATH": f"{site}:{ROOT}", "PATH": ""}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["['tensorboard']", "True fsspec"]
+    assert [e.value for e in events(tmp_path / "log" / "train").Scalars("loss")] == [1.0]
+
+
+def test_remote_filesystem_packages_already_imported_are_left_alone():
+    import fsspec
+
+    from logger.visualization import summary_writer_class
+
+    summary_writer_class()
+    assert sys.modules["fsspec"] is fsspec
 
 
 def test_tensorboard_writer_scalar_reads_back(tmp_path):
