@@ -30,7 +30,7 @@ clock at its entry, after imports, data, model and the run directory. torch's im
 printed for reference. With --rounds > 1 the order of the sides turns each round and each figure is the median of
 its rounds; a line gives ours' peak over each other side's, the last line over the hand-written loop's.
 
-    python benchmarks/memory.py [--samples 60000] [--epochs 2] [--rounds 1] [--original DIR]
+    python benchmarks/memory.py [--samples 60000] [--epochs 2] [--rounds 1] [--original DIR] [--sides A,B]
 """
 from __future__ import annotations
 
@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--original", metavar="DIR", help="a checkout of victoresque/pytorch-template to run too")
+    parser.add_argument("--sides", type=lambda text: text.split(","), metavar="A,B",
+                        help=f"which of {','.join(SIDES)} to run (default: ours, baseline, original with --original, "
+                             f"lightning where installed)")
     parser.add_argument("--child", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--save-dir", help=argparse.SUPPRESS)
@@ -325,13 +328,22 @@ def main(argv: list[str] | None = None) -> float:
         parser.error(f"--original {args.original}: no train.py there; pass a checkout of "
                      f"https://github.com/victoresque/pytorch-template")
 
-    sides = ["baseline", "ours"] + (["original"] if args.original else [])
-    if importlib.util.find_spec("lightning") is not None:
-        sides.append("lightning")
+    have_lightning = importlib.util.find_spec("lightning") is not None
+    if args.sides is None:
+        args.sides = ["baseline", "ours"] + ["original"] * bool(args.original) + ["lightning"] * have_lightning
+    unknown = set(args.sides) - set(SIDES) or {"ours", "baseline"} - set(args.sides)
+    if unknown:
+        parser.error(f"--sides {','.join(args.sides)}: each of ours and baseline and any of original, lightning")
+    if "original" in args.sides and not args.original:
+        parser.error("--sides original needs --original DIR")
+    if "lightning" in args.sides and not have_lightning:
+        parser.error("--sides lightning: lightning is not installed (pip install lightning)")
+    sides = args.sides
     print(f"MNIST-format files of random pixels: {args.samples} training + {args.samples // 6} test images; batch 128, "
           f"validation 10%, {args.epochs} epochs, num_workers 0 on every side; {sys.executable}")
-    skipped = [why for why, run in (("original (no --original DIR)", args.original),
-                                     ("lightning (not installed)", "lightning" in sides)) if not run]
+    why = {"original": "" if args.original else " (needs --original DIR)",
+           "lightning": "" if have_lightning else " (not installed)"}
+    skipped = [side + why[side] for side in SIDES if side not in sides]
     if skipped:
         print(f"not run: {', '.join(skipped)}")
     print(f"torch import alone: {torch_import_seconds():.2f} s (a fresh process)")
@@ -356,8 +368,9 @@ def main(argv: list[str] | None = None) -> float:
         peak, wall, startup = medians[side]
         print(f"{LABELS[side]:28s}: peak resident {peak:7.1f} MiB, wall {wall:6.1f} s, start-up {startup:.2f} s "
               f"from the command to the first training step{of}")
-    for side in sides[2:]:
-        print(f"ratio ours/{side}: {medians['ours'][0] / medians[side][0]:.2f}")
+    for side in sides:
+        if side not in ("ours", "baseline"):
+            print(f"ratio ours/{side}: {medians['ours'][0] / medians[side][0]:.2f}")
     ratio = medians["ours"][0] / medians["baseline"][0]
     print(f"ratio ours/baseline: {ratio:.2f}")
     return ratio

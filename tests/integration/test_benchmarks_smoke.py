@@ -33,10 +33,42 @@ def benchmarks(monkeypatch):
 
 @pytest.mark.slow
 def test_memory_benchmark_prints_each_sides_peak_and_the_ratio():
-    lines = run_benchmark("memory.py", "--samples", "600", "--epochs", "1")
+    lines = run_benchmark("memory.py", "--samples", "600", "--epochs", "1", "--sides", "ours,baseline")
     assert RATIO.fullmatch(lines[-1])
     assert [line.split(":")[0].split()[0] for line in lines[-3:-1]] == ["ours", "baseline"]
     assert all("MiB" in line and "start-up" in line for line in lines[-3:-1])
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs_the_original_template_from_a_checkout(tmp_path):
+    """A stand-in for a checkout of the original template: its layout (train.py, config.json, a BaseTrainer in
+    base/) and a train.py that reads its config as the original's does and trains in this process."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "__init__.py").write_text(
+        "class BaseTrainer:\n    def train(self):\n        print('trained', self.config['trainer']['epochs'])\n")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"data_loader": {"args": {"data_dir": "data/", "num_workers": 2}}, "trainer": {"epochs": 100}}))
+    (tmp_path / "train.py").write_text(
+        "import json, sys\nfrom pathlib import Path\nfrom base import BaseTrainer\n"
+        "config = json.loads(Path(sys.argv[2]).read_text())\n"
+        "assert config['data_loader']['args']['num_workers'] == 0 and config['trainer']['epochs'] == 1\n"
+        "assert Path('base').is_dir()  # run from the checkout: the original reads logger/ relative to it\n"
+        "assert (Path(config['data_loader']['args']['data_dir']) / 'MNIST' / 'raw').is_dir()\n"
+        "trainer = BaseTrainer(); trainer.config = config; trainer.train()\n")
+    lines = run_benchmark("memory.py", "--samples", "600", "--epochs", "1", "--sides", "ours,baseline,original",
+                          "--original", str(tmp_path))
+    assert RATIO.fullmatch(lines[-1])
+    assert re.fullmatch(r"ratio ours/original: \d+\.\d\d", lines[-2])
+    assert any(line.startswith("round 1 original : peak resident") for line in lines)
+    assert "not run: lightning" in "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs_lightning_where_installed():
+    pytest.importorskip("lightning")
+    lines = run_benchmark("memory.py", "--samples", "600", "--epochs", "1", "--sides", "ours,baseline,lightning")
+    assert re.fullmatch(r"ratio ours/lightning: \d+\.\d\d", lines[-2])
+    assert any(line.startswith("Lightning") and "MiB" in line and "start-up" in line for line in lines)
 
 
 @pytest.mark.slow
