@@ -122,14 +122,19 @@ def run_train_py(script: Path, argv: list[str], trainer_class) -> int:
     return 0
 
 
-def ours(data: str, save_dir: str, epochs: int, template: str | None = None) -> int:
+def train_py_in_this_process(argv: list[str]) -> int:
+    """`python train.py ARGV` in this process, marking when training starts; its exit status."""
     sys.path.insert(0, str(ROOT))
     from base import BaseTrainer
 
-    return run_train_py(ROOT / "train.py", [
+    return run_train_py(ROOT / "train.py", argv, BaseTrainer)
+
+
+def ours(data: str, save_dir: str, epochs: int, template: str | None = None) -> int:
+    return train_py_in_this_process([
         "-c", str(ROOT / "configs" / "mnist.json"), "--run-id", "memory", f"data_loader.args.data_dir={data}",
         "+data_loader.args.download=false", "data_loader.args.num_workers=0", f"trainer.epochs={epochs}",
-        f"trainer.save_dir={save_dir}"], BaseTrainer)
+        f"trainer.save_dir={save_dir}"])
 
 
 def original(data: str, save_dir: str, epochs: int, template: str | None = None) -> int:
