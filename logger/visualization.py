@@ -17,7 +17,7 @@ import torch
 TRAIN, VALID, RUN = "train", "valid", ""  # the event directories of a RunBoard: train/, valid/, the run's own
 # What TensorBoard's file layer imports for remote log directories (s3://, fsspec URLs) when they are installed:
 # boto3 alone holds about 8 MiB resident with s3transfer. A run's log directories are local.
-REMOTE_FILESYSTEMS = ("boto3", "fsspec")
+REMOTE_FILESYSTEMS = ("botocore", "boto3", "fsspec")
 
 
 class NullWriter:

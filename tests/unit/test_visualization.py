@@ -56,7 +56,7 @@ def test_the_writer_imports_no_remote_filesystem_package_and_leaves_them_importa
     code = (  # a fresh interpreter: tensorboard is not yet imported
         "import sys; from pathlib import Path; from logger import make_writer\n"
         "board = make_writer(Path(sys.argv[1]), True); board.add_scalar('loss', 1.0, 1, 'train'); board.close()\n"
-        "print(sorted(m for m in ('boto3', 'fsspec', 'tensorboard') if m in sys.modules))\n"
+        "print(sorted(m for m in ('botocore', 'boto3', 'fsspec', 'tensorboard') if m in sys.modules))\n"
         "import boto3, fsspec; print(boto3.FAKE, fsspec.__name__)\n")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "log")], capture_output=True, text=True,
                             cwd=ROOT, env={"PYTHONPATH": f"{site}:{ROOT}", "PATH": ""}, timeout=120)
