@@ -40,7 +40,8 @@ class StoredImages(TensorDataset):
         """A batch (or one image) of stored images as the model takes it, on their device."""
         from torchvision.transforms.v2 import functional as F
 
-        return F.normalize(F.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
+        scaled = F.to_dtype(images, torch.float32, scale=True)  # a new tensor: uint8 in, float32 out
+        return F.normalize(scaled, self.mean, self.std, inplace=True)  # in it: no second batch-sized tensor
 
     def __getitem__(self, index):
         image, target = super().__getitem__(index)
