@@ -338,7 +338,8 @@ def main(argv: list[str] | None = None) -> float:
         args.sides = ["baseline", "ours"] + ["original"] * bool(args.original) + ["lightning"] * have_lightning
     unknown = set(args.sides) - set(SIDES) or {"ours", "baseline"} - set(args.sides)
     if unknown:
-        parser.error(f"--sides {','.join(args.sides)}: each of ours and baseline and any of original, lightning")
+        parser.error(f"--sides {','.join(args.sides)}: name ours and baseline, and any of original and lightning "
+                     f"to add")
     if "original" in args.sides and not args.original:
         parser.error("--sides original needs --original DIR")
     if "lightning" in args.sides and not have_lightning:
