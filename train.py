@@ -64,7 +64,7 @@ from parse_config import SCHEMA, ConfigParser, differing_keys  # noqa: E402
 from trainer.checks import check_first_batch  # noqa: E402
 from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402
-from utils.checkpoint import ModelWeights, RunDirs, find_checkpoint, unwrap  # noqa: E402
+from utils.checkpoint import ModelWeights, RunDirs, find_checkpoint, inference_weights, unwrap  # noqa: E402
 from utils.distributed import SINGLE, Dist  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.interrupt import TimeLimitReached, TrainingInterrupted  # noqa: E402
@@ -186,8 +186,6 @@ def trained_model(checkpoint: dict, device: torch.device) -> tuple[ConfigParser,
     """(the run's config, its model) from a checkpoint alone, for inference (predict.py, export.py): the model its
     config describes, with the weights to predict with (the EMA average when the run kept one), on device, in eval
     mode; not compiled and not wrapped."""
-    from trainer.ema import inference_weights
-
     config = ConfigParser(checkpoint["config"])
     model = config.init_obj("arch", ARCHS)
     ModelWeights(model).load_state_dict(inference_weights(checkpoint))

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from base.settings import EMA_KEYS
-from utils.checkpoint import unwrap
+from utils.checkpoint import EMA, unwrap
 
-EMA = "ema"  # the checkpoint part: {"state_dict": the averaged weights (unwrapped names), "updates": count}
 
 
 class WeightAverage:
@@ -95,8 +94,3 @@ def _lists(groups: dict, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list
 def _swap(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for averaged, current in pairs:
         averaged.data, current.data = current.data, averaged.data
-
-
-def inference_weights(checkpoint: dict) -> dict:
-    """The weights to evaluate or predict with: the averaged ones when the run kept an average, else the model's."""
-    return checkpoint[EMA]["state_dict"] if isinstance(checkpoint.get(EMA), dict) else checkpoint["state_dict"]

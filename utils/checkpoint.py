@@ -35,6 +35,7 @@ FORMAT_VERSION = 2
 FORMAT = "format_version"
 # The parts' names in a checkpoint (format 1's keys, kept).
 TRAIN_STATE = "train_state"  # its values (epoch, global_step, batch_in_epoch) sit at the top level, as DESIGN says
+EMA = "ema"  # the checkpoint part: {"state_dict": the averaged weights (unwrapped names), "updates": count}
 MODEL, OPTIMIZER, SCHEDULER, SCALER = "state_dict", "optimizer", "lr_scheduler", "scaler"
 MONITOR, TRACKER, RNG = "monitor", "epoch_tracker", "rng"
 
@@ -359,3 +360,9 @@ class Checkpointer:
             for old in checkpoints_in(self.directory)[self.keep_last:]:
                 old.unlink(missing_ok=True)
         return path
+
+
+def inference_weights(checkpoint: dict) -> dict:
+    """The weights to evaluate, predict or start a new run with: the averaged ones when the run kept an average
+    (trainer.ema), else the model's."""
+    return checkpoint[EMA]["state_dict"] if isinstance(checkpoint.get(EMA), dict) else checkpoint["state_dict"]

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from utils.checkpoint import BEST, find_checkpoint, read_torch_file
+from utils.checkpoint import BEST, find_checkpoint, inference_weights, read_torch_file
 from utils.errors import UserError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel/DataParallel, torch.compile
@@ -67,7 +67,7 @@ def read_weights(source: str | Path, arch_type: str | None = None) -> tuple[dict
     path = Path(source)
     if path.is_dir():
         chosen, checkpoint = find_checkpoint(path / BEST if (path / BEST).is_file() else path)
-        return checkpoint["state_dict"], str(chosen)
+        return inference_weights(checkpoint), str(chosen)
     if path.is_file():
         return state_dict_in(path), str(path)
     if arch_type is not None and _is_name(str(source)):
@@ -77,7 +77,8 @@ def read_weights(source: str | Path, arch_type: str | None = None) -> tuple[dict
 
 
 def state_dict_in(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict a file holds: a bare one, .safetensors, our checkpoint's, or one under 'state_dict'/'model'."""
+    """The state dict a file holds: a bare one, .safetensors, our checkpoint's (its averaged weights when the run kept
+    them, as test.py evaluates), or one under 'state_dict'/'model'."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -87,10 +88,10 @@ def state_dict_in(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as e:
             raise UserError(f"arch.weights {path} is not a readable .safetensors file ({e})") from None
     content = read_torch_file(path, "arch.weights", "give an intact file")
-    for key in ("state_dict", "model"):  # ours, Lightning's and others' checkpoints
-        if isinstance(content, dict) and isinstance(content.get(key), dict):
-            content = content[key]
-            break
+    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):  # ours, Lightning's
+        content = inference_weights(content)
+    elif isinstance(content, dict) and isinstance(content.get("model"), dict):  # others' checkpoints
+        content = content["model"]
     if not (isinstance(content, dict) and content and all(isinstance(v, torch.Tensor) for v in content.values())):
         raise UserError(f"arch.weights {path} holds no state dict (a mapping of names to tensors); save one with "
                         f"torch.save(model.state_dict(), path)")

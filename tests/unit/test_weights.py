@@ -98,6 +98,20 @@ def test_safetensors_our_checkpoints_run_directories_and_wrapped_names(tmp_path)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in source.items())
 
 
+def test_a_checkpoint_with_an_average_gives_its_averaged_weights_as_test_py_evaluates(tmp_path):
+    torch.manual_seed(1)
+    model_weights = DigitsModel().state_dict()
+    averaged = {k: v + 0.5 for k, v in model_weights.items()}
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"state_dict": model_weights, "ema": {"state_dict": averaged, "updates": 7}, "config": {}, "epoch": 2},
+               run / "model_best.pth")
+    torch.save({"state_dict": model_weights, "config": {}, "epoch": 1}, tmp_path / "no_average.pth")
+    for where, expected in (("run", averaged), ("run/model_best.pth", averaged), ("no_average.pth", model_weights)):
+        state, _ = read_weights(tmp_path / where)
+        assert state.keys() == expected.keys() and all(torch.equal(state[k], v) for k, v in expected.items()), where
+
+
 def test_a_key_map_renames_prefixes_and_strict_refuses_what_does_not_fit(tmp_path):
     source = DigitsModel().state_dict()
     torch.save({"state_dict": {f"net.backbone.{k}": v for k, v in source.items()}, "epoch": 1},  # Lightning-style
