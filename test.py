@@ -24,10 +24,9 @@ from base.base_trainer import compact  # noqa: E402
 from logger import setup_logging  # noqa: E402  (the imports that must wait for the lines above)
 from parse_config import ConfigParser  # noqa: E402
 from train import build  # noqa: E402
-from utils.checkpoint import inference_weights  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.class_report import format_table, report_metrics, take_report  # noqa: E402
-from utils.checkpoint import ModelWeights, find_checkpoint  # noqa: E402
+from utils.checkpoint import ModelWeights, find_checkpoint, inference_weights  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.util import prepare_device, write_json  # noqa: E402
 

@@ -336,8 +336,7 @@ def main(argv: list[str] | None = None) -> float:
     have_lightning = importlib.util.find_spec("lightning") is not None
     if args.sides is None:
         args.sides = ["baseline", "ours"] + ["original"] * bool(args.original) + ["lightning"] * have_lightning
-    unknown = set(args.sides) - set(SIDES) or {"ours", "baseline"} - set(args.sides)
-    if unknown:
+    if not {"ours", "baseline"} <= set(args.sides) <= set(SIDES):
         parser.error(f"--sides {','.join(args.sides)}: name ours and baseline, and any of original and lightning "
                      f"to add")
     if "original" in args.sides and not args.original:

@@ -14,7 +14,6 @@ from base.settings import EMA_KEYS
 from utils.checkpoint import EMA, unwrap
 
 
-
 class WeightAverage:
     """The average of the model's parameters and buffers, updated after every `every` optimizer steps; until step
     `warmup_steps` it is a copy of the weights. Validation, model_best.pth and test.py use it (swapped())."""

@@ -365,4 +365,4 @@ class Checkpointer:
 def inference_weights(checkpoint: dict) -> dict:
     """The weights to evaluate, predict or start a new run with: the averaged ones when the run kept an average
     (trainer.ema), else the model's."""
-    return checkpoint[EMA]["state_dict"] if isinstance(checkpoint.get(EMA), dict) else checkpoint["state_dict"]
+    return checkpoint[EMA][MODEL] if isinstance(checkpoint.get(EMA), dict) else checkpoint[MODEL]
