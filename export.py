@@ -53,7 +53,7 @@ from train import build_data, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.checkpoint import find_checkpoint  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, exit_cli  # noqa: E402
 
 # torch.onnx writes the weights into one file up to this size and beside it above (an ONNX file is a protobuf,
 # limited to 2 GB; torch.onnx keeps room for the graph): we ask for it at the same size, so that we can say so.
@@ -304,4 +304,4 @@ def _relative(file: str) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    exit_cli(main)

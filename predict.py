@@ -56,7 +56,7 @@ from train import build_data, test_split_args, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.checkpoint import find_checkpoint  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
-from utils.errors import UserError, first_line, project_location, raised_by_a_library, run_cli  # noqa: E402
+from utils.errors import UserError, exit_cli, first_line, project_location, raised_by_a_library  # noqa: E402
 from utils.registry import DATA_LOADERS  # noqa: E402
 from utils.util import prepare_device  # noqa: E402
 
@@ -405,4 +405,4 @@ def report(summary: dict, checkpoint: Path) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    exit_cli(main)

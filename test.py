@@ -27,7 +27,7 @@ from train import build  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.class_report import format_table, report_metrics, take_report  # noqa: E402
 from utils.checkpoint import ModelWeights, find_checkpoint, inference_weights  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, exit_cli  # noqa: E402
 from utils.util import prepare_device, write_json  # noqa: E402
 
 import torch  # noqa: E402
@@ -87,4 +87,4 @@ def _count(loader) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    exit_cli(main)

@@ -66,7 +66,7 @@ from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.checkpoint import ModelWeights, RunDirs, find_checkpoint, inference_weights, unwrap  # noqa: E402
 from utils.distributed import SINGLE, Dist  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, exit_cli  # noqa: E402
 from utils.interrupt import TimeLimitReached, TrainingInterrupted  # noqa: E402
 from utils.params import parameter_groups  # noqa: E402
 from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, TRAINERS  # noqa: E402
@@ -349,4 +349,4 @@ def print_summary(trainer: BaseTrainer) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    exit_cli(main)

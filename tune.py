@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from parse_config import ConfigParser, apply_override, read_json, split_path, validate, with_defaults
 from utils.checkpoint import RunDirs
-from utils.errors import UserError, did_you_mean, first_line, run_cli
+from utils.errors import UserError, did_you_mean, exit_cli, first_line
 from utils.interrupt import SignalStop
 from utils.monitor import parse_monitor
 
@@ -744,4 +744,4 @@ def write_plots(study: optuna.Study, folder: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    exit_cli(main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NoReturn
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +90,13 @@ def run_cli(main, argv=None) -> int:
               f"(checkpoints, logs) are as they were", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
     return 0
+
+
+def exit_cli(main) -> NoReturn:
+    """A command's entry point: run_cli(main), then exit with its status. Once main is done, a stop signal
+    arriving while the process exits changes nothing (settle_for_exit)."""
+    from utils.interrupt import settle_for_exit
+
+    status = run_cli(main)
+    settle_for_exit()
+    raise SystemExit(status)

@@ -94,6 +94,26 @@ def test_sigterm_at_a_random_moment_then_resume_is_bit_identical(tmp_path, strai
     assert read_metrics(log_dir, timing=False) == straight[1]
 
 
+# train.py run with one more exit handler, registered first so that it runs last: the process signals itself
+# after train.py's work is done, while it exits (the moment at which the signal used to kill it).
+SIGNAL_WHILE_EXITING = """
+import atexit, os, runpy, signal, sys
+atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM))
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_sigterm_while_a_finished_run_exits_leaves_its_status_0(tmp_path):
+    config = config_file(tmp_path)
+    result = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_EXITING, "-c", str(config), "--run-id", "run",
+                             "trainer.epochs=1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ckpt_dir, _ = run_dir(tmp_path / "saved", "run")
+    assert (ckpt_dir / "checkpoint-epoch1.pth").is_file()
+
+
 @pytest.mark.parametrize("round_", [1, 2])
 def test_kill_9_at_a_random_moment_then_resume_from_the_run_directory(tmp_path, straight, round_):
     config = config_file(tmp_path, save_every_steps=10)

@@ -1,13 +1,18 @@
 """Tests for utils/interrupt.py: SIGINT stops training like SIGTERM, the previous handlers come back, and a
-signal outside the training loop ends the command with one line."""
+signal outside the training loop ends the command with one line, and once a command is done a signal cannot
+turn its exit into a kill."""
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 
+from conftest import ROOT
 from tiny_trainers import build, sigterm_at
 from utils.errors import run_cli
 from utils.interrupt import TrainingInterrupted
@@ -34,3 +39,26 @@ def test_a_signal_outside_the_training_loop_ends_with_one_line_and_its_status(ca
     assert lines == [f"stopped by {signal.Signals(signum).name} outside the training loop: nothing was saved now; "
                      f"files already written (checkpoints, logs) are as they were"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+
+SETTLE = """
+import gc, signal, sys, threading
+from utils.interrupt import settle_for_exit
+wait = threading.Event()
+if sys.argv[1] == "thread":  # still running when the command is done: the exit waits for it
+    threading.Thread(target=wait.wait, args=(60,)).start()
+try:
+    settle_for_exit()
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+    print(gc.get_freeze_count() > 0, *(getattr(h, "name", None) or h.__name__ for h in handlers))
+finally:
+    wait.set()
+"""
+
+
+@pytest.mark.parametrize("running, handlers", [("nothing", "SIG_IGN SIG_IGN SIG_IGN"),
+                                               ("thread", "default_int_handler SIG_DFL SIG_DFL")])
+def test_once_done_stop_signals_are_ignored_unless_a_thread_is_still_running(running, handlers):
+    out = subprocess.run([sys.executable, "-c", SETTLE, running], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=120).stdout.strip()
+    assert out == f"True {handlers}"
