@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -42,23 +41,29 @@ def test_a_signal_outside_the_training_loop_ends_with_one_line_and_its_status(ca
 
 
 SETTLE = """
-import gc, signal, sys, threading
+import gc, multiprocessing, signal, sys, threading, time
 from utils.interrupt import settle_for_exit
-wait = threading.Event()
+wait, child = threading.Event(), None
 if sys.argv[1] == "thread":  # still running when the command is done: the exit waits for it
     threading.Thread(target=wait.wait, args=(60,)).start()
+if sys.argv[1] == "child":  # a process that is not a daemon: the exit waits for it too
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
 try:
     settle_for_exit()
     handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
     print(gc.get_freeze_count() > 0, *(getattr(h, "name", None) or h.__name__ for h in handlers))
 finally:
     wait.set()
+    if child is not None:
+        child.terminate()
 """
 
 
 @pytest.mark.parametrize("running, handlers", [("nothing", "SIG_IGN SIG_IGN SIG_IGN"),
-                                               ("thread", "default_int_handler SIG_DFL SIG_DFL")])
-def test_once_done_stop_signals_are_ignored_unless_a_thread_is_still_running(running, handlers):
+                                               ("thread", "default_int_handler SIG_DFL SIG_DFL"),
+                                               ("child", "default_int_handler SIG_DFL SIG_DFL")])
+def test_once_done_stop_signals_are_ignored_unless_a_thread_or_child_is_still_running(running, handlers):
     out = subprocess.run([sys.executable, "-c", SETTLE, running], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=120).stdout.strip()
     assert out == f"True {handlers}"

@@ -14,9 +14,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from conftest import read_metrics
 from tiny_trainers import assert_same_state, build, resumed, sigterm_at
 from trainer.ema import EMA, WeightAverage
-from utils.checkpoint import inference_weights
 from trainer.trainer import evaluate
-from utils.checkpoint import BEST, find_checkpoint, load_checkpoint
+from utils.checkpoint import BEST, find_checkpoint, inference_weights, load_checkpoint
 from utils.interrupt import TimeLimitReached, TrainingInterrupted
 
 EMA_ON = {"decay": 0.9, "warmup_steps": 2, "every": 1}
