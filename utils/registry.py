@@ -8,6 +8,7 @@ losses, torchmetrics metrics) come from providers that are only imported on firs
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from types import ModuleType
 from typing import Any, Callable, Iterable
@@ -23,6 +24,7 @@ class Registry:
     def __init__(self, kind: str, providers: Iterable[Provider] = ()):
         self.kind = kind
         self._entries: dict[str, Any] = {}
+        self._later: list[tuple[str, Callable[[Any], bool]]] = []  # modules registered on first need
         self._providers = list(providers)
         self._loaded: list[dict] = []  # the providers called so far, in order
 
@@ -40,9 +42,10 @@ class Registry:
         self._entries[name] = obj
         return obj
 
-    def register_module(self, module: ModuleType, predicate: Callable[[Any], bool] = callable) -> None:
+    def register_module(self, module: ModuleType, predicate: Callable[[Any], bool] = callable,
+                        registered_win: bool = False) -> None:
         """Register the names in module.__all__, else every public object defined in module (not imported
-        into it), that pass predicate."""
+        into it), that pass predicate. With registered_win, a name already registered keeps its object."""
         names = getattr(module, "__all__", None)
         for name, obj in vars(module).items():
             if names is not None:
@@ -50,8 +53,19 @@ class Registry:
                     continue
             elif name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
                 continue
-            if predicate(obj):
+            if predicate(obj) and not (registered_win and name in self._entries):
                 self.register(obj, name=name)
+
+    def register_module_later(self, module_name: str, predicate: Callable[[Any], bool] = callable) -> None:
+        """Register module_name's names as register_module does, importing it only when a lookup is not answered
+        by the names registered before it, or when the names are listed: a run that names none of them does
+        not import it. Names registered before it win over its own; it comes before every provider."""
+        self._later.append((module_name, predicate))
+
+    def _register_the_later_modules(self) -> None:
+        while self._later:
+            module_name, predicate = self._later.pop(0)
+            self.register_module(importlib.import_module(module_name), predicate, registered_win=True)
 
     def add_provider(self, provider: Provider) -> None:
         """Add a lazily called source of names; earlier providers win on a shared name."""
@@ -74,10 +88,13 @@ class Registry:
 
     def names(self) -> list[str]:
         """All names: the user's first, then the libraries'."""
+        self._register_the_later_modules()
         return list(self._entries) + sorted(n for n in self._library() if n not in self._entries)
 
     def find(self, name: str) -> Any | None:
         """The object for name (exact, else a unique case-insensitive match), or None."""
+        if name not in self._entries:
+            self._register_the_later_modules()
         if name in self._entries:
             return self._entries[name]
         for source in self._sources():

@@ -35,6 +35,27 @@ def test_a_config_error_is_reported_without_importing_tensorboard_torchvision_or
     assert not modules & {"tensorboard", "torchvision", "sklearn", "pytorch_optimizer"}
 
 
+ZOO = {"model.cnn", "model.builders", "model.zoo_losses", "model.torchvision_models"}
+
+
+def zoo_modules_after(*args: str) -> set[str]:
+    """The zoo's modules in sys.modules after train.main(ARGS) in a fresh interpreter."""
+    code = ("import json, sys, train\ntrain.main(json.loads(sys.argv[1]))\n"
+            f"print(json.dumps(sorted(m for m in {sorted(ZOO)!r} if m in sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+@pytest.mark.slow
+def test_a_run_of_the_users_own_model_does_not_import_the_zoo(tmp_path):
+    run = ["-c", str(ROOT / "config.json"), "--dry-run", f"trainer.save_dir={tmp_path}"]
+    assert zoo_modules_after(*run) == set()  # DigitsModel, nll_loss: the user's names
+    with_zoo = zoo_modules_after(*run, 'arch={"type": "CNN", "args": {"input": 1, "num_classes": 10}}')
+    assert with_zoo == {"model.cnn", "model.builders"}  # a zoo arch imports the zoo's arch modules, not its losses
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ['trainer.compile={"backend": "eager"}', "trainer.channels_last=true"])
 def test_compile_and_channels_last_train_and_save_a_plain_model(tmp_path, write_config, setting):

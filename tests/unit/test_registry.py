@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 import types
 import warnings
 
@@ -75,6 +76,30 @@ def test_user_names_come_first_and_win_over_a_library_name():
     assert reg.names() == ["Adam", "Zeta"]
     assert reg.find("Adam") is mine and reg.find("Zeta") == 1
     assert not reg.from_library(mine) and reg.from_library(1)
+
+
+def test_a_module_registered_later_is_imported_on_the_first_lookup_it_must_answer(tmp_path, monkeypatch):
+    (tmp_path / "later_zoo.py").write_text("class Net: pass\nclass Other: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "later_zoo", raising=False)
+    reg = Registry("thing", [lambda: {"Other": 1, "Zeta": 2}])
+    mine = object()
+    reg.register(mine, name="Net")
+    reg.register_module_later("later_zoo", inspect.isclass)
+    assert reg.find("Net") is mine and "later_zoo" not in sys.modules  # answered by the names before it
+    other = reg.find("Other")
+    assert "later_zoo" in sys.modules and other is sys.modules["later_zoo"].Other  # before the providers
+    assert reg.find("Net") is mine  # the name registered before it wins over the module's own
+    assert reg.names() == ["Net", "Other", "Zeta"] and not reg.from_library(other)
+
+
+def test_the_names_list_the_modules_registered_later(tmp_path, monkeypatch):
+    (tmp_path / "later_list.py").write_text("def build(): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "later_list", raising=False)
+    reg = Registry("thing")
+    reg.register_module_later("later_list")
+    assert reg.names() == ["build"] and "bulid" not in reg and reg.find("BUILD").__module__ == "later_list"
 
 
 def test_find_exact_then_unique_case_insensitive():
