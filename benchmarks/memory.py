@@ -10,7 +10,9 @@ directory in torchvision's layout. The sides:
             TensorBoard, progress bar, metrics.jsonl, a checkpoint each epoch
   baseline  torchvision.datasets.MNIST(root, download=False) with ToTensor + Normalize, a 90/10 random_split,
             DataLoaders (batch 128, the training one shuffled), the same LeNet (a copy: the process imports nothing
-            of the project), optimizer and StepLR; validation each epoch, a checkpoint each epoch
+            of the project), optimizer and StepLR; validation each epoch, a checkpoint each epoch, and the
+            TensorBoard scalars ours writes, through torch's SummaryWriter (train/ and valid/ writers: the loss
+            every 50 steps; loss, accuracy and top-3 accuracy each epoch, the learning rate)
   original  with --original DIR, a checkout of https://github.com/victoresque/pytorch-template (it needs pandas<3):
             its own train.py and config.json, with data_dir, trainer.epochs, trainer.save_dir and num_workers=0
             changed; everything else as it has it (TensorBoard with an image grid every log step, a checkpoint each
@@ -18,7 +20,10 @@ directory in torchvision's layout. The sides:
   lightning where `lightning` is installed (pip install lightning; not a dependency of the project): the same LeNet,
             data, optimizer and metrics as a LightningModule under lightning.Trainer at its defaults (TensorBoard
             logger, progress bar, a checkpoint each epoch, two sanity validation batches)
-num_workers is 0 on every side: getrusage(RUSAGE_SELF) counts the process itself, not DataLoader workers (and ours
+With --no-tensorboard, ours runs with trainer.tensorboard=false and the loop without its writers (the original
+and Lightning keep theirs). boto3 and botocore, which TensorBoard's file layer imports where they happen to be
+installed and which no side's requirements install, are hidden on every side: each side holds what it would on a
+machine with its requirements only. num_workers is 0 on every side: getrusage(RUSAGE_SELF) counts the process itself, not DataLoader workers (and ours
 starts none anyway: its batches are sliced from one tensor in memory).
 
 Each side runs as `python benchmarks/memory.py --child SIDE --data DIR --save-dir DIR --epochs N`, which runs the job
@@ -31,6 +36,7 @@ printed for reference. With --rounds > 1 the order of the sides turns each round
 its rounds; a line gives ours' peak over each other side's, the last line over the hand-written loop's.
 
     python benchmarks/memory.py [--samples 60000] [--epochs 2] [--rounds 1] [--original DIR] [--sides A,B]
+                                [--no-tensorboard]
 """
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ STARTED = time.time()  # the child's first line, before torch is imported; the p
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "@bench"  # the children's lines for the parent start with it; train.py's own output is left alone
 MEAN, STD = (0.1307,), (0.3081,)  # MNIST's, as the original template normalises
+TENSORBOARD = True  # False with --no-tensorboard: ours and the loop write no TensorBoard events
 
 
 # -- the parent: a command per side, and what its lines say
@@ -134,7 +141,7 @@ def ours(data: str, save_dir: str, epochs: int, template: str | None = None) -> 
     return train_py_in_this_process([
         "-c", str(ROOT / "configs" / "mnist.json"), "--run-id", "memory", f"data_loader.args.data_dir={data}",
         "+data_loader.args.download=false", "data_loader.args.num_workers=0", f"trainer.epochs={epochs}",
-        f"trainer.save_dir={save_dir}"])
+        f"trainer.save_dir={save_dir}", f"trainer.tensorboard={str(TENSORBOARD).lower()}"])
 
 
 def original(data: str, save_dir: str, epochs: int, template: str | None = None) -> int:
@@ -201,7 +208,14 @@ def baseline(data: str, save_dir: str, epochs: int, template: str | None = None)
         top3 = (output.topk(3, dim=1).indices == target[:, None]).any(1)
         return torch.stack([loss * len(target), (output.argmax(1) == target).sum(), top3.sum()])
 
+    if TENSORBOARD:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writers = {part: SummaryWriter(Path(save_dir) / "log" / part) for part in ("train", "valid")}
+    else:
+        writers = {}
     mark("training-starts", time.time())
+    step = 0
     for epoch in range(1, epochs + 1):
         model.train()
         sums = torch.zeros(3, device=device)
@@ -213,6 +227,9 @@ def baseline(data: str, save_dir: str, epochs: int, template: str | None = None)
             loss.backward()
             optimizer.step()
             sums += counts(output.detach(), target, loss.detach())
+            step += 1
+            if writers and step % 50 == 0:  # as ours: the loss every log_step (50) steps
+                writers["train"].add_scalar("loss_step", loss.item(), step)
         scheduler.step()
         model.eval()
         val_sums = torch.zeros(3, device=device)
@@ -223,8 +240,15 @@ def baseline(data: str, save_dir: str, epochs: int, template: str | None = None)
                 val_sums += counts(output, target, F.nll_loss(output, target))
         train_values, val_values = (sums / len(train_set)).tolist(), (val_sums / n_valid).tolist()
         print(f"epoch {epoch}: loss, accuracy, top-3 {train_values}; validation {val_values}", flush=True)
+        for part, values in (("train", train_values), ("valid", val_values)) if writers else ():
+            for tag, value in zip(("loss", "accuracy", "top_k_acc"), values):
+                writers[part].add_scalar(tag, value, epoch)
+        if writers:
+            writers["train"].add_scalar("lr", scheduler.get_last_lr()[0], epoch)
         torch.save({"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "lr_scheduler": scheduler.state_dict()}, Path(save_dir) / f"checkpoint-epoch{epoch}.pth")
+    for writer in writers.values():
+        writer.close()
     return 0
 
 
@@ -286,8 +310,15 @@ LABELS = {"ours": "ours (train.py)", "baseline": "baseline (torchvision loop)", 
           "lightning": "Lightning"}
 
 
+# Packages TensorBoard's file layer imports for remote log directories where they happen to be installed, that no
+# side's requirements install: hidden on every side, so that each measures what it holds on a machine with its
+# requirements only. (ours hides them, and fsspec, itself; fsspec comes with torch, so the other sides import it.)
+NOT_REQUIRED = ("boto3", "botocore")
+
+
 def child(side: str, data: str, save_dir: str, epochs: int, template: str | None) -> int:
     mark("script-starts", STARTED)
+    sys.modules.update(dict.fromkeys(NOT_REQUIRED))  # `import boto3` raises ImportError, as where it is missing
     status = SIDES[side](data, save_dir, epochs, template)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)  # KiB on Linux
     return status
@@ -323,10 +354,14 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--sides", type=lambda text: text.split(","), metavar="A,B",
                         help=f"which of {','.join(SIDES)} to run (default: ours, baseline, original with --original, "
                              f"lightning where installed)")
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="ours with trainer.tensorboard=false, the loop without its writers")
     parser.add_argument("--child", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--save-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global TENSORBOARD
+    TENSORBOARD = not args.no_tensorboard
     if args.child:
         raise SystemExit(child(args.child, args.data, args.save_dir, args.epochs, args.original))
     if args.original and not (Path(args.original) / "train.py").is_file():
@@ -362,7 +397,8 @@ def main(argv: list[str] | None = None) -> float:
                 with tempfile.TemporaryDirectory(dir=tmp) as save_dir:
                     run = run_child(__file__, ["--child", side, "--data", str(data), "--save-dir", save_dir,
                                                "--epochs", str(args.epochs)]
-                                    + (["--original", args.original] if side == "original" else []))
+                                    + (["--original", args.original] if side == "original" else [])
+                                    + ["--no-tensorboard"] * args.no_tensorboard)
                 peak = int(run.last) / 1024
                 results[side].append((peak, run.wall, run.startup()))
                 print(f"round {round_} {side:9s}: peak resident {peak:7.1f} MiB, wall {run.wall:6.1f} s, "

@@ -113,3 +113,25 @@ def test_the_digits_baseline_splits_the_data_as_digits_data_loader(benchmarks):
     assert torch.equal(ours.dataset.tensors[0], x) and torch.equal(ours.dataset.tensors[1], y)
     assert torch.equal(test.dataset.tensors[0], x_test) and torch.equal(test.dataset.tensors[1], y_test)
     assert torch.equal(ours.sampler.indices, train_idx) and torch.equal(ours.valid_sampler.indices, valid_idx)
+
+
+@pytest.mark.slow
+def test_the_memory_baseline_writes_the_tensorboard_scalars_ours_writes(benchmarks, tmp_path, monkeypatch):
+    import train
+    from conftest import events, run_dir
+
+    memory, _ = benchmarks
+    memory.write_mnist(tmp_path / "data", 7200, 600)  # 6,480 training images: 51 steps, a loss every 50
+    train.main(["-c", str(ROOT / "configs" / "mnist.json"), "--run-id", "m",
+                f"data_loader.args.data_dir={tmp_path}/data",
+                "+data_loader.args.download=false", "data_loader.args.num_workers=0", "trainer.epochs=1",
+                f"trainer.save_dir={tmp_path}/saved"])
+    log_dir = run_dir(tmp_path / "saved", "m", "Mnist_LeNet")[1]
+    assert memory.baseline(str(tmp_path / "data"), str(tmp_path / "loop"), 1) == 0
+    for part, only_ours in (("train", {"samples_per_sec"}), ("valid", set())):
+        ours, loop = (set(events(d / part).Tags()["scalars"]) for d in (log_dir, tmp_path / "loop" / "log"))
+        assert loop == ours - only_ours and ("loss_step" in loop) == (part == "train")
+    monkeypatch.setattr(memory, "TENSORBOARD", False)  # --no-tensorboard: the loop writes no events
+    (tmp_path / "plain").mkdir()  # as the benchmark's save directory: made by the parent
+    assert memory.baseline(str(tmp_path / "data"), str(tmp_path / "plain"), 1) == 0
+    assert not (tmp_path / "plain" / "log").exists() and (tmp_path / "plain" / "checkpoint-epoch1.pth").is_file()
