@@ -72,7 +72,6 @@ from utils.params import parameter_groups  # noqa: E402
 from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, TRAINERS  # noqa: E402
 from utils.schedule import LRSchedule  # noqa: E402
 from utils.util import prepare_device, seed_everything  # noqa: E402
-from utils.weights import load_weights, read_weights  # noqa: E402
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSettings)}
 DIST_DEFAULTS = (_DEFAULTS["dist_backend"], _DEFAULTS["dist_timeout"])  # the process group's start, before -r
@@ -194,6 +193,8 @@ def trained_model(checkpoint: dict, device: torch.device) -> tuple[ConfigParser,
 
 def load_initial_weights(model: torch.nn.Module, arch: dict) -> None:
     """arch.weights into the new model, non-strict unless arch.weights_strict; the report goes to the log."""
+    from utils.weights import load_weights, read_weights  # a run without arch.weights does not import it
+
     state, source = read_weights(arch["weights"], arch["type"])
     report = load_weights(model, state, source, strict=arch["weights_strict"], key_map=arch["weights_key_map"])
     get_logger("train").info(report.block())

@@ -43,9 +43,9 @@ class Registry:
         return obj
 
     def register_module(self, module: ModuleType, predicate: Callable[[Any], bool] = callable,
-                        registered_win: bool = False) -> None:
+                        keep: Iterable[str] = ()) -> None:
         """Register the names in module.__all__, else every public object defined in module (not imported
-        into it), that pass predicate. With registered_win, a name already registered keeps its object."""
+        into it), that pass predicate; the names in keep keep the object they are registered with."""
         names = getattr(module, "__all__", None)
         for name, obj in vars(module).items():
             if names is not None:
@@ -53,7 +53,7 @@ class Registry:
                     continue
             elif name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
                 continue
-            if predicate(obj) and not (registered_win and name in self._entries):
+            if predicate(obj) and name not in keep:
                 self.register(obj, name=name)
 
     def register_module_later(self, module_name: str, predicate: Callable[[Any], bool] = callable) -> None:
@@ -63,9 +63,10 @@ class Registry:
         self._later.append((module_name, predicate))
 
     def _register_the_later_modules(self) -> None:
+        registered = set(self._entries)  # they win; a name two later modules share is registered twice
         while self._later:
             module_name, predicate = self._later.pop(0)
-            self.register_module(importlib.import_module(module_name), predicate, registered_win=True)
+            self.register_module(importlib.import_module(module_name), predicate, keep=registered)
 
     def add_provider(self, provider: Provider) -> None:
         """Add a lazily called source of names; earlier providers win on a shared name."""

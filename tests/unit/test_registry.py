@@ -93,6 +93,18 @@ def test_a_module_registered_later_is_imported_on_the_first_lookup_it_must_answe
     assert reg.names() == ["Net", "Other", "Zeta"] and not reg.from_library(other)
 
 
+def test_two_modules_registered_later_that_share_a_name_raise(tmp_path, monkeypatch):
+    for name in ("later_a", "later_b"):
+        (tmp_path / f"{name}.py").write_text("def build(): pass\n")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("thing")
+    reg.register_module_later("later_a")
+    reg.register_module_later("later_b")
+    with pytest.raises(ValueError, match=r"'build' is registered twice: later_a\.build .* and later_b\.build"):
+        reg.find("build")
+
+
 def test_the_names_list_the_modules_registered_later(tmp_path, monkeypatch):
     (tmp_path / "later_list.py").write_text("def build(): pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
