@@ -23,8 +23,8 @@ directory in torchvision's layout. The sides:
 With --no-tensorboard, ours runs with trainer.tensorboard=false and the loop without its writers (the original
 and Lightning keep theirs). boto3 and botocore, which TensorBoard's file layer imports where they happen to be
 installed and which no side's requirements install, are hidden on every side: each side holds what it would on a
-machine with its requirements only. num_workers is 0 on every side: getrusage(RUSAGE_SELF) counts the process itself, not DataLoader workers (and ours
-starts none anyway: its batches are sliced from one tensor in memory).
+machine with its requirements only. num_workers is 0 on every side: getrusage(RUSAGE_SELF) counts the process
+itself, not DataLoader workers (and ours starts none anyway: its batches are sliced from one tensor in memory).
 
 Each side runs as `python benchmarks/memory.py --child SIDE --data DIR --save-dir DIR --epochs N`, which runs the job
 in-process (ours and original: their train.py's own __main__ block, with sys.argv set) and prints its peak resident
@@ -240,10 +240,10 @@ def baseline(data: str, save_dir: str, epochs: int, template: str | None = None)
                 val_sums += counts(output, target, F.nll_loss(output, target))
         train_values, val_values = (sums / len(train_set)).tolist(), (val_sums / n_valid).tolist()
         print(f"epoch {epoch}: loss, accuracy, top-3 {train_values}; validation {val_values}", flush=True)
-        for part, values in (("train", train_values), ("valid", val_values)) if writers else ():
-            for tag, value in zip(("loss", "accuracy", "top_k_acc"), values):
-                writers[part].add_scalar(tag, value, epoch)
         if writers:
+            for part, values in (("train", train_values), ("valid", val_values)):
+                for tag, value in zip(("loss", "accuracy", "top_k_acc"), values):
+                    writers[part].add_scalar(tag, value, epoch)
             writers["train"].add_scalar("lr", scheduler.get_last_lr()[0], epoch)
         torch.save({"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "lr_scheduler": scheduler.state_dict()}, Path(save_dir) / f"checkpoint-epoch{epoch}.pth")
