@@ -63,6 +63,8 @@ class Registry:
         self._later.append((module_name, predicate))
 
     def _register_the_later_modules(self) -> None:
+        if not self._later:  # every lookup a name of the user's does not answer comes here
+            return
         registered = set(self._entries)  # they win; a name two later modules share is registered twice
         while self._later:
             module_name, predicate = self._later.pop(0)
