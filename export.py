@@ -49,7 +49,7 @@ from torch.utils import _pytree as pytree  # noqa: E402
 
 from logger import get_logger, setup_logging  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
-from train import build_data, trained_model  # noqa: E402
+from run import build_data, choose_device, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.checkpoint import find_checkpoint  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.format == "onnx":
         require_onnx()  # before anything slow
     path, checkpoint = find_checkpoint(args.resume)
-    device = choose_device(checkpoint, args.device)
+    device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     config, model = trained_model(checkpoint, device)
     samples = to_device(example_inputs(config, args.batch_size + 1), device)  # one more: the other batch size
     batches = [samples[:args.batch_size]] + ([samples] if args.dynamic_batch else [])
@@ -111,12 +111,6 @@ def require_onnx() -> None:
             missing.append(name)
     if missing:
         raise UserError(f"--format onnx needs {', '.join(missing)}, not installed here: {INSTALL}")
-
-
-def choose_device(checkpoint: dict, flag: str | None) -> torch.device:
-    """The first GPU when the run used one (n_gpu) and there is one, unless -d cpu; else the CPU."""
-    use_gpu = flag != "cpu" and checkpoint["config"].get("n_gpu", 1) > 0 and torch.cuda.is_available()
-    return torch.device("cuda:0" if use_gpu else "cpu")
 
 
 def example_inputs(config: ConfigParser, n: int) -> torch.Tensor:

@@ -52,13 +52,12 @@ from data_loader.inference import (IMAGE_SUFFIXES, ImageFiles, array_batches, co
                                    read_arrays)
 from logger import get_logger, setup_logging  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
-from train import build_data, test_split_args, trained_model  # noqa: E402
+from run import build_data, build_test_split, choose_device, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.checkpoint import find_checkpoint  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
 from utils.errors import UserError, exit_cli, first_line, project_location, raised_by_a_library  # noqa: E402
 from utils.registry import DATA_LOADERS  # noqa: E402
-from utils.util import prepare_device  # noqa: E402
 
 KINDS = f"a folder of images, a .csv list of image files, a {'/'.join(ARRAY_SUFFIXES)} file of samples or the word test"
 # (indices of the inputs in the batch, their model inputs or None, their labels or None, (index, reason) skipped)
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(None)
     check_flags(args)
     path, checkpoint = find_checkpoint(args.resume)
-    device, _ = prepare_device(min(checkpoint["config"].get("n_gpu", 1), 1), force_cpu=args.device == "cpu")
+    device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     config, model = trained_model(checkpoint, device)
     inputs = open_inputs(args, config)
     out = Path(args.out) if args.out else path.with_name("predictions.csv")
@@ -182,7 +181,7 @@ def class_names(config: ConfigParser, loader_class: type, loader: Any = None) ->
     if names is None and loader is None and names_in_data(loader_class):
         extra = {"download": False} if "download" in inspect.signature(loader_class).parameters else {}
         try:
-            loader = config.init_obj("data_loader", DATA_LOADERS, **test_split_args(loader_class), **extra)
+            loader = build_test_split(config, **extra)
         except UserError as e:
             get_logger("predict").warning("Class names unknown (classes are written as indices): %s", e.problems[0])
     names = names if names is not None else getattr(loader, "classes", None)

@@ -20,17 +20,16 @@ if __name__ == "__main__":
     # As in train.py: --help and -d act before the imports below, which import torch.
     select_devices(build_parser().parse_args().device)
 
+import torch  # noqa: E402  (the imports that must wait for the lines above)
+
 from base.base_trainer import compact  # noqa: E402
-from logger import setup_logging  # noqa: E402  (the imports that must wait for the lines above)
-from parse_config import ConfigParser  # noqa: E402
-from train import build  # noqa: E402
+from logger import setup_logging  # noqa: E402
+from run import build_evaluator, choose_device  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.class_report import format_table, report_metrics, take_report  # noqa: E402
-from utils.checkpoint import ModelWeights, find_checkpoint, inference_weights  # noqa: E402
+from utils.checkpoint import find_checkpoint  # noqa: E402
 from utils.errors import UserError, exit_cli  # noqa: E402
-from utils.util import prepare_device, write_json  # noqa: E402
-
-import torch  # noqa: E402
+from utils.util import write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -40,10 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     select_devices(args.device)
     setup_logging(None)
     path, checkpoint = find_checkpoint(args.resume)
-    config = ConfigParser(checkpoint["config"])
-    device, _ = prepare_device(min(config["n_gpu"], 1), force_cpu=args.device == "cpu")
-    trainer = build(config, device, training=False)
-    ModelWeights(trainer.model).load_state_dict(inference_weights(checkpoint))  # the EMA weights, if the run kept them
+    device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
+    _, trainer = build_evaluator(checkpoint, device)  # with the weights to predict with (EMA's, if the run kept them)
     configured = trainer.metric_ftns
     trainer.metric_ftns = {**configured, **_report_metrics(trainer)}  # evaluated in the same pass
     try:

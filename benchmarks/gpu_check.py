@@ -3,7 +3,7 @@
 Five sections, in order; one that raises prints `FAILED <section>: <type>: <message>` and its traceback, and
 the next one runs. The exit status is 1 when any failed, else 0; the last line sums up, with the ratios.
 
-1. default: the shipped config.json (scikit-learn digits) through train.main for 3 epochs: wall time, val_accuracy.
+1. default: the shipped config.json (scikit-learn digits) as train.py runs it, for 3 epochs: wall time, val_accuracy.
 2. sync: no host-device sync per step. Each model trains one epoch of N and one of 2N steps (log_step beyond
    the epoch) under torch.cuda.set_sync_debug_mode("warn"); the syncs counted must not grow with the steps.
    DigitsModel (also with trainer.ema and a torchmetrics MulticlassF1Score), and torchvision's resnet18 on
@@ -65,11 +65,11 @@ import torch.nn.functional as F  # noqa: E402  (the imports that must wait for t
 from torch import nn  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
-import train  # noqa: E402
 from base import BaseDataLoader, RunOutputs, TrainerSettings  # noqa: E402
 from logger import setup_logging  # noqa: E402
 from model.metric import accuracy  # noqa: E402
 from model.model import DigitsModel  # noqa: E402
+from run import assemble, load_config, open_run, place_model, resume  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from trainer.step import AMP_DTYPES  # noqa: E402
 from utils.checkpoint import RunDirs  # noqa: E402
@@ -195,7 +195,7 @@ def f1_macro():
 def placed(task: Task, settings: TrainerSettings, device: torch.device) -> nn.Module:
     """A fresh model placed as train.py places it (device, channels_last, compile)."""
     torch.manual_seed(0)
-    return train.place_model(task.build(), device, [], settings, SINGLE)
+    return place_model(task.build(), device, [], settings, SINGLE)
 
 
 def synchronize(device: torch.device) -> None:
@@ -354,11 +354,19 @@ def deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
-def run_train(ctx: Context, *args: str) -> None:
-    """train.main in this process (on the CPU with n_gpu=0), the console back to warnings only afterwards; on a
-    GPU, a check that it trained there."""
+def run_train(ctx: Context, *args: str, resume_from: Path | None = None, run_id: str | None = None) -> None:
+    """What train.py does for `-c CONFIG ARGS` (or `-r resume_from ARGS`), through the run package in this process (on
+    the CPU with n_gpu=0), the console back to warnings only afterwards; on a GPU, a check that it trained there."""
     fresh_peaks(ctx.device)
-    train.main([*args, *([] if ctx.cuda else ["n_gpu=0"])])
+    config_file = None if resume_from else args[0]
+    overrides = [*(args[1:] if config_file else args), *([] if ctx.cuda else ["n_gpu=0"])]
+    config, checkpoint, _ = load_config(argparse.Namespace(config=config_file, resume=resume_from, run_id=run_id,
+                                                           overrides=overrides))
+    trainer, dist = assemble(config)
+    open_run(config, trainer, dist)
+    if checkpoint is not None:
+        resume(trainer, checkpoint, config)
+    trainer.train()
     setup_logging(None, verbosity=0)
     if ctx.cuda and not torch.cuda.max_memory_allocated(ctx.device):
         raise CheckFailed(f"train.py {' '.join(args)} allocated no GPU memory: it did not train on the GPU")
@@ -387,11 +395,10 @@ def tensor_differences(a: dict, b: dict) -> dict[str, float]:
 
 # -- the sections
 def default_config(ctx: Context) -> None:
-    """1. The shipped config.json through train.main: wall time and final val_accuracy."""
+    """1. The shipped config.json as train.py runs it: wall time and final val_accuracy."""
     epochs = ctx.sizes.default_epochs
-    seconds = timed(lambda: run_train(ctx, "-c", str(ROOT / "config.json"), "--run-id", "default",
-                                      f"trainer.epochs={epochs}", f"trainer.save_dir={ctx.tmp}",
-                                      "trainer.verbosity=0"), ctx.device)
+    seconds = timed(lambda: run_train(ctx, str(ROOT / "config.json"), f"trainer.epochs={epochs}",
+                                      f"trainer.save_dir={ctx.tmp}", "trainer.verbosity=0", run_id="default"), ctx.device)
     rows = read_metrics(ctx.tmp / "log" / "Digits_CNN" / "default")
     accuracy_ = rows[-1]["val_accuracy"]
     print(f"config.json on {ctx.device}: {len(rows)} epoch(s) in {seconds:.1f} s wall time (in this process), "
@@ -446,13 +453,13 @@ def fp16_resume(ctx: Context) -> None:
     """4. fp16 training resumed from a checkpoint equals a straight run, bit for bit."""
     epochs = ctx.sizes.resume_epochs
     half = epochs // 2
-    common = ["-c", str(ROOT / "config.json"), f"trainer.save_dir={ctx.tmp}", "trainer.amp=fp16", "trainer.verbosity=0",
+    common = [str(ROOT / "config.json"), f"trainer.save_dir={ctx.tmp}", "trainer.amp=fp16", "trainer.verbosity=0",
               *ctx.sizes.resume_overrides]
     models = ctx.tmp / "models" / "Digits_CNN"
     with deterministic():
-        run_train(ctx, *common, "--run-id", "straight", f"trainer.epochs={epochs}")
-        run_train(ctx, *common, "--run-id", "split", f"trainer.epochs={half}")
-        run_train(ctx, "-r", str(models / "split"), f"trainer.epochs={epochs}", "trainer.verbosity=0")
+        run_train(ctx, *common, f"trainer.epochs={epochs}", run_id="straight")
+        run_train(ctx, *common, f"trainer.epochs={half}", run_id="split")
+        run_train(ctx, f"trainer.epochs={epochs}", "trainer.verbosity=0", resume_from=models / "split")
     straight, resumed = (torch.load(models / run / f"checkpoint-epoch{epochs}.pth", map_location="cpu",
                                     weights_only=True) for run in ("straight", "split"))
     logs = [read_metrics(ctx.tmp / "log" / "Digits_CNN" / run, timing=False) for run in ("straight", "split")]

@@ -1,8 +1,7 @@
-"""Small helpers: JSON files, seeding, device choice."""
+"""Small helpers: JSON files, seeding."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 from pathlib import Path
@@ -32,19 +31,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def prepare_device(n_gpu: int, force_cpu: bool = False) -> tuple[torch.device, list[int]]:
-    """The main device and the GPU ids for DataParallel; warns when fewer GPUs exist than asked."""
-    if force_cpu:
-        if n_gpu > 0:
-            logging.getLogger("train").info("-d cpu: training on the CPU (n_gpu=%d is not used).", n_gpu)
-        return torch.device("cpu"), []
-    available = torch.cuda.device_count()
-    if n_gpu > available:
-        logging.getLogger("train").warning(
-            "n_gpu is %d but only %d GPU(s) are available here; training on %s.",
-            n_gpu, available, f"{available} GPU(s)" if available else "the CPU")
-        n_gpu = available
-    device = torch.device("cuda:0" if n_gpu > 0 else "cpu")
-    return device, list(range(n_gpu))

@@ -17,6 +17,7 @@ from torch import nn
 
 import export
 import train
+from run import trained_model
 from conftest import ROOT, tiny_config
 from fake_data import write_cifar, write_image_folder, write_mnist
 from utils.checkpoint import find_checkpoint
@@ -117,7 +118,7 @@ def test_a_shipped_model_exports_and_verifies(runs, kind, fmt, dynamic, capsys):
     assert ("No test split" in out) == (kind == "image_folder")  # its run has none: the training data's batch
 
     _, checkpoint = find_checkpoint(run)
-    config, _ = train.trained_model(checkpoint, torch.device("cpu"))
+    config, _ = trained_model(checkpoint, torch.device("cpu"))
     shape = tuple(export.example_inputs(config, 2).shape)
     assert batch_dimension(path, fmt, shape) == ("dynamic" if dynamic else 2)
 
@@ -165,7 +166,7 @@ def test_without_the_onnx_packages_onnx_says_what_to_install_and_pt2_still_works
 
 def test_a_file_that_does_not_match_pytorch_fails_and_stays(runs, tmp_path):
     _, checkpoint = find_checkpoint(runs("digits"))
-    config, model = train.trained_model(checkpoint, torch.device("cpu"))
+    config, model = trained_model(checkpoint, torch.device("cpu"))
     x = export.example_inputs(config, 2)
     export.export_model(model, x, "pt2", tmp_path / "model.pt2")
     with torch.no_grad():

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import run
 import train
 from conftest import tiny_config
 from parse_config import ConfigParser
@@ -118,7 +119,7 @@ def trainer_of(tmp_path, **trainer):
     config = small(tmp_path, **trainer)
     config["optimizer"]["param_groups"] = [{"params": "head.*", "lr": 2e-4, "name": "head"}]  # a tenth of 2e-3
     seed_everything(config["seed"])
-    return train.build(ConfigParser(config), torch.device("cpu"))
+    return run.build_trainer(ConfigParser(config), torch.device("cpu"))
 
 
 def snapshot(trainer) -> dict:

@@ -18,6 +18,7 @@ import torch
 import predict
 import test as test_script
 import train
+from run import build_data, trained_model
 from conftest import ROOT, run_cli, run_dir, tiny_config
 from fake_data import write_image, write_image_folder
 from utils.checkpoint import find_checkpoint
@@ -66,7 +67,7 @@ def digits_samples(n: int = 50) -> torch.Tensor:
 
 def model_of(run: Path):
     _, checkpoint = find_checkpoint(run)
-    return train.trained_model(checkpoint, CPU)
+    return trained_model(checkpoint, CPU)
 
 
 @pytest.mark.slow
@@ -82,7 +83,7 @@ def test_a_folder_of_images_agrees_with_test_py_and_with_the_model_run_apart(ima
 
     # The same images as test.py reads them (its loader, its order), through the model loaded apart.
     config, model = model_of(run)
-    loader, _ = train.build_data(config, False, SINGLE)
+    loader, _ = build_data(config, False, SINGLE)
     with torch.no_grad():
         expected = torch.cat([model(x).argmax(1) for x, _ in loader]).tolist()
     files = [Path(p).relative_to(test_dir).as_posix() for p, _ in loader.dataset.samples]

@@ -10,9 +10,11 @@ import pytest
 from conftest import ROOT
 
 # Lower numbers are lower layers. A module imports its own package or lower layers; model/, data_loader/ and
-# trainer/ stand beside each other and import none of each other.
+# trainer/ stand beside each other and import none of each other; so do the commands (and the benchmarks, which
+# are commands too): no command imports another, each is a thin layer over the run assembly (run/).
 LAYERS = {"utils": 0, "logger": 1, "base": 2, "model": 3, "data_loader": 3, "trainer": 3, "parse_config": 4,
-          "train": 5, "test": 5, "new_project": 5, "predict": 6, "export": 6, "tune": 6}  # the last use train's build
+          "run": 5, "train": 6, "test": 6, "new_project": 6, "predict": 6, "export": 6, "tune": 6, "benchmarks": 6}
+COMMANDS = ("train", "test", "new_project", "predict", "export", "tune")
 
 
 def project_modules() -> dict[str, Path]:
@@ -62,7 +64,14 @@ def test_the_graph_sees_the_packages_and_their_imports():
     imports = graph()
     assert {"utils.registry", "base.base_trainer", "trainer.trainer", "parse_config", "train", "test"} <= set(imports)
     assert "base.base_trainer" in imports["trainer.trainer"] or "base" in imports["trainer.trainer"]
-    assert "train" in imports["test"]  # test.py builds through train.build
+    assert {"run", "benchmarks.gpu_check"} <= set(imports) and "run" in imports["test"]  # test.py builds through run
+
+
+def test_no_command_imports_another():
+    imports = graph()
+    found = {command: sorted(imports[command] & set(COMMANDS)) for command in COMMANDS if command in imports}
+    found.update({m: sorted(t & set(COMMANDS)) for m, t in imports.items() if m.startswith("benchmarks.")})
+    assert {m: t for m, t in found.items() if t} == {}
 
 
 def test_every_import_goes_downward():
@@ -71,7 +80,7 @@ def test_every_import_goes_downward():
         top, level = layer(module)
         for target in targets:
             target_top, target_level = layer(target)
-            if target_top != top and target_level >= level and not (top == "test" and target_top == "train"):
+            if target_top != top and target_level >= level:
                 upward.append(f"{module} imports {target}")
     assert upward == [], "imports must run downward (entry points -> parse_config -> trainer/ -> base/ -> utils/)"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import train
+import run
 from utils.errors import UserError
 from utils.params import matching, parameter_groups, unmatched
 
@@ -82,9 +82,9 @@ def test_a_pattern_matching_nothing_and_a_parameter_in_two_groups_are_all_report
 
 def test_train_py_builds_the_optimizer_from_the_groups_and_without_entries_as_before():
     net = model()
-    optimizer = torch.optim.AdamW(train.param_groups(net, True, [{"params": "head.*", "lr": 0.01, "name": "head"}]),
+    optimizer = torch.optim.AdamW(run.param_groups(net, True, [{"params": "head.*", "lr": 0.01, "name": "head"}]),
                                   lr=0.1, weight_decay=0.5)
     assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups] == [
         ("default", 0.1, 0.5, 1), ("default", 0.1, 0.0, 3), ("head", 0.01, 0.5, 1), ("head", 0.01, 0.0, 1)]
-    assert [len(g["params"]) for g in train.param_groups(net, True)] == [2, 4]
-    assert len(train.param_groups(net, False)) == 6  # a plain list of parameters, as it always was
+    assert [len(g["params"]) for g in run.param_groups(net, True)] == [2, 4]
+    assert len(run.param_groups(net, False)) == 6  # a plain list of parameters, as it always was

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import parse_config
 import train
+from run import load_config as assembled_load_config
 from parse_config import (ConfigParser, apply_override, coerce, deep_merge, merge_changes, parse_overrides,
                           read_json, with_defaults)
 from utils.errors import UserError, run_cli
@@ -79,9 +80,14 @@ ORIGINAL = json.loads("""
 """)
 
 
+def load_config(args) -> tuple:
+    """run.load_config with train.py's declared options: (config, checkpoint or None, dist)."""
+    return assembled_load_config(args, train.OPTIONS)
+
+
 def from_cli(*argv: str) -> ConfigParser:
     """ConfigParser.from_args on train.py's own command line."""
-    return train.load_config(train.build_parser(train.OPTIONS).parse_intermixed_args(list(argv)))[0]
+    return load_config(train.build_parser(train.OPTIONS).parse_intermixed_args(list(argv)))[0]
 
 
 @pytest.fixture
@@ -342,7 +348,7 @@ def test_precedence_checkpoint_then_file_then_options_then_overrides(tmp_path, c
               overrides=["optimizer.args.lr=0.1", "trainer.epochs=9"]), (9, 0.1, 16)),
     ]
     for args, (epochs, lr, batch_size) in layers:
-        config, loaded, _ = train.load_config(_namespace(**args))
+        config, loaded, _ = load_config(_namespace(**args))
         assert (config["trainer"]["epochs"], config["optimizer"]["args"]["lr"],
                 config["data_loader"]["args"]["batch_size"]) == (epochs, lr, batch_size), args
         # nested keys the -c file does not name are kept from the checkpoint
@@ -354,14 +360,14 @@ def test_precedence_checkpoint_then_file_then_options_then_overrides(tmp_path, c
 def test_resume_through_the_command_line(tmp_path, checkpoint):
     args = train.build_parser(train.OPTIONS).parse_intermixed_args(["-r", str(checkpoint), "--lr", "0.25",
                                                                     "trainer.epochs=6"])
-    config, loaded, _ = train.load_config(args)
+    config, loaded, _ = load_config(args)
     assert config["trainer"]["epochs"] == 6 and config["optimizer"]["args"]["lr"] == 0.25
     assert loaded["config"]["optimizer"]["args"]["lr"] == 0.5
 
 
 def test_the_config_object_holds_plain_data_only(tmp_path, checkpoint):
     torch.save({**torch.load(checkpoint, weights_only=True), "state_dict": {"w": torch.ones(3)}}, checkpoint)
-    config, loaded, _ = train.load_config(_namespace(resume=str(checkpoint)))
+    config, loaded, _ = load_config(_namespace(resume=str(checkpoint)))
     assert isinstance(loaded["state_dict"]["w"], torch.Tensor)  # the entry point has the tensors ...
 
     def plain(value) -> bool:
@@ -376,7 +382,7 @@ def test_the_config_object_holds_plain_data_only(tmp_path, checkpoint):
 def test_resume_with_another_section_type_takes_only_its_new_args(tmp_path, checkpoint):
     changes = write(tmp_path, {"optimizer": {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}},
                                "lr_scheduler": {"args": {"gamma": 0.9}}}, "sgd.json")
-    config = train.load_config(_namespace(resume=str(checkpoint), config=str(changes)))[0]
+    config = load_config(_namespace(resume=str(checkpoint), config=str(changes)))[0]
     assert (config["optimizer"]["type"], config["optimizer"]["args"]) == ("SGD", {"lr": 0.01, "momentum": 0.9})  # no amsgrad
     assert config["lr_scheduler"]["args"] == {"step_size": 10, "gamma": 0.9}  # same type: merged
     assert merge_changes({"loss": {"type": "a", "args": {"x": 1}}}, {"loss": {"type": "b"}}) == {
@@ -385,12 +391,12 @@ def test_resume_with_another_section_type_takes_only_its_new_args(tmp_path, chec
 
 def test_resume_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match=r"checkpoint .*nope\.pth not found"):
-        train.load_config(_namespace(resume=str(tmp_path / "nope.pth")))
+        load_config(_namespace(resume=str(tmp_path / "nope.pth")))
     torch.save({"state_dict": {}}, tmp_path / "partial.pth")
     with pytest.raises(UserError, match=r"partial\.pth is not a checkpoint of this template: it lacks config, epoch"):
-        train.load_config(_namespace(resume=str(tmp_path / "partial.pth")))
+        load_config(_namespace(resume=str(tmp_path / "partial.pth")))
     with pytest.raises(UserError, match=r"no config given: add -c config\.json"):
-        train.load_config(_namespace())
+        load_config(_namespace())
 
 
 # ---- validation: every problem at once (the bad config is in conftest.py) ----

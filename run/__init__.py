@@ -1,0 +1,20 @@
+"""A run assembled below the commands: train.py, test.py, predict.py, export.py, tune.py and the benchmarks are
+thin command-line layers over this package, and no command imports another.
+
+    devices.py   choose_device: the one device chooser (torchrun ranks, n_gpu, -d cpu, one GPU for inference)
+    data.py      build_data: training and validation loaders, or the test split; each rank's share
+    model.py     build_model, place_model (device, compile, DDP/DataParallel), trained_model (from a checkpoint)
+    build.py     build_trainer: data, model, loss, metrics, optimizer, schedule, trainer; build_evaluator
+    training.py  load_config (with -r), assemble (seeded, built, checked), open_run, resume, fast_dev_run
+
+Importing it imports parse_config, which registers the user's models, losses, metrics, data loaders and trainers.
+"""
+from run.build import build_evaluator, build_trainer, param_groups
+from run.data import build_data, build_test_split, whole_split_args
+from run.devices import choose_device
+from run.model import build_model, load_trained_weights, place_model, trained_model
+from run.training import DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, load_config, open_run, resume
+
+__all__ = ["DIST_DEFAULTS", "FAST_DEV_RUN", "assemble", "build_data", "build_evaluator", "build_model", "build_test_split",
+           "build_trainer", "choose_device", "fast_dev_run", "load_config", "load_trained_weights", "open_run",
+           "param_groups", "place_model", "resume", "trained_model", "whole_split_args"]

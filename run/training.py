@@ -1,0 +1,110 @@
+"""A training run's life around the trainer: its config (with -r, merged onto the checkpoint's), its directory,
+resuming from a checkpoint, and the fast dev run."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+from typing import Sequence
+
+from base import BaseTrainer
+from base.base_trainer import compact
+from base.settings import TrainerSettings
+from logger import get_logger, setup_logging
+from parse_config import SCHEMA, ConfigParser, differing_keys
+from run.build import build_trainer
+from run.devices import choose_device
+from trainer.checks import check_first_batch
+from utils import distributed
+from utils.checkpoint import RunDirs, find_checkpoint, unwrap
+from utils.distributed import SINGLE, Dist
+from utils.errors import UserError
+from utils.util import seed_everything
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSettings)}
+DIST_DEFAULTS = (_DEFAULTS["dist_backend"], _DEFAULTS["dist_timeout"])  # the process group's start, before -r
+# What --fast-dev-run sets: one epoch of one training batch and one validation batch, nothing else on.
+FAST_DEV_RUN = {"epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "len_epoch": None, "overfit_batches": 0,
+                "val_every_steps": None, "val_every_epochs": 1, "save_every_steps": None, "max_time": None}
+
+
+def load_config(args: argparse.Namespace, options: Sequence = (),
+                dist: Dist = SINGLE) -> tuple[ConfigParser, dict | None, Dist]:
+    """The validated config, and with -r the checkpoint it resumes (loaded here and passed on as data: the
+    config object holds no tensors; config.resume is the checkpoint's path). Under torchrun the checkpoint is
+    read by the lowest rank whose machine holds it and sent to the others; that rank writes the run (dist.main).
+    options: the command's declared options (train.py's OPTIONS)."""
+    path, checkpoint = None, None
+    if args.resume:
+        dist, (path, checkpoint) = distributed.read_on_one_rank(args.resume, find_checkpoint, dist)
+    config = ConfigParser.from_args(args, options, resume=path,
+                                    checkpoint_config=checkpoint["config"] if checkpoint else None)
+    return config, checkpoint, dist
+
+
+def assemble(config: ConfigParser, device_flag: str | None = None, dist: Dist = SINGLE) -> tuple[BaseTrainer, Dist]:
+    """The trainer of a training run and this rank: the process group restarted if the config names another backend
+    or timeout, every random generator seeded, the parts built in dependency order on the device chosen (device_flag:
+    -d), and the first batch checked against the model (one clear error before anything is written)."""
+    settings = config.settings()
+    dist = distributed.init(settings.dist_backend, settings.dist_timeout, main=dist.main)
+    seed_everything(config["seed"])
+    trainer = build_trainer(config, *choose_device(config["n_gpu"], device_flag, dist), dist)
+    check_first_batch(trainer)
+    return trainer, dist
+
+
+def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
+    """The run directory (the main rank creates it, or reuses it on resume); logs, TensorBoard, metrics.jsonl
+    and checkpoints go there, written by that rank only."""
+    run = distributed.broadcast(config.make_run_dirs() if dist.is_main else None, src=dist.main)  # chosen once
+    verbosity = config["trainer"]["verbosity"]
+    setup_logging(run.log_dir if dist.is_main else None, verbosity=verbosity if dist.is_main else 0)
+    get_logger("trainer", verbosity)
+    if dist.is_main:
+        trainer.outputs.open(run, trainer.settings)
+    get_logger("train", verbosity).info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
+    return run
+
+
+def resume(trainer: BaseTrainer, checkpoint: dict, config: ConfigParser) -> None:
+    """Load the checkpoint into the trainer, saying what differs from the config it was trained with."""
+    logger = get_logger("train")
+    old = checkpoint["config"]
+    changed = differing_keys(old, config.config, ("arch", "data_loader", "seed"))
+    if changed:
+        logger.warning("Resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
+    # a changed grouping (or a group's options, which the saved state would override) starts the optimizer afresh
+    regrouped = [key for key in ("type", "param_groups", "no_decay_bias_norm")
+                 if old["optimizer"].get(key, SCHEMA["optimizer"][key][1]) != config["optimizer"][key]]
+    same_optimizer = not regrouped
+    if not same_optimizer:
+        logger.warning("%s %s from the checkpoint's%s; its optimizer state is not loaded.",
+                       ", ".join(f"optimizer.{key}" for key in regrouped), "differ" if regrouped[1:] else "differs",
+                       f" ({old['optimizer']['type']})" if "type" in regrouped else "")
+    trainer.load_state_dict(checkpoint, load_optimizer=same_optimizer)
+    new_lr, old_lr = config["optimizer"]["args"].get("lr"), old["optimizer"]["args"].get("lr")
+    if same_optimizer and new_lr is not None and new_lr != old_lr:
+        trainer.set_lr(new_lr)
+        logger.info("Learning rate changed from %s to %s for the resumed run.", old_lr, new_lr)
+    read_by = f" (read by rank {trainer.dist.main}, sent to the others)" if trainer.dist.enabled else ""
+    logger.info("Resumed from %s%s: continuing at epoch %d of %d.", config.resume, read_by, trainer.start_epoch,
+                trainer.epochs)
+
+
+def fast_dev_run(trainer: BaseTrainer, config: ConfigParser) -> None:
+    """Train and validate one batch each (the config was given FAST_DEV_RUN), then evaluate one batch of the test
+    split as test.py would, with nothing written; the first error stops it."""
+    logger = get_logger("train")
+    trainer.train()  # its outputs were never opened: no run directory, checkpoint or event file
+    try:
+        evaluator = build_trainer(config, trainer.device, training=False)
+    except UserError as e:  # a config without a test split trains fine; test.py would stop here
+        logger.warning("Fast dev run: test.py could not build the test split: %s", e)
+        evaluator = None
+    if evaluator is not None:
+        evaluator.model.load_state_dict(unwrap(trainer.model).state_dict())
+        results = evaluator.evaluate(itertools.islice(evaluator.data_loader, 1), desc="test")
+        logger.info("Fast dev run, one test batch: %s", ", ".join(f"{k} {compact(v)}" for k, v in results.items()))
+    logger.info("Fast dev run passed: one batch each of training, validation%s ran; nothing was written.",
+                " and the test split" if evaluator is not None else "")
