@@ -7,8 +7,9 @@ class or function they are passed to (see config_validation.check_args), not her
 """
 from __future__ import annotations
 
+from utils.json_types import NONE, TYPE_NAMES, describe, type_ok  # noqa: F401  (used with the schema)
+
 REQUIRED = object()
-NONE = type(None)
 
 # key: (accepted types, default, meaning). A nested dict is a section.
 SCHEMA: dict = {
@@ -50,8 +51,6 @@ SCHEMA: dict = {
 }
 
 OPTIONAL_SECTIONS = {"lr_scheduler"}  # may be absent or null
-TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-              dict: "an object", list: "a list", NONE: "null"}
 
 
 def flat_keys(schema: dict, prefix: str = "") -> dict[str, tuple]:
@@ -64,18 +63,3 @@ def flat_keys(schema: dict, prefix: str = "") -> dict[str, tuple]:
             out[prefix + key] = spec
     return out
 
-
-def type_ok(value, types) -> bool:
-    """isinstance that keeps bools out of int and lets ints stand for floats."""
-    types = types if isinstance(types, tuple) else (types,)
-    if isinstance(value, bool):
-        return bool in types
-    if isinstance(value, int) and float in types:
-        return True
-    return isinstance(value, tuple(t for t in types if t is not bool))
-
-
-def describe(types) -> str:
-    """'an integer or null' for (int, NoneType)."""
-    types = types if isinstance(types, tuple) else (types,)
-    return " or ".join(TYPE_NAMES.get(t, t.__name__) for t in types)

@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import math
-import types
-import typing
 from typing import Any, Callable
 
-from utils.config_schema import type_ok
-
-NONE = type(None)
-_JSON = (bool, int, float, str, dict, list, NONE)
+from utils.json_types import NONE, default_of, json_types, type_ok
 
 
 def setting(default: Any = dataclasses.MISSING, meaning: str = "", *, minimum: float | None = None,
@@ -36,26 +30,6 @@ def setting(default: Any = dataclasses.MISSING, meaning: str = "", *, minimum: f
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
-
-
-def json_types(cls: type) -> dict[str, tuple]:
-    """{field: the JSON value types its annotation admits}, e.g. (int, NoneType) for `int | None`."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        out[f.name] = tuple(typing.get_origin(a) or a for a in args if (typing.get_origin(a) or a) in _JSON)
-    return out
-
-
-def default_of(f: dataclasses.Field, required: Any) -> Any:
-    """The field's default (a fresh copy), or `required` when it has none."""
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return required
 
 
 def schema_rows(cls: type, required: Any) -> dict[str, tuple]:
@@ -114,12 +88,3 @@ def from_section(cls: type, section: dict) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in section.items() if k in names})
 
-
-def signature_with(fn: Callable, cls: type) -> inspect.Signature:
-    """fn's signature with its **kwargs replaced by cls's fields as keyword-only arguments (annotation and
-    default each), so that config validation checks them like any other argument: a constructor that takes
-    `**options` and builds cls(**options) declares the options once, in cls."""
-    params = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
-                                 default=default_of(f, inspect.Parameter.empty)) for f in dataclasses.fields(cls)]
-    return inspect.Signature(params)

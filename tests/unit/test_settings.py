@@ -3,16 +3,14 @@ from TrainerSettings, and the CNN's block options from BlockOptions."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 
 import pytest
 
 from base.settings import TrainerSettings
-from model.cnn import CNN, BlockOptions
 from parse_config import SCHEMA, validate, with_defaults
 from utils.config_schema import NONE, REQUIRED
-from utils.settings import from_section, json_types, range_problems, schema_rows, setting, signature_with
+from utils.settings import from_section, range_problems, schema_rows, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,11 +22,6 @@ class Example:
     words: str = setting("off", "off or two words", check=lambda v: v == "off" or len(v.split()) == 2,
                          rule="'off' or two words")
     table: dict = setting({"k": 1}, "a table")
-
-
-def test_types_come_from_the_annotations():
-    assert json_types(Example) == {"count": (int,), "ratio": (float, NONE), "mode": (str,), "level": (int,),
-                                   "words": (str,), "table": (dict,)}
 
 
 def test_schema_rows_carry_type_default_and_meaning_and_mark_the_required():
@@ -92,23 +85,3 @@ def tiny(tmp_path):
     from conftest import tiny_config
 
     return tiny_config(tmp_path)
-
-
-def test_the_cnn_takes_each_block_option_as_a_named_argument_declared_once():
-    params = inspect.signature(CNN).parameters
-    for f in dataclasses.fields(BlockOptions):
-        assert params[f.name].kind is inspect.Parameter.KEYWORD_ONLY
-        assert params[f.name].default == f.default and params[f.name].annotation == f.type
-    model = CNN(1, "r8", num_classes=2, scale="scalar", scale_init=0.5, norm_after="instance")
-    block = model.blocks[0]
-    assert block.scale.item() == 0.5 and type(block.after[0]).__name__ == "InstanceNorm2d"
-
-
-def test_signature_with_replaces_the_keyword_catch_all():
-    def build(a: int, b: str = "x", **options):
-        return a
-
-    sig = signature_with(build, Example)
-    assert list(sig.parameters)[:2] == ["a", "b"] and "options" not in sig.parameters
-    assert sig.parameters["count"].default is inspect.Parameter.empty  # required
-    assert sig.parameters["mode"].default == "a"
