@@ -57,10 +57,9 @@ import torch  # noqa: E402
 
 from base import BaseTrainer  # noqa: E402
 from base.base_trainer import compact  # noqa: E402
-from base.settings import TrainerSettings  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from model.summary import layer_table  # noqa: E402
-from parse_config import SCHEMA, ConfigParser, differing_keys  # noqa: E402
+from parse_config import SCHEMA, ConfigParser, TrainerSettings, differing_keys  # noqa: E402
 from trainer.checks import check_first_batch  # noqa: E402
 from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402

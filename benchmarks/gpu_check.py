@@ -66,7 +66,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 import train  # noqa: E402
-from base import BaseDataLoader, RunOutputs, TrainerSettings  # noqa: E402
+from base import BaseDataLoader, RunOutputs  # noqa: E402
+from config import TrainerSettings  # noqa: E402
 from logger import setup_logging  # noqa: E402
 from model.metric import accuracy  # noqa: E402
 from model.model import DigitsModel  # noqa: E402

@@ -28,7 +28,8 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from base import BaseDataLoader, RunOutputs, TrainerSettings  # noqa: E402
+from base import BaseDataLoader, RunOutputs  # noqa: E402
+from config import TrainerSettings  # noqa: E402
 from model.metric import accuracy  # noqa: E402
 from model.model import MnistModel  # noqa: E402
 from trainer import Trainer  # noqa: E402

@@ -10,7 +10,6 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from base.settings import EMA_KEYS
 from utils.checkpoint import EMA, unwrap
 
 
@@ -29,7 +28,7 @@ class WeightAverage:
 
     @classmethod
     def from_setting(cls, model: nn.Module, setting: dict | None) -> "WeightAverage | None":
-        return None if setting is None else cls(model, **{**EMA_KEYS, **setting})
+        return None if setting is None else cls(model, **setting)  # a key not given: the default above
 
     def pairs(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(averaged, current) for every parameter and buffer, in the module's order (the same objects all run)."""

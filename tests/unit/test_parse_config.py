@@ -1,5 +1,5 @@
-"""Tests for parse_config.py: reading, merging, overrides, declared options, resume precedence, validation, run
-dirs."""
+"""Tests for parse_config.py, the face of the config package (config/files.py, merge.py, overrides.py, parser.py):
+reading, merging, overrides, declared options, resume precedence, validation, run dirs."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +90,16 @@ def cfg_file(tmp_path):
 
 
 # ---- the original template's format ----
+
+def test_parse_config_is_the_face_of_the_config_package():
+    import config
+
+    assert {"ConfigParser", "SCHEMA", "validate", "read_json", "apply_override", "split_path", "with_defaults",
+            "differing_keys", "TrainerSettings"} <= set(parse_config.__all__)
+    for name in parse_config.__all__:
+        assert getattr(parse_config, name) is getattr(config, name), name
+    assert ARCHS.find("DigitsModel") is not None  # importing it registered the project's classes
+
 
 def test_original_template_config_runs_unchanged():
     config = ConfigParser(copy.deepcopy(ORIGINAL))
@@ -493,7 +503,7 @@ def test_timestamp_run_ids_are_unique_within_one_second(tmp_path, monkeypatch):
         def now(cls, tz=None):
             return datetime(2024, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(parse_config, "datetime", Frozen)
+    monkeypatch.setattr("config.parser.datetime", Frozen)
     config = tiny_config(tmp_path / "saved")
     first, second = (ConfigParser(config).make_run_dirs() for _ in range(2))
     assert first.checkpoint_dir.name == "0102_030405" and second.checkpoint_dir.name == "0102_030405_1"

@@ -1,5 +1,5 @@
-"""Settings declared once (utils/settings.py): the trainer section's schema rows, defaults and ranges all come
-from TrainerSettings, and the CNN's block options from BlockOptions."""
+"""Settings declared once (config/fields.py, config/settings.py): the trainer section's schema rows, defaults,
+ranges and rules across keys all come from TrainerSettings."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,14 +7,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from base.settings import TrainerSettings
+from config.fields import REQUIRED, from_section, range_problems, schema_rows, setting
+from config.settings import TrainerSettings
 from parse_config import SCHEMA, validate, with_defaults
-from utils.config_schema import NONE, REQUIRED
-from utils.settings import from_section, range_problems, schema_rows, setting
+from utils.json_types import NONE
 
 
 @dataclass(frozen=True, kw_only=True)
 class Example:
+    """An example section."""
+
     count: int = setting(meaning="how many", minimum=1)
     ratio: float | None = setting(None, "a share", positive=True)
     mode: str = setting("a", "the mode", choices=("a", "b"))
@@ -25,11 +27,12 @@ class Example:
 
 
 def test_schema_rows_carry_type_default_and_meaning_and_mark_the_required():
-    rows = schema_rows(Example, REQUIRED)
+    rows = schema_rows(Example)
     assert rows["count"] == ((int,), REQUIRED, "how many")
     assert rows["ratio"] == ((float, NONE), None, "a share")
     assert rows["table"] == ((dict,), {"k": 1}, "a table")
     assert Example(count=1).table is not Example(count=1).table  # a mutable default is fresh each time
+    assert rows.meaning == "An example section."
 
 
 def test_range_problems_name_the_key_the_range_and_the_value():
@@ -50,9 +53,10 @@ def test_from_section_builds_the_settings_and_ignores_keys_it_does_not_declare()
 
 
 def test_the_trainer_section_of_the_schema_is_trainer_settings():
-    assert SCHEMA["trainer"] == schema_rows(TrainerSettings, REQUIRED)
+    assert SCHEMA["trainer"] == schema_rows(TrainerSettings)
     assert all(meaning for _, _, meaning in SCHEMA["trainer"].values())
     assert SCHEMA["trainer"]["epochs"][1] is REQUIRED and SCHEMA["trainer"]["type"][1] == "Trainer"
+    assert SCHEMA["trainer"].rules == TrainerSettings.rules
 
 
 def test_a_config_with_only_epochs_gets_every_trainer_default_from_the_settings():
@@ -78,6 +82,23 @@ def test_a_config_with_only_epochs_gets_every_trainer_default_from_the_settings(
 def test_every_ranged_trainer_setting_is_checked(tiny, key, value, problem):
     tiny["trainer"][key] = value
     assert validate(with_defaults(tiny)) == [problem]
+
+
+def test_the_trainer_rules_across_keys_are_declared_beside_its_fields():
+    assert TrainerSettings.rules({"unfreeze_at_epoch": 2, "freeze": [], "save_top_k": 1, "monitor": "off"}) == [
+        "trainer.unfreeze_at_epoch is set but trainer.freeze names nothing to freeze; add patterns to trainer.freeze "
+        "or set trainer.unfreeze_at_epoch to null",
+        "trainer.save_top_k is set but trainer.monitor is 'off': there is no value to rank checkpoints by; set "
+        "trainer.monitor (e.g. 'min val_loss') or set trainer.save_top_k to null"]
+    assert TrainerSettings.rules({"unfreeze_at_epoch": 2, "freeze": ["a.*"], "save_top_k": 1, "monitor": "min x"}) == []
+    assert TrainerSettings.rules({"save_top_k": "2", "monitor": "off", "unfreeze_at_epoch": None}) == []  # mistyped
+
+
+@pytest.mark.parametrize("max_time, seconds", [
+    (None, None), (90, 90.0), (0.5, 0.5), (0, None), ("00:01:30", 90.0), ("1:00:00:00", 86400.0), ("soon", None),
+])
+def test_max_time_in_seconds_is_a_property_of_the_settings(max_time, seconds):
+    assert TrainerSettings(epochs=1, max_time=max_time).max_time_seconds == seconds
 
 
 @pytest.fixture

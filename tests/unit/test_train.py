@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import train
-from base import TrainerSettings
+from config import TrainerSettings
 from utils.distributed import Dist
 from utils.errors import UserError
 from utils.registry import REGISTRIES

@@ -1,13 +1,12 @@
-"""The trainer section of config.json, declared once: type, default, range and meaning of every key.
-
-The config schema, the README table check, range validation and the trainer's defaults all come from
-this class (utils/settings.py). A new trainer feature adds one field here.
-"""
+"""The settings classes: each config section a component reads, declared once (type, default, range and meaning
+of every key, and the rules across keys; see config/fields.py). A new trainer feature adds one field to
+TrainerSettings; the schema, the defaults and the range checks follow from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.settings import setting
+from config.fields import setting
+from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR
 
 
 def _monitor_ok(spec: str) -> bool:
@@ -39,7 +38,7 @@ def _limit_ok(value: int | float) -> bool:
     return _count(value, 1) if isinstance(value, int) else 0 < value <= 1
 
 
-def max_time_seconds(value: str | int | float | None) -> float | None:
+def _seconds(value: str | int | float | None) -> float | None:
     """trainer.max_time in seconds: a number of seconds, or "[DD:]HH:MM:SS"; None when not given or malformed."""
     if value is None or isinstance(value, bool):
         return None
@@ -123,5 +122,23 @@ class TrainerSettings:
     max_time: str | int | float | None = setting(None, "stop at the first step past this wall time (\"DD:HH:MM:SS\", "
                                                        "\"HH:MM:SS\" or seconds), save and exit 0 so a scheduled "
                                                        "job can resume with -r; null = no limit",
-                                                 check=lambda v: max_time_seconds(v) is not None,
+                                                 check=lambda v: _seconds(v) is not None,
                                                  rule="\"[DD:]HH:MM:SS\" or a positive number of seconds")
+
+    @classmethod
+    def rules(cls, values: dict) -> list[str]:
+        """The problems across the section's keys (values as written: a mistyped one is the schema check's)."""
+        problems = []
+        unfreeze = values.get("unfreeze_at_epoch")
+        if isinstance(unfreeze, int) and unfreeze >= 1 and not values.get("freeze"):
+            problems.append("trainer.unfreeze_at_epoch is set but trainer.freeze names nothing to freeze; add "
+                            "patterns to trainer.freeze or set trainer.unfreeze_at_epoch to null")
+        top_k, monitor = values.get("save_top_k"), values.get("monitor")
+        if type(top_k) is int and isinstance(monitor, str) and monitor.split() == ["off"]:  # a mistyped one: above
+            problems.append(SAVE_TOP_K_NEEDS_MONITOR)
+        return problems
+
+    @property
+    def max_time_seconds(self) -> float | None:
+        """trainer.max_time in seconds; None when there is no limit."""
+        return _seconds(self.max_time)

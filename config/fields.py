@@ -5,9 +5,13 @@
         epochs: int = setting(meaning="number of epochs to train", minimum=1)
         amp: str | None = setting(None, "mixed precision", choices=("bf16", "fp16"))
 
-The type is the field's annotation; a field without a default is required. From the one declaration
-come the config schema rows (`schema_rows`), the range checks (`range_problems`), the README table
-check (through the schema) and the component's defaults (the dataclass itself).
+        @classmethod
+        def rules(cls, values: dict) -> list[str]: ...   # problems across keys (optional)
+
+The type is the field's annotation; a field without a default is required. From the one declaration come the
+config schema section (`schema_rows`), the range checks (`range_problems`), the rules across keys (`rules`,
+run by validation with every other check), the defaults filled into a config (through the schema) and the
+settings object itself (`from_section`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,19 @@ import math
 from typing import Any, Callable
 
 from utils.json_types import NONE, default_of, json_types, type_ok
+
+REQUIRED = object()  # the default of a key that has none
+
+
+class Section(dict):
+    """A config section: {key: (types, default, meaning) or a nested Section}. optional: absent and null mean
+    none (then its default is null); meaning: one line for the section itself; rules(values) -> the problems
+    across its keys, run with every other check."""
+
+    def __init__(self, rows: dict | None = None, *, optional: bool = False, meaning: str = "",
+                 rules: Callable[[dict], list[str]] | None = None):
+        super().__init__(rows or {})
+        self.optional, self.meaning, self.rules = optional, meaning, rules
 
 
 def setting(default: Any = dataclasses.MISSING, meaning: str = "", *, minimum: float | None = None,
@@ -32,11 +49,17 @@ def setting(default: Any = dataclasses.MISSING, meaning: str = "", *, minimum: f
     return dataclasses.field(default=default, metadata=meta)
 
 
-def schema_rows(cls: type, required: Any) -> dict[str, tuple]:
-    """{field: (types, default, meaning)}: the rows of a config schema section (`required` marks no default)."""
+def schema_rows(cls: type) -> Section:
+    """The config schema section cls declares (its meaning: the docstring's first line): {field: (types, default,
+    meaning)}, REQUIRED where there is no default; its rules: cls.rules where cls has them."""
     kinds = json_types(cls)
-    return {f.name: (kinds[f.name], default_of(f, required), f.metadata.get("meaning", ""))
+    rows = {f.name: (kinds[f.name], default_of(f, REQUIRED), f.metadata.get("meaning", ""))
             for f in dataclasses.fields(cls)}
+    return Section(rows, meaning=_first_line(cls.__doc__), rules=getattr(cls, "rules", None))
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n")[0]
 
 
 def range_problems(cls: type, values: dict, prefix: str) -> list[str]:
@@ -87,4 +110,3 @@ def from_section(cls: type, section: dict) -> Any:
     """An instance of cls from a validated config section (keys the class does not declare are ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in section.items() if k in names})
-
