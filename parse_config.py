@@ -7,8 +7,9 @@ user's classes by name, so that a config can name them.
 import data_loader  # noqa: F401  (registers the data loaders)
 import model  # noqa: F401  (registers models, losses and metrics)
 import trainer  # noqa: F401  (registers the trainers)
-from config import (SCHEMA, ConfigParser, TrainerSettings, apply_override, coerce, deep_merge, differing_keys,
-                    merge_changes, parse_overrides, read_json, split_path, validate, with_defaults)
+from config import (SCHEMA, ConfigParser, EMASettings, TrainerSettings, apply_override, coerce, deep_merge,
+                    differing_keys, merge_changes, parse_overrides, read_json, split_path, validate, with_defaults)
 
-__all__ = ["SCHEMA", "ConfigParser", "TrainerSettings", "apply_override", "coerce", "deep_merge", "differing_keys",
-           "merge_changes", "parse_overrides", "read_json", "split_path", "validate", "with_defaults"]
+__all__ = ["SCHEMA", "ConfigParser", "EMASettings", "TrainerSettings", "apply_override", "coerce", "deep_merge",
+           "differing_keys", "merge_changes", "parse_overrides", "read_json", "split_path", "validate",
+           "with_defaults"]

@@ -4,23 +4,26 @@
     class Settings:
         epochs: int = setting(meaning="number of epochs to train", minimum=1)
         amp: str | None = setting(None, "mixed precision", choices=("bf16", "fp16"))
+        ema: EMASettings | None = setting(None, "a nested section; null = off")
 
         @classmethod
         def rules(cls, values: dict) -> list[str]: ...   # problems across keys (optional)
 
-The type is the field's annotation; a field without a default is required. From the one declaration come the
-config schema section (`schema_rows`), the range checks (`range_problems`), the rules across keys (`rules`,
-run by validation with every other check), the defaults filled into a config (through the schema) and the
-settings object itself (`from_section`).
+The type is the field's annotation; a field without a default is required; a field whose annotation is another
+settings class (alone or `| None`) is a nested section. From the one declaration come the config schema section
+(`schema_rows`), the range checks (`range_problems`), the rules across keys (`rules`, run by validation with
+every other check), the defaults filled into a config (through the schema) and the settings object itself
+(`from_section`).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+import typing
 from typing import Any, Callable
 
-from utils.json_types import NONE, default_of, json_types, type_ok
+from utils.json_types import NONE, annotation_args, default_of, json_types, type_ok
 
 REQUIRED = object()  # the default of a key that has none
 
@@ -37,24 +40,45 @@ class Section(dict):
 
 
 def setting(default: Any = dataclasses.MISSING, meaning: str = "", *, minimum: float | None = None,
-            positive: bool = False, choices: tuple | None = None, check: Callable[[Any], bool] | None = None,
-            rule: str = "") -> Any:
-    """A dataclass field with its one-line meaning and its range: at least `minimum`, `positive`, one of
-    `choices`, or `check(value)` true (described by `rule`, e.g. "'min <key>' or 'off'"). None always passes
-    the range when the annotation allows it."""
-    meta = {"meaning": meaning, "minimum": minimum, "positive": positive, "choices": choices, "check": check,
-            "rule": rule}
+            maximum: float | None = None, positive: bool = False, choices: tuple | None = None,
+            check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
+    """A dataclass field with its one-line meaning and its range: at least `minimum`, at most `maximum`,
+    `positive`, one of `choices`, or `check(value)` true (described by `rule`, e.g. "'min <key>' or 'off'").
+    None always passes the range when the annotation allows it."""
+    meta = {"meaning": meaning, "minimum": minimum, "maximum": maximum, "positive": positive, "choices": choices,
+            "check": check, "rule": rule}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
+def nested(cls: type) -> dict[str, type]:
+    """{field: its settings class} for the fields of cls that are nested sections (`EMASettings | None`)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        classes = [a for a in annotation_args(hints[f.name]) if dataclasses.is_dataclass(a)]
+        if classes:
+            out[f.name] = classes[0]
+    return out
+
+
 def schema_rows(cls: type) -> Section:
     """The config schema section cls declares (its meaning: the docstring's first line): {field: (types, default,
-    meaning)}, REQUIRED where there is no default; its rules: cls.rules where cls has them."""
-    kinds = json_types(cls)
-    rows = {f.name: (kinds[f.name], default_of(f, REQUIRED), f.metadata.get("meaning", ""))
-            for f in dataclasses.fields(cls)}
+    meaning)}, REQUIRED where there is no default, a nested Section for a field of a settings class (optional when
+    it may be null, its default)."""
+    kinds, inner = json_types(cls), nested(cls)
+    rows = {}
+    for f in dataclasses.fields(cls):
+        meaning = f.metadata.get("meaning", "")
+        if f.name in inner:
+            optional = NONE in kinds[f.name]
+            if optional and f.default is not None:
+                raise TypeError(f"{cls.__name__}.{f.name}: a nested section that may be null defaults to null")
+            section = schema_rows(inner[f.name])
+            rows[f.name] = Section(section, optional=optional, meaning=meaning, rules=section.rules)
+        else:
+            rows[f.name] = (kinds[f.name], default_of(f, REQUIRED), meaning)
     return Section(rows, meaning=_first_line(cls.__doc__), rules=getattr(cls, "rules", None))
 
 
@@ -63,12 +87,16 @@ def _first_line(doc: str | None) -> str:
 
 
 def range_problems(cls: type, values: dict, prefix: str) -> list[str]:
-    """'<prefix><field> must be <range>, got <value>' for each value of the right type outside its range
-    (values of the wrong type are the schema check's to report)."""
-    kinds = json_types(cls)
+    """'<prefix><field> must be <range>, got <value>' for each value of the right type outside its range, nested
+    sections included (values of the wrong type are the schema check's to report)."""
+    kinds, inner = json_types(cls), nested(cls)
     problems = []
     for f in dataclasses.fields(cls):
         value = values.get(f.name)
+        if f.name in inner:
+            if isinstance(value, dict):
+                problems.extend(range_problems(inner[f.name], value, f"{prefix}{f.name}."))
+            continue
         if value is None or not type_ok(value, kinds[f.name]) or not _finite(value):
             continue  # missing, mistyped or not finite: the checks of those report it
         rule = _rule(f.metadata, nullable=NONE in kinds[f.name])
@@ -83,6 +111,8 @@ def _finite(value: Any) -> bool:
 
 def _in_range(value: Any, meta: dict) -> bool:
     if meta.get("minimum") is not None and value < meta["minimum"]:
+        return False
+    if meta.get("maximum") is not None and value > meta["maximum"]:
         return False
     if meta.get("positive") and value <= 0:
         return False
@@ -99,14 +129,24 @@ def _rule(meta: dict, nullable: bool) -> str:
     if meta.get("choices") is not None:
         words = [repr(c) for c in meta["choices"]] + null
         return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
-    if meta.get("minimum") is not None:
-        return " or ".join([f"at least {meta['minimum']}", *null])
+    low, high = meta.get("minimum"), meta.get("maximum")
+    if low is not None and high is not None:
+        return " or ".join([f"from {low} to {high}", *null])
+    if low is not None:
+        return " or ".join([f"at least {low}", *null])
+    if high is not None:
+        return " or ".join([f"at most {high}", *null])
     if meta.get("positive"):
         return " or ".join(["positive", *null])
     return ""
 
 
 def from_section(cls: type, section: dict) -> Any:
-    """An instance of cls from a validated config section (keys the class does not declare are ignored)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in section.items() if k in names})
+    """An instance of cls from a validated config section, nested sections as their settings objects (keys the
+    class does not declare are ignored)."""
+    inner = nested(cls)
+    values = {f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section}
+    for name, sub in inner.items():
+        if isinstance(values.get(name), dict):
+            values[name] = from_section(sub, values[name])
+    return cls(**values)

@@ -6,7 +6,8 @@ import json
 from typing import Any, Iterable
 
 from config.files import MAX_DEPTH, depth
-from config.schema import SCHEMA, flat_keys
+from config.merge import with_defaults
+from config.schema import REQUIRED, SCHEMA, flat_keys, section_at
 from utils.errors import UserError, did_you_mean
 from utils.json_types import describe, type_ok
 
@@ -46,7 +47,9 @@ def _schema_types(keys: list[str]) -> tuple:
 
 
 def apply_override(config: dict, path: str, text: str | None, *, value: Any = None, add: bool = False) -> None:
-    """Set config[path] from text (parsed) or value; an unknown path raises unless add is set."""
+    """Set config[path] from text (parsed) or value; an unknown path raises unless add is set. A key inside an
+    optional section that is null (trainer.ema.decay while trainer.ema is null) turns the section on with its
+    defaults first, when every key of it has one."""
     keys = split_path(path)
     node = config
     for i, key in enumerate(keys):
@@ -69,7 +72,19 @@ def apply_override(config: dict, path: str, text: str | None, *, value: Any = No
             current = node[key] if (isinstance(node, list) or key in node) else None
             node[key] = value if text is None else coerce(text, current, path)
         else:
+            if node[key] is None:
+                node[key] = _switched_on(keys[: i + 1])
             node = node[key]
+
+
+def _switched_on(keys: list[str]) -> dict | None:
+    """The defaults of the optional section at keys when every key of it has one (trainer.ema), else None."""
+    section = section_at(keys)
+    if section is None or not section.optional:
+        return None
+    if any(default is REQUIRED for _, default, _ in flat_keys(section).values()):
+        return None  # e.g. lr_scheduler: its type must be given
+    return with_defaults({}, section)
 
 
 def parse_overrides(items: Iterable[str]) -> list[tuple[str, str, bool]]:

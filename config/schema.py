@@ -11,7 +11,7 @@ from config.fields import REQUIRED, Section, schema_rows
 from config.settings import TrainerSettings
 from utils.json_types import NONE
 
-__all__ = ["ARG_MINIMUMS", "REQUIRED", "SCHEMA", "SECTIONS", "SETTINGS", "Section", "flat_keys"]
+__all__ = ["ARG_MINIMUMS", "REQUIRED", "SCHEMA", "SECTIONS", "SETTINGS", "Section", "flat_keys", "section_at"]
 
 
 def arch_rules(arch: dict) -> list[str]:
@@ -89,3 +89,10 @@ def flat_keys(schema: dict, prefix: str = "") -> dict[str, tuple]:
             out[prefix + key] = spec
     return out
 
+
+def section_at(keys: list[str], schema: dict = SCHEMA) -> Section | None:
+    """The Section at a config path (['trainer', 'ema']), or None where the schema has none."""
+    node = schema
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, Section) else None

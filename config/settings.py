@@ -18,24 +18,9 @@ def _patterns_ok(patterns: list) -> bool:
     return all(isinstance(p, str) and p for p in patterns)
 
 
-EMA_KEYS = {"decay": 0.999, "warmup_steps": 0, "every": 1}  # trainer.ema's keys and their defaults
-
-
-def _ema_ok(ema: dict) -> bool:
-    if set(ema) - set(EMA_KEYS):
-        return False
-    decay, warmup, every = (ema.get(k, d) for k, d in EMA_KEYS.items())
-    return (isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 <= decay <= 1
-            and _count(warmup, 0) and _count(every, 1))
-
-
-def _count(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def _limit_ok(value: int | float) -> bool:
     """A batch count (an integer, at least 1) or a fraction of the batches (a number in (0, 1])."""
-    return _count(value, 1) if isinstance(value, int) else 0 < value <= 1
+    return value >= 1 if isinstance(value, int) else 0 < value <= 1
 
 
 def _seconds(value: str | int | float | None) -> float | None:
@@ -51,6 +36,16 @@ def _seconds(value: str | int | float | None) -> float | None:
     for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
         seconds += int(part) * unit
     return float(seconds) if seconds > 0 else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EMASettings:
+    """trainer.ema: an exponential moving average of the weights (trainer/ema.py's WeightAverage)."""
+
+    decay: float = setting(0.999, "the average's share in each update: average = decay * average + (1 - decay) * "
+                                  "weights", minimum=0, maximum=1)
+    warmup_steps: int = setting(0, "up to this optimizer step the average is a copy of the weights", minimum=0)
+    every: int = setting(1, "update the average after every N optimizer steps", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,10 +96,8 @@ class TrainerSettings:
                                     "running statistics", check=_patterns_ok, rule="a list of glob patterns (strings)")
     unfreeze_at_epoch: int | None = setting(None, "train the parameters trainer.freeze names from this epoch on; "
                                                   "null = frozen for the whole run", minimum=1)
-    ema: dict | None = setting(None, "an exponential moving average of the weights, used for validation, "
-                                     "model_best.pth and test.py: {\"decay\": 0.999, \"warmup_steps\": 0, "
-                                     "\"every\": 1}; null = off", check=_ema_ok,
-                               rule="an object of decay (0 to 1), warmup_steps (at least 0) and every (at least 1)")
+    ema: EMASettings | None = setting(None, "keep an exponential moving average of the weights (and buffers) on the "
+                                            "device, used for validation, model_best.pth and test.py; null = off")
     val_every_steps: int | None = setting(None, "also validate every N optimizer steps (monitor, model_best.pth, early "
                                                 "stop and metrics.jsonl follow each validation); null = per epoch only",
                                           minimum=1)

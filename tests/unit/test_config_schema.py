@@ -3,7 +3,7 @@ section's keys sit beside the section."""
 from __future__ import annotations
 
 from config.fields import Section
-from config.schema import REQUIRED, SCHEMA, arch_rules, flat_keys, lr_scheduler_rules
+from config.schema import REQUIRED, SCHEMA, arch_rules, flat_keys, lr_scheduler_rules, section_at
 from utils.json_types import type_ok
 
 
@@ -13,6 +13,7 @@ def test_schema_defaults_pass_their_own_types():
         assert default is REQUIRED or type_ok(default, types), key
         assert meaning and "\n" not in meaning, key
     assert "trainer.epochs" in keys and "trainer.type" in keys and "lr_scheduler.interval" in keys
+    assert {"trainer.ema.decay", "trainer.ema.warmup_steps", "trainer.ema.every"} <= set(keys)
     assert set(SCHEMA) >= {"name", "n_gpu", "arch", "data_loader", "optimizer", "loss", "metrics", "lr_scheduler",
                            "trainer"}
 
@@ -21,6 +22,8 @@ def test_every_section_is_a_section_with_a_meaning_and_the_optional_ones_are_mar
     sections = {key: spec for key, spec in SCHEMA.items() if isinstance(spec, dict)}
     assert all(isinstance(spec, Section) and spec.meaning for spec in sections.values())
     assert {key for key, spec in sections.items() if spec.optional} == {"lr_scheduler"}
+    assert section_at(["trainer", "ema"]).optional and section_at(["trainer", "epochs"]) is None
+    assert section_at(["metrics", "0"]) is None and section_at(["nope"]) is None
 
 
 def test_section_rules_sit_beside_their_sections():

@@ -1,5 +1,5 @@
 """Settings declared once (config/fields.py, config/settings.py): the trainer section's schema rows, defaults,
-ranges and rules across keys all come from TrainerSettings."""
+ranges and rules across keys all come from TrainerSettings, and trainer.ema's from EMASettings, nested in it."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +7,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from config.fields import REQUIRED, from_section, range_problems, schema_rows, setting
-from config.settings import TrainerSettings
+from config.fields import REQUIRED, Section, from_section, range_problems, schema_rows, setting
+from config.settings import EMASettings, TrainerSettings
 from parse_config import SCHEMA, validate, with_defaults
 from utils.json_types import NONE
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inner:
+    """An inner section."""
+
+    size: int = setting(2, "a size", minimum=1)
+    share: float = setting(0.5, "a share", minimum=0, maximum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,6 +32,7 @@ class Example:
     words: str = setting("off", "off or two words", check=lambda v: v == "off" or len(v.split()) == 2,
                          rule="'off' or two words")
     table: dict = setting({"k": 1}, "a table")
+    inner: Inner | None = setting(None, "an inner section; null = off")
 
 
 def test_schema_rows_carry_type_default_and_meaning_and_mark_the_required():
@@ -35,33 +44,80 @@ def test_schema_rows_carry_type_default_and_meaning_and_mark_the_required():
     assert rows.meaning == "An example section."
 
 
+def test_a_nested_settings_field_is_an_optional_section_of_its_own_rows():
+    inner = schema_rows(Example)["inner"]
+    assert isinstance(inner, Section) and inner == schema_rows(Inner)
+    assert inner.optional and inner.meaning == "an inner section; null = off"
+    assert inner["share"] == ((float,), 0.5, "a share")
+
+
 def test_range_problems_name_the_key_the_range_and_the_value():
-    values = {"count": 0, "ratio": 0.0, "mode": "c", "level": 3, "words": "x", "table": {}}
+    values = {"count": 0, "ratio": 0.0, "mode": "c", "level": 3, "words": "x", "table": {},
+              "inner": {"size": 0, "share": 1.5}}
     assert range_problems(Example, values, "sec.") == [
         "sec.count must be at least 1, got 0",
         "sec.ratio must be positive or null, got 0.0",
         "sec.mode must be 'a' or 'b', got 'c'",
         "sec.level must be 0, 1 or 2, got 3",
         "sec.words must be 'off' or two words, got 'x'",
+        "sec.inner.size must be at least 1, got 0",
+        "sec.inner.share must be from 0 to 1, got 1.5",
     ]
-    assert range_problems(Example, {"count": 2, "ratio": None, "words": "min loss"}, "sec.") == []
-    assert range_problems(Example, {"count": "many", "level": True}, "sec.") == []  # wrong types: the schema's
+    assert range_problems(Example, {"count": 2, "ratio": None, "words": "min loss", "inner": None}, "sec.") == []
+    assert range_problems(Example, {"count": "many", "level": True, "inner": 3}, "sec.") == []  # the schema's
 
 
 def test_from_section_builds_the_settings_and_ignores_keys_it_does_not_declare():
     assert from_section(Example, {"count": 3, "other": 1}) == Example(count=3)
+    built = from_section(Example, {"count": 3, "inner": {"size": 4}})
+    assert built.inner == Inner(size=4) and built.inner.share == 0.5
 
 
 def test_the_trainer_section_of_the_schema_is_trainer_settings():
     assert SCHEMA["trainer"] == schema_rows(TrainerSettings)
-    assert all(meaning for _, _, meaning in SCHEMA["trainer"].values())
+    assert all(meaning for _, _, meaning in (v for v in SCHEMA["trainer"].values() if isinstance(v, tuple)))
     assert SCHEMA["trainer"]["epochs"][1] is REQUIRED and SCHEMA["trainer"]["type"][1] == "Trainer"
+    assert SCHEMA["trainer"]["ema"] == schema_rows(EMASettings) and SCHEMA["trainer"]["ema"].optional
     assert SCHEMA["trainer"].rules == TrainerSettings.rules
 
 
 def test_a_config_with_only_epochs_gets_every_trainer_default_from_the_settings():
     filled = with_defaults({"trainer": {"epochs": 4}})["trainer"]
     assert filled == dataclasses.asdict(TrainerSettings(epochs=4))
+    assert filled["ema"] is None  # off
+
+
+@pytest.mark.parametrize("given, filled", [
+    (None, None),
+    ({}, {"decay": 0.999, "warmup_steps": 0, "every": 1}),
+    ({"decay": 0.99}, {"decay": 0.99, "warmup_steps": 0, "every": 1}),
+    ({"every": 4, "warmup_steps": 100}, {"decay": 0.999, "warmup_steps": 100, "every": 4}),
+])
+def test_an_ema_section_gets_the_defaults_it_does_not_name(given, filled):
+    assert with_defaults({"trainer": {"epochs": 1, "ema": given}})["trainer"]["ema"] == filled
+    settings = from_section(TrainerSettings, with_defaults({"trainer": {"epochs": 1, "ema": given}})["trainer"])
+    assert settings.ema == (None if filled is None else EMASettings(**filled))
+
+
+def test_the_ema_defaults_are_declared_once():
+    assert dataclasses.asdict(EMASettings()) == {"decay": 0.999, "warmup_steps": 0, "every": 1}
+    assert {k: v[1] for k, v in SCHEMA["trainer"]["ema"].items()} == dataclasses.asdict(EMASettings())
+
+
+@pytest.mark.parametrize("ema, problems", [
+    ({"decay": 1.5}, ["trainer.ema.decay must be from 0 to 1, got 1.5"]),
+    ({"decay": -0.1, "every": 0, "warmup_steps": -1}, ["trainer.ema.decay must be from 0 to 1, got -0.1",
+                                                       "trainer.ema.warmup_steps must be at least 0, got -1",
+                                                       "trainer.ema.every must be at least 1, got 0"]),
+    ({"decay": "high"}, ["config key 'trainer.ema.decay' must be a number, got 'high'"]),
+    ({"every": 2.5}, ["config key 'trainer.ema.every' must be an integer, got 2.5"]),
+    ({"decy": 0.9}, ["config key 'trainer.ema.decy' is not known. Did you mean 'trainer.ema.decay'?"]),
+    (0.999, ["config key 'trainer.ema' must be an object {...}"]),
+    ({"decay": 1, "warmup_steps": 0, "every": 1}, []),
+])
+def test_ema_mistakes_name_their_key(tiny, ema, problems):
+    tiny["trainer"]["ema"] = ema
+    assert validate(with_defaults(tiny)) == problems
 
 
 @pytest.mark.parametrize("key, value, problem", [
