@@ -10,6 +10,7 @@ once, and build what it names. One module per concern:
     arguments.py   config args checked against the signature they are passed to
     validation.py  validate: every problem at once
     parser.py      ConfigParser
+    reference.py   docs/config.md, generated from the schema
 
 parse_config.py at the repository root is its face: importing it registers the user's classes too.
 """

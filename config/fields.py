@@ -31,12 +31,12 @@ REQUIRED = object()  # the default of a key that has none
 class Section(dict):
     """A config section: {key: (types, default, meaning) or a nested Section}. optional: absent and null mean
     none (then its default is null); meaning: one line for the section itself; rules(values) -> the problems
-    across its keys, run with every other check."""
+    across its keys, run with every other check; ranges: {key: its range in words} (for docs/config.md)."""
 
     def __init__(self, rows: dict | None = None, *, optional: bool = False, meaning: str = "",
-                 rules: Callable[[dict], list[str]] | None = None):
+                 rules: Callable[[dict], list[str]] | None = None, ranges: dict[str, str] | None = None):
         super().__init__(rows or {})
-        self.optional, self.meaning, self.rules = optional, meaning, rules
+        self.optional, self.meaning, self.rules, self.ranges = optional, meaning, rules, ranges or {}
 
 
 def setting(default: Any = dataclasses.MISSING, meaning: str = "", *, minimum: float | None = None,
@@ -68,18 +68,21 @@ def schema_rows(cls: type) -> Section:
     meaning)}, REQUIRED where there is no default, a nested Section for a field of a settings class (optional when
     it may be null, its default)."""
     kinds, inner = json_types(cls), nested(cls)
-    rows = {}
+    rows, ranges = {}, {}
     for f in dataclasses.fields(cls):
         meaning = f.metadata.get("meaning", "")
+        ranges[f.name] = _rule(f.metadata, nullable=NONE in kinds[f.name])
         if f.name in inner:
             optional = NONE in kinds[f.name]
             if optional and f.default is not None:
                 raise TypeError(f"{cls.__name__}.{f.name}: a nested section that may be null defaults to null")
             section = schema_rows(inner[f.name])
-            rows[f.name] = Section(section, optional=optional, meaning=meaning, rules=section.rules)
+            rows[f.name] = Section(section, optional=optional, meaning=meaning, rules=section.rules,
+                                   ranges=section.ranges)
         else:
             rows[f.name] = (kinds[f.name], default_of(f, REQUIRED), meaning)
-    return Section(rows, meaning=_first_line(cls.__doc__), rules=getattr(cls, "rules", None))
+    return Section(rows, meaning=_first_line(cls.__doc__), rules=getattr(cls, "rules", None),
+                   ranges={k: v for k, v in ranges.items() if v})
 
 
 def _first_line(doc: str | None) -> str:

@@ -1,8 +1,8 @@
 """Every config key: its type, default and a one-line meaning, and the rules across a section's keys.
 
 The sections no settings class declares are written here; the trainer section comes from TrainerSettings
-(config/settings.py). The README's config table is checked against the whole schema by a test, so the two
-cannot drift. A key marked REQUIRED has no default. `args` objects are checked against the signature of the class
+(config/settings.py). docs/config.md is generated from SCHEMA (python -m config.reference), and a test keeps
+it equal. A key marked REQUIRED has no default. `args` objects are checked against the signature of the class
 or function they are passed to (config/arguments.py), not here.
 """
 from __future__ import annotations
@@ -27,11 +27,19 @@ def arch_rules(arch: dict) -> list[str]:
 ARG_MINIMUMS = {"data_loader": {"batch_size": 1, "num_workers": 0}, "optimizer": {"lr": 0}}
 
 
+def _least(section: str) -> str:
+    """ARG_MINIMUMS of a section in words: 'lr at least 0'."""
+    return ", ".join(f"{key} at least {least}" for key, least in ARG_MINIMUMS[section].items())
+
+
+INTERVALS = "'epoch' or 'step'"  # lr_scheduler.interval's values, in words
+
+
 def lr_scheduler_rules(scheduler: dict) -> list[str]:
     """lr_scheduler.interval is 'epoch' or 'step'."""
     interval = scheduler.get("interval")
     if isinstance(interval, str) and interval not in ("epoch", "step"):
-        return [f"lr_scheduler.interval must be 'epoch' or 'step', got {interval!r}"]
+        return [f"lr_scheduler.interval must be {INTERVALS}, got {interval!r}"]
     return []
 
 
@@ -54,7 +62,7 @@ SECTIONS = {
     "data_loader": Section({
         "type": (str, REQUIRED, "data loader class defined in data_loader/data_loaders.py"),
         "args": (dict, {}, "its keyword arguments (data_dir, batch_size, shuffle, validation_split, num_workers, ...)"),
-    }, meaning="The data"),
+    }, meaning="The data", ranges={"args": _least("data_loader")}),
     "optimizer": Section({
         "type": (str, REQUIRED, "any torch.optim optimizer, else any pytorch_optimizer optimizer, by class name"),
         "args": (dict, {}, "its keyword arguments (lr, weight_decay, ...)"),
@@ -62,7 +70,7 @@ SECTIONS = {
         "param_groups": (list, [], "parameter groups with their own options: a list of {\"params\": a glob pattern of "
                                    "parameter names or a list of them, \"lr\", \"weight_decay\", ..., \"name\"}; the "
                                    "parameters none names form the first, default group"),
-    }, meaning="The optimizer"),
+    }, meaning="The optimizer", ranges={"args": _least("optimizer")}),
     "loss": ((str, dict), REQUIRED, "a function in model/loss.py or a torch.nn loss class; a name or {type, args}"),
     "metrics": (list, [], "functions in model/metric.py, then torchmetrics metric classes (exact over the "
                           "epoch); each a name or {type, args, name}"),
@@ -70,7 +78,8 @@ SECTIONS = {
         "type": (str, REQUIRED, "any torch.optim.lr_scheduler class, else a pytorch_optimizer scheduler; omit the section for none"),
         "args": (dict, {}, "its keyword arguments (step_size, gamma, ...)"),
         "interval": (str, "epoch", "'epoch' steps the scheduler after each epoch, 'step' after each optimizer step"),
-    }, optional=True, meaning="The learning-rate scheduler", rules=lr_scheduler_rules),
+    }, optional=True, meaning="The learning-rate scheduler", rules=lr_scheduler_rules,
+        ranges={"interval": INTERVALS}),
     "extra": (dict, {}, "free-form settings for your own code; never validated"),
 }
 

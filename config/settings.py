@@ -1,6 +1,6 @@
 """The settings classes: each config section a component reads, declared once (type, default, range and meaning
 of every key, and the rules across keys; see config/fields.py). A new trainer feature adds one field to
-TrainerSettings; the schema, the defaults and the range checks follow from it."""
+TrainerSettings; the schema, the defaults, the range checks and docs/config.md follow from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -41,14 +41,14 @@ def test_schema_rows_carry_type_default_and_meaning_and_mark_the_required():
     assert rows["ratio"] == ((float, NONE), None, "a share")
     assert rows["table"] == ((dict,), {"k": 1}, "a table")
     assert Example(count=1).table is not Example(count=1).table  # a mutable default is fresh each time
-    assert rows.meaning == "An example section."
+    assert rows.meaning == "An example section." and rows.ranges["count"] == "at least 1"
 
 
 def test_a_nested_settings_field_is_an_optional_section_of_its_own_rows():
     inner = schema_rows(Example)["inner"]
     assert isinstance(inner, Section) and inner == schema_rows(Inner)
     assert inner.optional and inner.meaning == "an inner section; null = off"
-    assert inner["share"] == ((float,), 0.5, "a share")
+    assert inner["share"] == ((float,), 0.5, "a share") and inner.ranges["share"] == "from 0 to 1"
 
 
 def test_range_problems_name_the_key_the_range_and_the_value():
