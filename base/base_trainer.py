@@ -11,7 +11,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from base.settings import TrainerSettings
 from logger import MetricsFile, NullWriter, make_writer
 from logger.visualization import TRAIN, VALID, hparam_values
 from utils.checkpoint import (MODEL, MONITOR, OPTIMIZER, RNG, SCHEDULER, TRAIN_STATE, Checkpointer, ModelWeights,
@@ -58,7 +57,7 @@ class RunOutputs:
         self.writer = NullWriter()
         self.metrics_file = MetricsFile(None)
 
-    def open(self, dirs: RunDirs, settings: TrainerSettings) -> "RunOutputs":
+    def open(self, dirs: RunDirs, settings: Any) -> "RunOutputs":
         self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last,
                                          settings.save_top_k, settings.monitor)
         self.writer = make_writer(dirs.log_dir, settings.tensorboard)
@@ -93,7 +92,7 @@ class BaseTrainer:
     """
 
     def __init__(self, model: nn.Module, criterion: Callable, metric_ftns: dict[str, Callable],
-                 optimizer: torch.optim.Optimizer, settings: TrainerSettings, *, data_loader: Any = None,
+                 optimizer: torch.optim.Optimizer, settings: Any, *, data_loader: Any = None,
                  valid_data_loader: Any = None, lr_scheduler: LRSchedule | Any = None,
                  device: torch.device = torch.device("cpu"), outputs: RunOutputs | None = None,
                  config: dict | None = None, dist: Dist = SINGLE):

@@ -65,7 +65,8 @@ import torch.nn.functional as F  # noqa: E402  (the imports that must wait for t
 from torch import nn  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
-from base import BaseDataLoader, RunOutputs, TrainerSettings  # noqa: E402
+from base import BaseDataLoader, RunOutputs  # noqa: E402
+from config import TrainerSettings  # noqa: E402
 from logger import setup_logging  # noqa: E402
 from model.metric import accuracy  # noqa: E402
 from model.model import DigitsModel  # noqa: E402

@@ -28,7 +28,8 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from base import BaseDataLoader, RunOutputs, TrainerSettings  # noqa: E402
+from base import BaseDataLoader, RunOutputs  # noqa: E402
+from config import EMASettings, TrainerSettings  # noqa: E402
 from model.metric import accuracy  # noqa: E402
 from model.model import MnistModel  # noqa: E402
 from trainer import Trainer  # noqa: E402
@@ -105,7 +106,7 @@ def trainer_run(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, 
     model = MnistModel()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = TrainerSettings(epochs=epochs, monitor="min val_loss", ema={"decay": 0.999} if ema else None)
+        settings = TrainerSettings(epochs=epochs, monitor="min val_loss", ema=EMASettings(decay=0.999) if ema else None)
         outputs = RunOutputs().open(RunDirs(Path(tmp), Path(tmp)), settings)
         metrics = {"accuracy": accuracy, **({"f1_macro": f1_metric(True)} if torchmetrics else {})}
         trainer = Trainer(model, F.nll_loss, metrics, optimizer, settings, data_loader=loader,

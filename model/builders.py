@@ -24,9 +24,8 @@ from torch import nn
 
 from base import BaseModel
 from model.activations import Activation
-from utils.config_schema import describe, type_ok
 from utils.errors import UserError, did_you_mean
-from utils.settings import json_types
+from utils.json_types import describe, json_types, type_ok
 
 __all__ = [
     "MLP",

@@ -32,7 +32,7 @@ from base import BaseModel
 from model.activations import Activation, activation_names
 from model.summary import layer_table
 from utils.errors import UserError, did_you_mean
-from utils.settings import signature_with
+from utils.json_types import signature_with
 
 __all__ = ["CNN", "set_drop_path", "set_dropout"]
 

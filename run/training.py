@@ -9,9 +9,8 @@ from typing import Sequence
 
 from base import BaseTrainer
 from base.base_trainer import compact
-from base.settings import TrainerSettings
 from logger import get_logger, setup_logging
-from parse_config import SCHEMA, ConfigParser, differing_keys
+from parse_config import SCHEMA, ConfigParser, TrainerSettings, differing_keys
 from run.build import build_trainer
 from run.devices import choose_device
 from trainer.checks import check_first_batch

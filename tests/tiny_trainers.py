@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from base import BaseDataLoader, RunOutputs, TrainerSettings
+from base import BaseDataLoader, RunOutputs
+from config import TrainerSettings
 from trainer import Trainer
 from utils.checkpoint import RunDirs, load_checkpoint
 from utils.schedule import LRSchedule

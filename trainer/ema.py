@@ -5,20 +5,20 @@ every update: the count is kept on the host here instead."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from base.settings import EMA_KEYS
 from utils.checkpoint import EMA, unwrap
 
 
 class WeightAverage:
     """The average of the model's parameters and buffers, updated after every `every` optimizer steps; until step
-    `warmup_steps` it is a copy of the weights. Validation, model_best.pth and test.py use it (swapped())."""
+    `warmup_steps` it is a copy of the weights. Validation, model_best.pth and test.py use it (swapped()).
+    The defaults of the three numbers are trainer.ema's (config/settings.py: EMASettings)."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, warmup_steps: int = 0, every: int = 1):
+    def __init__(self, model: nn.Module, decay: float, warmup_steps: int, every: int):
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         self.average = get_ema_multi_avg_fn(decay)
@@ -28,8 +28,9 @@ class WeightAverage:
         self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @classmethod
-    def from_setting(cls, model: nn.Module, setting: dict | None) -> "WeightAverage | None":
-        return None if setting is None else cls(model, **{**EMA_KEYS, **setting})
+    def from_setting(cls, model: nn.Module, setting: Any) -> "WeightAverage | None":
+        """The average trainer.ema asks for (an object with decay, warmup_steps and every), or None when it is off."""
+        return None if setting is None else cls(model, setting.decay, setting.warmup_steps, setting.every)
 
     def pairs(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(averaged, current) for every parameter and buffer, in the module's order (the same objects all run)."""

@@ -9,7 +9,6 @@ import torch
 from tqdm import tqdm
 
 from base import BaseTrainer
-from base.settings import max_time_seconds
 from trainer.ema import EMA, WeightAverage
 from trainer.parts import (Deadline, EpochBatches, Freezing, Histograms, ImageLog, StepCheckpoints, StepLog,
                            StopSignal, TrainMetrics, Validation, batch_size_of, in_config_order, track)
@@ -73,7 +72,7 @@ class Trainer(BaseTrainer):
         self.step_checkpoints = StepCheckpoints(s.save_every_steps)
         self.stop = StopSignal(self.signals, self.dist, self.device)
         self.validation = Validation(self.valid_data_loader, s.val_every_epochs, s.val_every_steps, s.limit_val_batches)
-        self.deadline = Deadline(max_time_seconds(s.max_time), self.dist, self.device)
+        self.deadline = Deadline(s.max_time_seconds, self.dist, self.device)
         self.ema = WeightAverage.from_setting(self.model, s.ema)
         self.histograms = Histograms(s.log_histograms, outputs)
         self.freezing = Freezing(self.model, s.freeze, s.unfreeze_at_epoch)

@@ -177,7 +177,8 @@ def test_a_second_signal_exits_at_once_without_touching_files(tmp_path):
         sys.path.insert(0, {str(ROOT)!r})
         import torch
         from torch.utils.data import TensorDataset
-        from base import BaseDataLoader, RunOutputs, TrainerSettings
+        from base import BaseDataLoader, RunOutputs
+        from config import TrainerSettings
         from trainer import Trainer
         from utils.checkpoint import RunDirs
 

@@ -4,8 +4,8 @@ import re
 import pytest
 
 from conftest import ROOT
+from config.schema import flat_keys
 from parse_config import SCHEMA
-from utils.config_schema import flat_keys
 
 
 README = (ROOT / "README.md").read_text()

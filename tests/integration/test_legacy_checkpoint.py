@@ -1,4 +1,5 @@
-"""Checkpoints written before named parts (format 1, in tests/fixtures/legacy_checkpoint) still resume and test."""
+"""Checkpoints written before named parts (format 1, in tests/fixtures/legacy_checkpoint), and before trainer.ema was a
+settings object (its section a plain dict in the saved config), still resume and test."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import test as test_script
 import train
 from conftest import ROOT
 from data_loader.data_loaders import DigitsDataLoader
-from parse_config import ConfigParser
+from parse_config import ConfigParser, EMASettings
 from run import build_model, build_trainer
-from utils.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
+from utils.checkpoint import EMA, FORMAT, FORMAT_VERSION, MODEL, load_checkpoint
 from utils.errors import UserError
 
 FIXTURE = ROOT / "tests" / "fixtures" / "legacy_checkpoint"
@@ -87,3 +88,33 @@ def test_a_checkpoint_from_a_newer_format_is_refused_with_the_fix(legacy_run):
     with pytest.raises(UserError, match=rf"has format {FORMAT_VERSION + 1}, newer than this template reads "
                                         rf"\({FORMAT_VERSION}\); update"):
         load_checkpoint(legacy_run / "future.pth")
+
+
+def with_an_ema_dict(run, ema: dict):
+    """The fixture's epoch-1 checkpoint as a run with trainer.ema wrote it before trainer.ema was a settings object:
+    the section as the user wrote it (the defaults not filled in) and the average as a part (here: the weights)."""
+    state = torch.load(run / "checkpoint-epoch1.pth", weights_only=True)
+    state["config"]["trainer"]["ema"] = ema
+    state.update({FORMAT: FORMAT_VERSION, EMA: {MODEL: dict(state[MODEL]), "updates": 7}})
+    torch.save(state, run / "ema-epoch1.pth")
+    return run / "ema-epoch1.pth"
+
+
+def test_a_checkpoint_whose_config_holds_ema_as_a_plain_dict_still_loads_and_tests(legacy_run, tmp_path):
+    path = with_an_ema_dict(legacy_run, {"decay": 0.9})
+    config = ConfigParser(load_checkpoint(path)["config"])
+    assert config["trainer"]["ema"] == {"decay": 0.9, "warmup_steps": 0, "every": 1}
+    assert config.settings().ema == EMASettings(decay=0.9)
+    results = test_script.main(["-r", str(path), "--out", str(tmp_path / "r.json")])  # the average's weights
+    before = json.loads((FIXTURE / "test_results_epoch1.json").read_text())
+    for key in ("loss", "accuracy", "top_k_acc"):
+        assert results[key] == pytest.approx(before[key], rel=1e-5), key
+
+
+@pytest.mark.slow
+def test_a_checkpoint_whose_config_holds_ema_as_a_plain_dict_resumes_its_average(legacy_run):
+    train.main(["-r", str(with_an_ema_dict(legacy_run, {"every": 2}))])
+    resumed = load_checkpoint(legacy_run / "checkpoint-epoch2.pth")
+    assert resumed[EMA]["updates"] == 7 + 5  # the saved count, then every 2nd of epoch 2's 10 steps
+    assert resumed["config"]["trainer"]["ema"] == {"decay": 0.999, "warmup_steps": 0, "every": 2}
+    assert json.loads((legacy_run / "config.json").read_text())["trainer"]["ema"]["every"] == 2

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from base import BaseTrainer, TrainerSettings
+from base import BaseTrainer
+from config import TrainerSettings
 from conftest import read_metrics
 from tiny_trainers import assert_same_state, build, make_trainer, mse, outputs_in, resumed, sigterm_at
 from utils.checkpoint import find_checkpoint, load_checkpoint

@@ -242,7 +242,7 @@ def test_every_registered_builder_has_an_example():
 
 @pytest.mark.parametrize("name", REGISTERED)
 def test_every_arch_builds_through_the_registry(name):
-    from utils.config_validation import check_args
+    from config.arguments import check_args
 
     args, in_shape, out_shape = ARCH_EXAMPLES[name]
     cls = ARCHS.get(name, "arch.type")

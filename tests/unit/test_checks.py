@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from base import BaseDataLoader, TrainerSettings
+from base import BaseDataLoader
+from config import TrainerSettings
 from trainer import Trainer
 from trainer.checks import check_first_batch
 from utils.errors import UserError

@@ -9,10 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
+from config.arguments import check_args
 from conftest import ROOT
 from model.cnn import CNN, ChannelLayerNorm, DropPath, ResBlock, set_drop_path, set_dropout
 from model.summary import layer_table
-from utils.config_validation import check_args
 from utils.errors import UserError
 from utils.registry import ARCHS
 

@@ -1,5 +1,5 @@
-"""Tests for utils/config_validation.py: arguments checked against the libraries' signatures, and the checks of a
-whole config."""
+"""Tests for config/validation.py and config/arguments.py: arguments checked against the libraries' signatures, and
+the checks of a whole config."""
 from __future__ import annotations
 
 import inspect
@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
+from config.arguments import check_args
 from conftest import tiny_config
 from parse_config import validate, with_defaults
-from utils.config_validation import check_args
 from utils.registry import REGISTRIES
 
 
@@ -112,3 +112,23 @@ def test_save_top_k_without_a_monitor_is_reported_with_the_other_problems(tmp_pa
     config["trainer"]["monitor"] = "max val_accuracy"
     del config["trainer"]["early_stop"]
     assert validate(with_defaults(config)) == []
+
+
+def test_the_rules_across_keys_are_reported_with_every_other_problem(tmp_path):
+    """Each section's rules (config/schema.py, TrainerSettings.rules) run with the other checks: one list, in the
+    order of the sections, the trainer's ranges after its rules."""
+    config = tiny_config(tmp_path, unfreeze_at_epoch=2, save_top_k=1, monitor="off", epochs=0, tensorbord=True)
+    config["lr_scheduler"]["interval"] = "batch"
+    config["arch"]["weights_key_map"] = {"backbone.": 7}
+    config["optimizer"]["args"]["lr"] = -1
+    assert validate(with_defaults(config)) == [
+        "config key 'trainer.tensorbord' is not known. Did you mean 'trainer.tensorboard'?",
+        "optimizer.args.lr must be at least 0, got -1",
+        "arch.weights_key_map: 'backbone.' maps to 7; both must be strings (name prefixes)",
+        "lr_scheduler.interval must be 'epoch' or 'step', got 'batch'",
+        "trainer.unfreeze_at_epoch is set but trainer.freeze names nothing to freeze; add patterns to trainer.freeze "
+        "or set trainer.unfreeze_at_epoch to null",
+        "trainer.save_top_k is set but trainer.monitor is 'off': there is no value to rank checkpoints by; set "
+        "trainer.monitor (e.g. 'min val_loss') or set trainer.save_top_k to null",
+        "trainer.epochs must be at least 1, got 0",
+    ]

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from base import BaseTrainer, TrainerSettings
+from base import BaseTrainer
+from config import TrainerSettings
 from tiny_trainers import assert_same_state, build, make_trainer, resumed, sigterm_at
 from trainer.parts import Freezing
 from utils.checkpoint import load_checkpoint

@@ -10,10 +10,12 @@ import pytest
 from conftest import ROOT
 
 # Lower numbers are lower layers. A module imports its own package or lower layers; model/, data_loader/ and
-# trainer/ stand beside each other and import none of each other; so do the commands (and the benchmarks, which
-# are commands too): no command imports another, each is a thin layer over the run assembly (run/).
-LAYERS = {"utils": 0, "logger": 1, "base": 2, "model": 3, "data_loader": 3, "trainer": 3, "parse_config": 4,
-          "run": 5, "train": 6, "test": 6, "new_project": 6, "predict": 6, "export": 6, "tune": 6, "benchmarks": 6}
+# trainer/ stand beside each other and import none of each other; config/ (the config machinery) sits above them,
+# and parse_config, its face, above it; then the run assembly (run/), and the commands (the benchmarks are commands
+# too) beside each other: no command imports another, each is a thin layer over run/.
+LAYERS = {"utils": 0, "logger": 1, "base": 2, "model": 3, "data_loader": 3, "trainer": 3, "config": 4,
+          "parse_config": 5, "run": 6, "train": 7, "test": 7, "new_project": 7, "predict": 7, "export": 7, "tune": 7,
+          "benchmarks": 7}
 COMMANDS = ("train", "test", "new_project", "predict", "export", "tune")
 
 
@@ -62,7 +64,9 @@ def layer(module: str) -> tuple[str, int]:
 
 def test_the_graph_sees_the_packages_and_their_imports():
     imports = graph()
-    assert {"utils.registry", "base.base_trainer", "trainer.trainer", "parse_config", "train", "test"} <= set(imports)
+    assert {"utils.registry", "base.base_trainer", "trainer.trainer", "config", "config.parser", "parse_config",
+            "train", "test"} <= set(imports)
+    assert "config" in imports["parse_config"] and "config.validation" in imports["config.parser"]
     assert "base.base_trainer" in imports["trainer.trainer"] or "base" in imports["trainer.trainer"]
     assert {"run", "benchmarks.gpu_check"} <= set(imports) and "run" in imports["test"]  # test.py builds through run
 
@@ -82,7 +86,16 @@ def test_every_import_goes_downward():
             target_top, target_level = layer(target)
             if target_top != top and target_level >= level:
                 upward.append(f"{module} imports {target}")
-    assert upward == [], "imports must run downward (entry points -> parse_config -> trainer/ -> base/ -> utils/)"
+    assert upward == [], ("imports must run downward (commands -> run/ -> parse_config -> config/ -> trainer/ -> base/ "
+                          "-> utils/)")
+
+
+def test_nothing_below_the_config_package_imports_it():
+    """The trainer, the model zoo, the data loaders, base/ and logger/ receive settings objects and numbers; they
+    never import the config machinery (nor its face)."""
+    below = ("utils", "logger", "base", "model", "data_loader", "trainer")
+    assert {m: sorted(t) for m, t in graph().items() if m.split(".")[0] in below
+            and any(x.split(".")[0] in ("config", "parse_config") for x in t)} == {}
 
 
 def test_utils_imports_nothing_from_the_packages_above_it():

@@ -1,5 +1,5 @@
-"""Tests for parse_config.py: reading, merging, overrides, declared options, resume precedence, validation, run
-dirs."""
+"""Tests for parse_config.py, the face of the config package (config/files.py, merge.py, overrides.py, parser.py):
+reading, merging, overrides, declared options, resume precedence, validation, run dirs."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 import parse_config
 import train
+from parse_config import (ConfigParser, EMASettings, apply_override, coerce, deep_merge, merge_changes,
+                          parse_overrides, read_json, with_defaults)
 from run import load_config as assembled_load_config
-from parse_config import (ConfigParser, apply_override, coerce, deep_merge, merge_changes, parse_overrides,
-                          read_json, with_defaults)
 from utils.errors import UserError, run_cli
 from utils.registry import ARCHS, LOSSES, LR_SCHEDULERS, OPTIMIZERS, Registry
 
@@ -96,6 +96,16 @@ def cfg_file(tmp_path):
 
 
 # ---- the original template's format ----
+
+def test_parse_config_is_the_face_of_the_config_package():
+    import config
+
+    assert {"ConfigParser", "SCHEMA", "validate", "read_json", "apply_override", "split_path", "with_defaults",
+            "differing_keys", "TrainerSettings"} <= set(parse_config.__all__)
+    for name in parse_config.__all__:
+        assert getattr(parse_config, name) is getattr(config, name), name
+    assert ARCHS.find("DigitsModel") is not None  # importing it registered the project's classes
+
 
 def test_original_template_config_runs_unchanged():
     config = ConfigParser(copy.deepcopy(ORIGINAL))
@@ -294,6 +304,35 @@ def _is_json(text):
 
 def _is_json_str(text):
     return _is_json(text) and isinstance(json.loads(text), str)
+
+
+def test_an_override_inside_a_null_ema_section_turns_it_on_with_its_defaults(cfg_file):
+    assert from_cli("-c", str(cfg_file))["trainer"]["ema"] is None
+    config = from_cli("-c", str(cfg_file), "trainer.ema.decay=0.99")
+    assert config["trainer"]["ema"] == {"decay": 0.99, "warmup_steps": 0, "every": 1}
+    assert config.settings().ema == EMASettings(decay=0.99)
+    config = from_cli("-c", str(cfg_file), "trainer.ema.every=4", "trainer.ema.warmup_steps=10")
+    assert config.settings().ema == EMASettings(every=4, warmup_steps=10)
+    assert from_cli("-c", str(cfg_file), "trainer.ema={}").settings().ema == EMASettings()
+    assert from_cli("-c", str(cfg_file), "trainer.ema={}", "trainer.ema=null").settings().ema is None
+
+
+@pytest.mark.parametrize("item, message", [
+    ("trainer.ema.decy=0.9", r"^override trainer\.ema\.decy: no key 'trainer\.ema\.decy' in the config\. "
+                             r"Did you mean 'trainer\.ema\.decay'\? Write \+trainer\.ema\.decy=\.\.\. to add a new key$"),
+    ("trainer.ema.decay=fast", r"^override trainer\.ema\.decay=fast: expected a number like the current value "
+                               r"0\.999$"),
+    ("trainer.ema.decay=1.5", r"^trainer\.ema\.decay must be from 0 to 1, got 1\.5$"),
+])
+def test_a_bad_ema_override_names_its_key(cfg_file, item, message):
+    with pytest.raises(UserError, match=message):
+        from_cli("-c", str(cfg_file), item)
+
+
+def test_an_override_inside_a_null_section_without_defaults_for_all_its_keys_still_names_the_fix(cfg_file):
+    with pytest.raises(UserError, match=r"^override lr_scheduler\.interval: no key 'lr_scheduler\.interval' in the "
+                                        r"config\. Write \+lr_scheduler\.interval=\.\.\. to add a new key$"):
+        from_cli("-c", str(cfg_file), "lr_scheduler=null", "lr_scheduler.interval=step")
 
 
 def test_parse_overrides_splits_adds_and_keeps_equals_in_values():
@@ -499,7 +538,7 @@ def test_timestamp_run_ids_are_unique_within_one_second(tmp_path, monkeypatch):
         def now(cls, tz=None):
             return datetime(2024, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(parse_config, "datetime", Frozen)
+    monkeypatch.setattr("config.parser.datetime", Frozen)
     config = tiny_config(tmp_path / "saved")
     first, second = (ConfigParser(config).make_run_dirs() for _ in range(2))
     assert first.checkpoint_dir.name == "0102_030405" and second.checkpoint_dir.name == "0102_030405_1"

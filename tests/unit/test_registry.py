@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import parse_config  # noqa: F401  (importing it registers the project's classes)
-from utils.config_validation import check_args
+from config.arguments import check_args
 from utils.errors import UserError
 from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, METRICS, OPTIMIZERS, TRAINERS, Registry
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from base import BaseDataLoader, TrainerSettings
+from base import BaseDataLoader
+from config import TrainerSettings
 from conftest import read_metrics
 from tiny_trainers import make_trainer, outputs_in, poisoned
 from trainer import Trainer

@@ -7,7 +7,7 @@ from torch import nn
 
 import run
 import train
-from base import TrainerSettings
+from config import TrainerSettings
 from utils.distributed import Dist
 from utils.errors import UserError
 from utils.registry import REGISTRIES

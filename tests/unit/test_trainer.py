@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from base import BaseDataLoader, TrainerSettings
+from base import BaseDataLoader
+from config import TrainerSettings
 from conftest import ROOT, read_metrics
 from tiny_trainers import BATCH, build, make_trainer, mse, outputs_in, resumed, sigterm_at
 from trainer import Trainer

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from config import EMASettings
 from conftest import read_metrics
 from tiny_trainers import assert_same_state, build, resumed, sigterm_at
 from trainer.ema import EMA, WeightAverage
@@ -18,7 +19,7 @@ from trainer.trainer import evaluate
 from utils.checkpoint import BEST, find_checkpoint, inference_weights, load_checkpoint
 from utils.interrupt import TimeLimitReached, TrainingInterrupted
 
-EMA_ON = {"decay": 0.9, "warmup_steps": 2, "every": 1}
+EMA_ON = EMASettings(decay=0.9, warmup_steps=2, every=1)
 
 
 # ---- EMA ----
@@ -27,7 +28,7 @@ def test_the_average_is_torchs_averaged_model_arithmetic():
     """Our update (host-side count, no sync) gives what AveragedModel.update_parameters gives, buffers included."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
-    ours = WeightAverage(model, decay=0.9)
+    ours = WeightAverage(model, decay=0.9, warmup_steps=0, every=1)
     reference = AveragedModel(copy.deepcopy(model), multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(1, 6):
@@ -55,6 +56,19 @@ def test_warmup_copies_the_weights_and_every_skips_steps():
             assert torch.equal(average.averaged.module.weight, model.weight)
     assert average.updates == 2  # steps 2 and 4
     assert not torch.equal(average.averaged.module.weight, model.weight)  # step 4 averaged
+
+
+def test_the_average_takes_its_numbers_from_the_settings_object():
+    model = nn.Linear(2, 1)
+    assert WeightAverage.from_setting(model, None) is None
+    average = WeightAverage.from_setting(model, EMASettings(decay=0.5, warmup_steps=3, every=2))
+    assert (average.warmup_steps, average.every) == (3, 2)
+    with torch.no_grad():
+        average.averaged.module.weight.zero_()
+        model.weight.fill_(1.0)
+    average.updates = 1  # past its first update and its warm-up: step 4 averages with decay 0.5
+    average.on_step_end(model, 4)
+    assert torch.allclose(average.averaged.module.weight, torch.full((1, 2), 0.5))
 
 
 def test_validation_and_model_best_use_the_average_and_resume_is_bit_exact(tmp_path):
@@ -108,7 +122,7 @@ def test_the_average_adds_no_host_read_per_step(tmp_path, monkeypatch):
                                                log_step=4, in_memory=True))
         finally:
             monkeypatch.setattr(test_trainer, "TrainerSettings", original)
-    assert reads({"decay": 0.9}) == reads(None) and built == [{"decay": 0.9}, None]
+    assert reads(EMASettings(decay=0.9)) == reads(None) and built == [EMASettings(decay=0.9), None]
 
 
 # ---- validation every N steps, every N epochs; batch limits ----

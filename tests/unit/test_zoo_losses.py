@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision
 
 import model  # noqa: F401  (registers the losses)
+from config.validation import check_callable_spec
 from model import zoo_losses
 from model.zoo_losses import (
     FocalFrequencyLoss,
@@ -21,7 +22,6 @@ from model.zoo_losses import (
     charbonnier,
     focal_loss,
 )
-from utils.config_validation import check_callable_spec
 from utils.registry import LOSSES
 
 torch.manual_seed(0)

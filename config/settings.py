@@ -1,13 +1,12 @@
-"""The trainer section of config.json, declared once: type, default, range and meaning of every key.
-
-The config schema, the README table check, range validation and the trainer's defaults all come from
-this class (utils/settings.py). A new trainer feature adds one field here.
-"""
+"""The settings classes: each config section a component reads, declared once (type, default, range and meaning
+of every key, and the rules across keys; see config/fields.py). A new trainer feature adds one field to
+TrainerSettings; the schema, the defaults, the range checks and docs/config.md follow from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.settings import setting
+from config.fields import setting
+from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR
 
 
 def _monitor_ok(spec: str) -> bool:
@@ -19,27 +18,12 @@ def _patterns_ok(patterns: list) -> bool:
     return all(isinstance(p, str) and p for p in patterns)
 
 
-EMA_KEYS = {"decay": 0.999, "warmup_steps": 0, "every": 1}  # trainer.ema's keys and their defaults
-
-
-def _ema_ok(ema: dict) -> bool:
-    if set(ema) - set(EMA_KEYS):
-        return False
-    decay, warmup, every = (ema.get(k, d) for k, d in EMA_KEYS.items())
-    return (isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 <= decay <= 1
-            and _count(warmup, 0) and _count(every, 1))
-
-
-def _count(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def _limit_ok(value: int | float) -> bool:
     """A batch count (an integer, at least 1) or a fraction of the batches (a number in (0, 1])."""
-    return _count(value, 1) if isinstance(value, int) else 0 < value <= 1
+    return value >= 1 if isinstance(value, int) else 0 < value <= 1
 
 
-def max_time_seconds(value: str | int | float | None) -> float | None:
+def _seconds(value: str | int | float | None) -> float | None:
     """trainer.max_time in seconds: a number of seconds, or "[DD:]HH:MM:SS"; None when not given or malformed."""
     if value is None or isinstance(value, bool):
         return None
@@ -52,6 +36,16 @@ def max_time_seconds(value: str | int | float | None) -> float | None:
     for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
         seconds += int(part) * unit
     return float(seconds) if seconds > 0 else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EMASettings:
+    """trainer.ema: an exponential moving average of the weights (trainer/ema.py's WeightAverage)."""
+
+    decay: float = setting(0.999, "the average's share in each update: average = decay * average + (1 - decay) * "
+                                  "weights", minimum=0, maximum=1)
+    warmup_steps: int = setting(0, "up to this optimizer step the average is a copy of the weights", minimum=0)
+    every: int = setting(1, "update the average after every N optimizer steps", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,10 +96,8 @@ class TrainerSettings:
                                     "running statistics", check=_patterns_ok, rule="a list of glob patterns (strings)")
     unfreeze_at_epoch: int | None = setting(None, "train the parameters trainer.freeze names from this epoch on; "
                                                   "null = frozen for the whole run", minimum=1)
-    ema: dict | None = setting(None, "an exponential moving average of the weights, used for validation, "
-                                     "model_best.pth and test.py: {\"decay\": 0.999, \"warmup_steps\": 0, "
-                                     "\"every\": 1}; null = off", check=_ema_ok,
-                               rule="an object of decay (0 to 1), warmup_steps (at least 0) and every (at least 1)")
+    ema: EMASettings | None = setting(None, "keep an exponential moving average of the weights (and buffers) on the "
+                                            "device, used for validation, model_best.pth and test.py; null = off")
     val_every_steps: int | None = setting(None, "also validate every N optimizer steps (monitor, model_best.pth, early "
                                                 "stop and metrics.jsonl follow each validation); null = per epoch only",
                                           minimum=1)
@@ -123,5 +115,23 @@ class TrainerSettings:
     max_time: str | int | float | None = setting(None, "stop at the first step past this wall time (\"DD:HH:MM:SS\", "
                                                        "\"HH:MM:SS\" or seconds), save and exit 0 so a scheduled "
                                                        "job can resume with -r; null = no limit",
-                                                 check=lambda v: max_time_seconds(v) is not None,
+                                                 check=lambda v: _seconds(v) is not None,
                                                  rule="\"[DD:]HH:MM:SS\" or a positive number of seconds")
+
+    @classmethod
+    def rules(cls, values: dict) -> list[str]:
+        """The problems across the section's keys (values as written: a mistyped one is the schema check's)."""
+        problems = []
+        unfreeze = values.get("unfreeze_at_epoch")
+        if isinstance(unfreeze, int) and unfreeze >= 1 and not values.get("freeze"):
+            problems.append("trainer.unfreeze_at_epoch is set but trainer.freeze names nothing to freeze; add "
+                            "patterns to trainer.freeze or set trainer.unfreeze_at_epoch to null")
+        top_k, monitor = values.get("save_top_k"), values.get("monitor")
+        if type(top_k) is int and isinstance(monitor, str) and monitor.split() == ["off"]:  # a mistyped one: above
+            problems.append(SAVE_TOP_K_NEEDS_MONITOR)
+        return problems
+
+    @property
+    def max_time_seconds(self) -> float | None:
+        """trainer.max_time in seconds; None when there is no limit."""
+        return _seconds(self.max_time)
