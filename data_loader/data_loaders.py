@@ -123,7 +123,7 @@ class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
         transform = image_pipeline(args["eval_transforms"], mean, std, "data_loader.args.eval_transforms")
         mode = "L" if len(cls.stats[0]) == 1 else "RGB"
         return image_files_source(path, functools.partial(read_pixels, mode=mode), transform,
-                                  cls._class_names(args["data_dir"]))
+                                  cls._class_names(args.get("data_dir") or ""))
 
     @classmethod
     def _class_names(cls, data_dir: str) -> list[str] | None:
