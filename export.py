@@ -1,5 +1,5 @@
 """Export a trained model for serving and check it against PyTorch:
-python export.py -r CHECKPOINT --format onnx|pt2 [--out FILE] [--dynamic-batch]."""
+python export.py -r CHECKPOINT --format onnx|pt2 [--out FILE] [--dynamic-batch] [--input PATH]."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help="with --format onnx: the ONNX opset (default: the exporter's)")
     parser.add_argument("--batch-size", type=int, default=2,
                         help="samples of the run's data in the example input (default 2)")
+    parser.add_argument("--input", metavar="PATH",
+                        help="take the example input from these files, read as predict.py --input reads them (the "
+                             "run's data loader's inference_source; no training data needed); default: the run's test "
+                             "split, else its training data")
     return parser
 
 
@@ -49,7 +53,7 @@ from torch.utils import _pytree as pytree  # noqa: E402
 
 from logger import get_logger, setup_logging  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
-from run import build_data, choose_device, trained_model  # noqa: E402
+from run import build_data, choose_device, first_inputs, open_inputs, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.checkpoint import find_checkpoint  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
@@ -65,8 +69,8 @@ _CALL = re.compile(r'The following call raised this error:\s*\n\s*File "([^"]+)"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Load the checkpoint's model, take an example batch of its data, export, and verify the file against
-    PyTorch on that batch (and, with --dynamic-batch, on one of another size)."""
+    """Load the checkpoint's model, take an example batch of its data (or of --input), export, and verify the file
+    against PyTorch on that batch (and, with --dynamic-batch, on one of another size)."""
     args = build_parser().parse_args(argv)
     select_devices(args.device)
     setup_logging(None)
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     path, checkpoint = find_checkpoint(args.resume)
     device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     config, model = trained_model(checkpoint, device)
-    samples = to_device(example_inputs(config, args.batch_size + 1), device)  # one more: the other batch size
+    samples = to_device(example_inputs(config, args.batch_size + 1, args.input), device)  # one more: the other size
     batches = [samples[:args.batch_size]] + ([samples] if args.dynamic_batch else [])
     out = Path(args.out) if args.out else path.with_name(FILE_NAMES[args.format])
     notes = export_model(model, batches[0], args.format, out, dynamic_batch=args.dynamic_batch, opset=args.opset)
@@ -113,9 +117,12 @@ def require_onnx() -> None:
         raise UserError(f"--format onnx needs {', '.join(missing)}, not installed here: {INSTALL}")
 
 
-def example_inputs(config: ConfigParser, n: int) -> torch.Tensor:
-    """The first n inputs of the run's test split (of its training data when it has none), built as test.py
-    builds it; samples are repeated when the first batch holds fewer."""
+def example_inputs(config: ConfigParser, n: int, given: str | None = None) -> torch.Tensor:
+    """The first n inputs of what given names, opened as predict.py opens its --input; without it, of the run's test
+    split (of its training data when it has none), built as test.py builds it. Samples are repeated when there are
+    fewer."""
+    if given is not None:
+        return first_inputs(open_inputs(config, given, batch_size=n), n)
     try:
         loader, _ = build_data(config, False, SINGLE)
     except UserError as e:

@@ -13,9 +13,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Predict with a checkpoint's model on new images or arrays.")
     parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
     parser.add_argument("--input", required=True, metavar="PATH",
-                        help="a folder of images (and its subfolders), a CSV of image file names relative to its "
-                             "folder (a label column optional), a .npy/.npz/.blosc2 file of samples, or the word "
-                             "test: the run's test split (a folder named test: ./test)")
+                        help="a file or folder that the run's data loader reads (the shipped ones: a folder of images "
+                             "and its subfolders, a CSV of image files with a label column optional, a "
+                             ".npy/.npz/.blosc2 file of samples), or the word test: the run's test split (a folder "
+                             "named test: ./test)")
     parser.add_argument("--out", help="a .csv or .jsonl file (default: predictions.csv beside the checkpoint)")
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="inputs per batch (default: the run's data_loader.args.batch_size)")
@@ -34,52 +35,25 @@ if __name__ == "__main__":
     select_devices(build_parser().parse_args().device)
 
 import csv  # noqa: E402  (the imports that must wait for the lines above)
-import inspect  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import struct  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any, Iterable, Iterator, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data_loader.arrays import SUFFIXES as ARRAY_SUFFIXES  # noqa: E402
-from data_loader.inference import (IMAGE_SUFFIXES, ImageFiles, array_batches, collate_inputs,  # noqa: E402
-                                   folder_labels, image_files, input_pipeline, listed_images, names_in_data,
-                                   read_arrays)
 from logger import get_logger, setup_logging  # noqa: E402
-from parse_config import ConfigParser  # noqa: E402
-from run import build_data, build_test_split, choose_device, trained_model  # noqa: E402
+from run import Inputs, choose_device, open_inputs, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.checkpoint import find_checkpoint  # noqa: E402
-from utils.distributed import SINGLE  # noqa: E402
 from utils.errors import UserError, exit_cli, first_line, project_location, raised_by_a_library  # noqa: E402
-from utils.registry import DATA_LOADERS  # noqa: E402
-
-KINDS = f"a folder of images, a .csv list of image files, a {'/'.join(ARRAY_SUFFIXES)} file of samples or the word test"
-# (indices of the inputs in the batch, their model inputs or None, their labels or None, (index, reason) skipped)
-Batch = tuple[list[int], Any, "torch.Tensor | None", list[tuple[int, str]]]
-
-
-@dataclass
-class Inputs:
-    """What --input names, in batches: key is the first column ("file" or "index"), names[i] the i-th input's."""
-
-    source: str
-    key: str
-    names: Sequence
-    batches: Iterable[Batch]
-    count: int
-    n_batches: int
-    classes: list[str] | None
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Load the checkpoint's model and its data loader's evaluation pipeline, predict every input of --input in
-    batches and write one row per input as the batches come; returns the summary it prints."""
+    """Load the checkpoint's model, open --input through the run's data loader (its inference_source, or the test
+    split), predict every input in batches and write one row per input as the batches come; returns the summary it
+    prints."""
     args = build_parser().parse_args(argv)
     select_devices(args.device)
     setup_logging(None)
@@ -87,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     path, checkpoint = find_checkpoint(args.resume)
     device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     config, model = trained_model(checkpoint, device)
-    inputs = open_inputs(args, config)
+    inputs = open_inputs(config, args.input, args.batch_size, args.num_workers)
     out = Path(args.out) if args.out else path.with_name("predictions.csv")
     summary = predict(model, inputs, device, out, args.top_k, args.strict)
     report(summary, path)
@@ -101,91 +75,6 @@ def check_flags(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} {value}: give a whole number from {least}")
     if args.out and Path(args.out).suffix.lower() not in (".csv", ".jsonl"):
         raise UserError(f"--out {args.out}: give a file name ending in .csv or .jsonl (JSON Lines)")
-
-
-# ---- the inputs ----
-
-def open_inputs(args: argparse.Namespace, config: ConfigParser) -> Inputs:
-    """The inputs --input names, as batches of model inputs through the run's evaluation pipeline."""
-    loader_class = DATA_LOADERS.get(config["data_loader"]["type"], "data_loader.type")
-    loader_args = config["data_loader"]["args"]
-    if args.input == "test":
-        return split_inputs(config, loader_class, args)
-    source = Path(args.input)
-    if not source.exists():
-        raise UserError(f"--input {source}: no such file or folder (relative paths are from the working directory); "
-                        f"give {KINDS}")
-    suffix = source.suffix.lower()
-    batch_size = args.batch_size or loader_args.get("batch_size") or 64
-    if source.is_file() and suffix not in (".csv", *ARRAY_SUFFIXES):
-        raise UserError(f"--input {source}: unknown kind of file {suffix or '(no suffix)'!r}; give {KINDS}")
-    classes = class_names(config, loader_class)
-    if suffix in ARRAY_SUFFIXES and source.is_file():
-        samples, labels = read_arrays(str(source), loader_args.get("inputs_key") or "x",
-                                      loader_args.get("targets_key", "y"))
-        batches = labelled(array_batches(samples, batch_size), labels)
-        return Inputs(str(source), "index", range(len(samples)), batches, len(samples),
-                      math.ceil(len(samples) / batch_size), classes)
-    pipeline = input_pipeline(loader_class, loader_args)
-    if pipeline.read is None:
-        raise UserError(f"--input {source}: {pipeline.reason}")
-    if source.is_dir():
-        root, (names, others) = source, image_files(str(source))
-        if not names:
-            raise UserError(f"--input {source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its "
-                            "subfolders; give a folder of images")
-        if others:
-            get_logger("predict").info("Leaving out %d file(s) in %s that are not images (%s).", others, source,
-                                       ", ".join(IMAGE_SUFFIXES))
-        labels = folder_labels(names, classes)
-    else:
-        root, (names, labels) = source.parent, listed_images(str(source), classes)
-    loader = DataLoader(ImageFiles([str(root / name) for name in names], pipeline), batch_size=batch_size,
-                        num_workers=args.num_workers or 0, collate_fn=collate_inputs)
-    return Inputs(str(source), "file", names, labelled(loader, labels), len(names), len(loader), classes)
-
-
-def labelled(batches: Iterable, labels: Sequence[int] | np.ndarray | None) -> Iterator[Batch]:
-    """InputBatches with the labels of their inputs (None when the inputs have none)."""
-    labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    for batch in batches:
-        yield (batch.indices, batch.inputs, None if labels is None else labels[batch.indices], batch.skipped)
-
-
-def split_inputs(config: ConfigParser, loader_class: type, args: argparse.Namespace) -> Inputs:
-    """The run's test split, built as test.py builds it (--batch-size and --num-workers applied when the loader
-    takes them); its class targets are the labels."""
-    params = inspect.signature(loader_class).parameters
-    given = {"batch_size": args.batch_size, "num_workers": args.num_workers}
-    config["data_loader"]["args"].update({k: v for k, v in given.items() if v is not None and k in params})
-    loader, _ = build_data(config, False, SINGLE)
-    sampler = getattr(loader, "sampler", None)
-    count = len(sampler) if sampler is not None else len(loader.dataset)
-    return Inputs("test", "index", range(count), split_batches(loader), count, len(loader),
-                  class_names(config, loader_class, loader))
-
-
-def split_batches(loader: Iterable) -> Iterator[Batch]:
-    start = 0
-    for data, target in loader:
-        n = len(data) if isinstance(data, torch.Tensor) else len(target)
-        classes = isinstance(target, torch.Tensor) and target.ndim == 1 and not target.is_floating_point()
-        yield list(range(start, start + n)), data, target if classes else None, []
-        start += n
-
-
-def class_names(config: ConfigParser, loader_class: type, loader: Any = None) -> list[str] | None:
-    """The run's class names: data_loader.args.classes, else those its loader reads from its data (torchvision's
-    datasets: the test split is built, without downloading, to read them), else None."""
-    names = config["data_loader"]["args"].get("classes")
-    if names is None and loader is None and names_in_data(loader_class):
-        extra = {"download": False} if "download" in inspect.signature(loader_class).parameters else {}
-        try:
-            loader = build_test_split(config, **extra)
-        except UserError as e:
-            get_logger("predict").warning("Class names unknown (classes are written as indices): %s", e.problems[0])
-    names = names if names is not None else getattr(loader, "classes", None)
-    return None if names is None else [str(name) for name in names]
 
 
 # ---- predicting and writing ----

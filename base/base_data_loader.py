@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -187,6 +188,46 @@ class BaseDataLoader(EpochDataLoader):
                                  **{**self.init_kwargs, "dataset": self.eval_dataset})
         loader.set_device(self.device)
         return loader
+
+    @classmethod
+    def inference_source(cls, path: str, args: dict) -> InferenceSource:
+        """New inputs at path (a file or folder the user gives predict.py or export.py as --input) as model inputs,
+        made the way this loader makes its test samples, for a run whose data_loader.args are args (the checkpoint's
+        config: only the keys written there). It builds no loader and reads no training or test data: a serving
+        machine has only the checkpoint and the new files. data_loader/inputs.py has the helpers that make it a few
+        lines (image_files_source: a folder of images, a CSV list of files, labels, unreadable files skipped;
+        array_source: .npy/.npz/.blosc2 samples); this default says what to do instead."""
+        raise UserError(no_inference_source(cls, path))
+
+
+def no_inference_source(loader_class: type, path: str) -> str:
+    """What a data loader without its own inference_source says when given --input path."""
+    name = loader_class.__name__
+    return (f"--input {path}: data_loader.type {name} does not say how to turn files into model inputs; give --input "
+            f"test (its test split), or write {name}.inference_source (README: Predictions (predict.py))")
+
+
+class InputBatch(NamedTuple):
+    """indices: the batch's inputs (their positions in the source); inputs: their model inputs stacked, None when
+    none could be read; skipped: (index, reason) of those that could not be read."""
+
+    indices: list[int]
+    inputs: Any
+    skipped: list[tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class InferenceSource:
+    """New inputs as a data loader turns them into model inputs: what BaseDataLoader.inference_source returns."""
+
+    key: str  # "file" or "index": the column of predict.py's rows that names each input
+    names: Sequence  # names[i]: the i-th input, as that column writes it
+    batches: Callable[[int, int], Iterable[InputBatch]]  # (batch size, worker processes) -> every input once, in order
+    labels: Sequence[int] | None = None  # each input's class index, when the files say (a CSV's label column, ...)
+    classes: Sequence[str] | None = None  # the run's class names by index, when it has them
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _validation_size(split: Any, n: int) -> int:

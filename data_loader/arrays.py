@@ -1,16 +1,18 @@
 """ArrayDataLoader: samples from .npy, .npz or .blosc2 files; save_blosc2/load_blosc2 write and read the last."""
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from base.base_data_loader import BaseDataLoader
-from data_loader.datasets import test_source
+from base.base_data_loader import BaseDataLoader, InferenceSource, InputBatch
+from data_loader.datasets import IMAGE_SUFFIXES, test_source
 from utils.errors import UserError
 
 SUFFIXES = (".npy", ".npz", ".blosc2")
@@ -103,6 +105,77 @@ class ArrayDataLoader(BaseDataLoader):
         stored = inputs.dtype in STORED
         self.dataset = StoredArrays(_stored(inputs), targets) if stored else TensorDataset(_tensor(inputs), targets)
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory)
+
+    @classmethod
+    def inference_source(cls, path: str, args: dict) -> InferenceSource:
+        """A .npy/.npz/.blosc2 file read as this loader reads data_file (a .npz's array inputs_key, its targets_key
+        array as the labels), its samples float32 as the loader serves them; other files are refused."""
+        return arrays_only(cls, path, args.get("inputs_key") or "x", args.get("targets_key", "y"))
+
+
+# ---- arrays as new inputs (predict.py, export.py) ----
+
+def arrays_only(loader_class: type, path: str, inputs_key: str = "x", targets_key: str | None = "y") -> InferenceSource:
+    """array_source for a loader that takes arrays only; a folder or another kind of file is refused, saying what to
+    give."""
+    suffix = Path(path).suffix.lower()
+    if os.path.isfile(path) and suffix in SUFFIXES:
+        return array_source(path, inputs_key, targets_key)
+    give = f"give a {'/'.join(SUFFIXES)} file of samples shaped and scaled as the loader serves them, or --input test"
+    if os.path.isdir(path) or suffix in (".csv", *IMAGE_SUFFIXES):
+        raise UserError(f"--input {path}: data_loader.type {loader_class.__name__} takes arrays, not image files: "
+                        f"{give}")
+    raise UserError(f"--input {path}: unknown kind of file {suffix or '(no suffix)'!r}; {give}")
+
+
+def array_source(path: str, inputs_key: str = "x", targets_key: str | None = "y",
+                 classes: list[str] | None = None) -> InferenceSource:
+    """The samples of a .npy/.npz/.blosc2 file as model inputs (read_arrays), float32 a batch at a time; labels from
+    its targets_key array when it holds one integer per sample."""
+    samples, labels = read_arrays(path, inputs_key, targets_key)
+    return InferenceSource("index", range(len(samples)), functools.partial(array_batches, samples), labels, classes)
+
+
+_ARG = "__input__"  # _read names the config key data_loader.args.<arg>; its messages are rewritten to --input
+
+
+def read_arrays(path: str, inputs_key: str = "x",
+                targets_key: str | None = "y") -> tuple[np.ndarray, np.ndarray | None]:
+    """(the samples, their labels or None) of a .npy/.npz/.blosc2 file, read as ArrayDataLoader reads its files:
+    a .npz gives its only array, else the one named inputs_key; labels when it also holds targets_key with one
+    integer per sample."""
+    names: dict[str, str] = {}
+    if Path(path).suffix.lower() == ".npz":
+        _read_arrays(path, {})  # the checks on the file itself
+        with np.load(path, allow_pickle=False) as npz:
+            held = list(npz.files)
+        key = held[0] if len(held) == 1 else inputs_key
+        if key not in held:
+            raise UserError(f"--input {path}: no array {inputs_key!r} among {held or 'none'}; save the inputs as "
+                            f"{inputs_key!r} (np.savez(path, {inputs_key}=inputs)) or give a .npy file")
+        names = {"inputs_key": key}
+        if targets_key in held and targets_key != key:
+            names["targets_key"] = targets_key
+    arrays = _read_arrays(path, names)
+    inputs = arrays[0]
+    targets = arrays[1] if len(arrays) == 2 else None
+    labelled = targets is not None and targets.ndim == 1 and targets.dtype.kind in "iu" and len(targets) == len(inputs)
+    return inputs, targets if labelled else None
+
+
+def _read_arrays(path: str, names: dict[str, str]) -> list[np.ndarray]:
+    try:
+        return _read(path, _ARG, SUFFIXES, names)
+    except UserError as e:
+        raise UserError([p.replace(f"data_loader.args.{_ARG}: ", "--input ") for p in e.problems]) from None
+
+
+def array_batches(inputs: np.ndarray, batch_size: int, num_workers: int = 0) -> Iterator[InputBatch]:
+    """The samples of an array in batches, float32 as ArrayDataLoader serves inputs (converted a batch at a time,
+    in this process: slicing needs no workers)."""
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start:start + batch_size]
+        yield InputBatch(list(range(start, start + len(chunk))), _tensor(chunk), [])
 
 
 def _read(path: str, arg: str, suffixes: tuple[str, ...], names: dict[str, str]) -> list[np.ndarray]:

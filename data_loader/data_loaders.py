@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import pickle
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from base.base_data_loader import BaseDataLoader
-from data_loader.arrays import ArrayDataLoader
+from base.base_data_loader import BaseDataLoader, InferenceSource
+from data_loader.arrays import ArrayDataLoader, arrays_only
 from data_loader.datasets import (ImageFileDataset, collate_images, image_reader, in_memory_images,
                                   read_annotations, test_source)
+from data_loader.inputs import image_files_source, read_pixels, with_defaults
 from data_loader.transforms import image_pipeline, normalisation, transform_problems
+from logger import get_logger
 from utils.errors import UserError
 
 __all__ = ["DigitsDataLoader", "MnistDataLoader", "FashionMnistDataLoader", "KmnistDataLoader", "Cifar10DataLoader",
@@ -52,6 +55,11 @@ class DigitsDataLoader(BaseDataLoader):
         self.dataset = TensorDataset(images, labels if target == "label" else images)
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory)
 
+    @classmethod
+    def inference_source(cls, path: str, args: dict) -> InferenceSource:
+        """Arrays only (.npy/.npz/.blosc2): 1 x 8 x 8 samples scaled as the loader serves them."""
+        return arrays_only(cls, path)
+
 
 class _TakesTransforms:
     """Loaders whose args list torchvision transforms: config validation checks them with every other problem."""
@@ -89,7 +97,7 @@ class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
     ):
         self.data_dir = data_dir
         images, targets = self._read(data_dir, training, download)
-        mean, std = normalisation(mean, std, self.stats, images.shape[1], "data_loader.args")
+        mean, std = self._statistics(mean, std)
         spec, key = (transforms, "transforms") if training else (eval_transforms, "eval_transforms")
         self.dataset = in_memory_images(images, targets, spec, mean, std, f"data_loader.args.{key}")
         eval_dataset = None
@@ -98,6 +106,40 @@ class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
                                             "data_loader.args.eval_transforms")
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory,
                          eval_dataset=eval_dataset)
+
+    @classmethod
+    def _statistics(cls, mean: list[float] | None, std: list[float] | None) -> tuple[list[float], list[float]]:
+        """(mean, std) per channel: the config's, else the dataset's own (stats)."""
+        return normalisation(mean, std, cls.stats, len(cls.stats[0]), "data_loader.args")
+
+    @classmethod
+    def inference_source(cls, path: str, args: dict) -> InferenceSource:
+        """Image files as the dataset holds its images, their pixels uint8 C x H x W in its mode (grey for the MNIST
+        family, RGB for CIFAR), through eval_transforms and the normalisation its test samples get (so an image must
+        have the dataset's size unless eval_transforms resize); arrays as model inputs. The class names are the
+        dataset's (CIFAR's from its meta file under data_dir: unknown without it)."""
+        args = with_defaults(cls, args)
+        mean, std = cls._statistics(args["mean"], args["std"])
+        transform = image_pipeline(args["eval_transforms"], mean, std, "data_loader.args.eval_transforms")
+        mode = "L" if len(cls.stats[0]) == 1 else "RGB"
+        return image_files_source(path, functools.partial(read_pixels, mode=mode), transform,
+                                  cls._class_names(args.get("data_dir") or ""))
+
+    @classmethod
+    def _class_names(cls, data_dir: str) -> list[str] | None:
+        """The dataset's class names, read without its images: torchvision's for the MNIST family, the meta file's
+        for CIFAR (None, with a warning, when data_dir does not hold it)."""
+        dataset = _dataset_class(cls.dataset_name)
+        if not hasattr(dataset, "meta"):
+            return list(dataset.classes)
+        path = os.path.join(data_dir, dataset.base_folder, dataset.meta["filename"])
+        try:
+            with open(path, "rb") as f:
+                return [str(name) for name in pickle.load(f, encoding="latin1")[dataset.meta["key"]]]
+        except (OSError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as e:
+            get_logger("inputs").warning("Class names unknown (classes are written as indices): cannot read %s (%s)",
+                                         path, e)
+            return None
 
     def _read(self, data_dir: str, training: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The split's images, uint8 (N, C, H, W), and their int64 labels."""
@@ -180,13 +222,35 @@ class _ImageFilesDataLoader(_TakesTransforms, BaseDataLoader):
     """Image files read as they are needed (use num_workers), through transforms when training and
     eval_transforms for validation and test; mean/std default to ImageNet's."""
 
-    def _start(self, dataset: Dataset, training: bool, transforms: list | None, eval_transforms: list | None,
-               mean: list[float] | None, std: list[float] | None, mode: str, **loader_args) -> None:
+    @staticmethod
+    def _statistics(mode: str, mean: list[float] | None, std: list[float] | None) -> tuple[list[float], list[float]]:
+        """(mean, std) per channel of images read in mode: the config's, else ImageNet's for RGB and their grey
+        average per channel for the other modes."""
         channels = {"L": 1, "RGB": 3, "RGBA": 4}.get(mode)
         if channels is None:
             raise UserError(f"data_loader.args.mode: expected 'RGB', 'L' (grey) or 'RGBA', got {mode!r}")
         default = IMAGENET_STATS if channels == 3 else ((0.449,) * channels, (0.226,) * channels)
-        mean, std = normalisation(mean, std, default, channels, "data_loader.args")
+        return normalisation(mean, std, default, channels, "data_loader.args")
+
+    @classmethod
+    def inference_source(cls, path: str, args: dict) -> InferenceSource:
+        """Image files read in the loader's mode through eval_transforms, mean and std, as its test samples are;
+        arrays as model inputs. A CSV's file names are relative to its own folder (ImageCsvDataLoader: to img_dir
+        first)."""
+        args = with_defaults(cls, args)
+        mean, std = cls._statistics(args["mode"], args["mean"], args["std"])
+        transform = image_pipeline(args["eval_transforms"], mean, std, "data_loader.args.eval_transforms")
+        return image_files_source(path, image_reader(args["mode"]), transform, args.get("classes"),
+                                  csv_dirs=cls._csv_dirs(args))
+
+    @classmethod
+    def _csv_dirs(cls, args: dict) -> list[str]:
+        """Where a CSV given as --input lists its files, before the CSV's own folder."""
+        return []
+
+    def _start(self, dataset: Dataset, training: bool, transforms: list | None, eval_transforms: list | None,
+               mean: list[float] | None, std: list[float] | None, mode: str, **loader_args) -> None:
+        mean, std = self._statistics(mode, mean, std)
         spec, key = (transforms, "transforms") if training else (eval_transforms, "eval_transforms")
         dataset.transform = image_pipeline(spec, mean, std, f"data_loader.args.{key}")
         eval_dataset = copy.copy(dataset)
@@ -229,6 +293,11 @@ class ImageCsvDataLoader(_ImageFilesDataLoader):
         self._start(ImageFileDataset(samples, transform=None, mode=mode), training, transforms, eval_transforms,
                     mean, std, mode, batch_size=batch_size, shuffle=shuffle, validation_split=validation_split,
                     num_workers=num_workers, pin_memory=pin_memory)
+
+    @classmethod
+    def _csv_dirs(cls, args: dict) -> list[str]:
+        """img_dir: the loader's own CSVs (its test CSV too) list files relative to it."""
+        return [args["img_dir"]] if args.get("img_dir") else []
 
 
 class ImageFolderDataLoader(_ImageFilesDataLoader):

@@ -13,6 +13,8 @@ from torch.utils.data.dataloader import default_collate
 from data_loader.transforms import image_pipeline
 from utils.errors import UserError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # new files' image suffixes
+
 
 class ImageTensorDataset(Dataset):
     """uint8 images (N, C, H, W) held in memory and their targets; each image goes through transform."""

@@ -1,7 +1,8 @@
 """export.py end to end: the shipped models trained tiny, exported to ONNX and to torch.export programs through
 export.main, checked by export.py's own verification and again here with onnxruntime and torch.export.load; a
 model the exporter cannot take, missing ONNX packages, a file that does not verify, large weights as external data,
-and the README's onnxruntime example run as it is written."""
+--input (the example batch from files, read as predict.py reads them, on a machine without the run's data), and the
+README's onnxruntime example run as it is written."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import pytest
 import torch
@@ -19,7 +21,8 @@ import export
 import train
 from run import trained_model
 from conftest import ROOT, tiny_config
-from fake_data import write_cifar, write_image_folder, write_mnist
+from data_loader.data_loaders import ImageFolderDataLoader
+from fake_data import write_cifar, write_image, write_image_folder, write_mnist
 from utils.checkpoint import find_checkpoint
 from utils.errors import UserError, run_cli
 from utils.registry import ARCHS
@@ -121,6 +124,63 @@ def test_a_shipped_model_exports_and_verifies(runs, kind, fmt, dynamic, capsys):
     config, _ = trained_model(checkpoint, torch.device("cpu"))
     shape = tuple(export.example_inputs(config, 2).shape)
     assert batch_dimension(path, fmt, shape) == ("dynamic" if dynamic else 2)
+
+
+def test_the_example_batch_of_an_input_is_its_first_inputs_read_as_predict_reads_them(runs, tmp_path, capsys):
+    _, checkpoint = find_checkpoint(runs("digits"))
+    config, _ = trained_model(checkpoint, torch.device("cpu"))
+    x = np.arange(3 * 64, dtype=np.uint8).reshape(3, 1, 8, 8)
+    np.save(tmp_path / "x.npy", x)
+    assert torch.equal(export.example_inputs(config, 2, str(tmp_path / "x.npy")), torch.from_numpy(x[:2]).float())
+    assert torch.equal(export.example_inputs(config, 4, str(tmp_path / "x.npy")),
+                       torch.from_numpy(x[[0, 1, 2, 0]]).float())  # repeated when there are fewer
+    (tmp_path / "pictures").mkdir()
+    argv = ["-r", str(runs("digits")), "--format", "pt2", "--out", str(tmp_path / "m.pt2")]
+    assert run_cli(export.main, [*argv, "--input", str(tmp_path / "pictures")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --input {tmp_path / 'pictures'}: data_loader.type DigitsDataLoader takes arrays, not image files: "
+        "give a .npy/.npz/.blosc2 file of samples shaped and scaled as the loader serves them, or --input test"]
+    assert not (tmp_path / "m.pt2").exists()
+
+
+@SLOW
+def test_input_takes_the_example_batch_from_files_on_a_machine_without_the_runs_data(runs, tmp_path, capsys):
+    _, checkpoint = find_checkpoint(runs("image_folder"))
+    args = checkpoint["config"]["data_loader"]["args"]
+    args["data_dir"] = args["test_dir"] = str(tmp_path / "not here")  # a serving machine: the checkpoint alone
+    torch.save(checkpoint, tmp_path / "checkpoint.pth")
+    for i in range(3):
+        write_image(tmp_path / "new" / f"{i}.png", size=(10, 14), seed=50 + i)
+    (tmp_path / "new" / "0.png").write_bytes(b"not a PNG")  # skipped, as predict.py skips it
+    argv = ["-r", str(tmp_path / "checkpoint.pth"), "--format", "pt2", "--out", str(tmp_path / "m.pt2")]
+    capsys.readouterr()
+
+    assert run_cli(export.main, argv) == 2  # without --input it needs the run's data
+    assert "data_loader.args.data_dir: no directory" in capsys.readouterr().err
+    results = export.main([*argv, "--input", str(tmp_path / "new"), "--dynamic-batch"])
+    out = capsys.readouterr().out
+    assert results["differences"][2] < 1e-4 and "No test split" not in out and "Skipping" in out
+
+    config, _ = trained_model(checkpoint, torch.device("cpu"))
+    example = export.example_inputs(config, 3, str(tmp_path / "new"))
+    source = ImageFolderDataLoader.inference_source(str(tmp_path / "new"), args)
+    (batch,) = source.batches(8, 0)
+    assert batch.indices == [1, 2] and torch.equal(example, batch.inputs[[0, 1, 0]])  # read ones, repeated to 3
+
+
+@SLOW
+def test_input_takes_the_example_batch_from_an_array_file_for_onnx(runs, tmp_path):
+    x = np.random.RandomState(0).rand(5, 1, 8, 8).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    results = export.main(["-r", str(runs("digits")), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                           "--input", str(tmp_path / "x.npy"), "--batch-size", "4", "--dynamic-batch"])
+    assert set(results["differences"]) == {4, 5} and max(results["differences"].values()) < 1e-4
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    _, checkpoint = find_checkpoint(runs("digits"))
+    _, model = trained_model(checkpoint, torch.device("cpu"))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], expected, atol=1e-4)
 
 
 class DataDependent(nn.Module):

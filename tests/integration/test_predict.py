@@ -1,9 +1,11 @@
-"""predict.py end to end on tiny runs: a folder of images agrees with test.py and with the model run apart, the test
-split, arrays, an unreadable file, memory that does not grow with the folder, JSON Lines and top-k, raw outputs of
-an autoencoder, and the error lines."""
+"""predict.py end to end on tiny runs: a folder of images agrees with test.py and with the model run apart, so does
+an ImageCsv run's own test CSV (and a CSV of files relative to itself), a user's own loader through its
+inference_source, the test split, arrays, an unreadable file, memory that does not grow with the folder, JSON Lines
+and top-k, raw outputs of an autoencoder, and the error lines."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -18,12 +20,16 @@ import torch
 import predict
 import test as test_script
 import train
+from base import BaseDataLoader
+from data_loader.inputs import InferenceSource, image_files_source, read_pixels
+from data_loader.transforms import image_pipeline
 from run import build_data, trained_model
 from conftest import ROOT, run_cli, run_dir, tiny_config
-from fake_data import write_image, write_image_folder
+from fake_data import write_image, write_image_csv, write_image_folder
 from utils.checkpoint import find_checkpoint
 from utils.distributed import SINGLE
 from utils.errors import run_cli as run_in_process
+from utils.registry import DATA_LOADERS
 
 pytestmark = pytest.mark.usefixtures("restore_logging")  # train.main and predict.main set up logging
 
@@ -49,6 +55,23 @@ def image_run(tmp_path_factory) -> tuple[Path, Path]:
                 "trainer.epochs=1", "trainer.verbosity=0", "trainer.tensorboard=false",
                 "data_loader.args.num_workers=0", "arch.args.blocks=(cnf8 m) d", "-d", "cpu"])
     return run_dir(root, "x", "ImageFolder_CNN")[0], root / "test"
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory, test CSV) of configs/image_csv.json trained one epoch on generated PNGs, its CSVs in a folder
+    of their own: their file names are relative to data_loader.args.img_dir, not to the CSVs."""
+    root = tmp_path_factory.mktemp("csv_run")
+    (root / "lists").mkdir()
+    write_image_csv(root / "images", root / "lists" / "train.csv", ["cat", "dog"] * 12)
+    write_image_csv(root / "images", root / "lists" / "test.csv", ["dog", "cat", "cat"] * 10, first=100)
+    train.main(["-c", str(ROOT / "configs/image_csv.json"), "--run-id", "x", f"trainer.save_dir={root}",
+                f"data_loader.args.annotations_file={root / 'lists' / 'train.csv'}",
+                f"data_loader.args.test_annotations_file={root / 'lists' / 'test.csv'}",
+                f"data_loader.args.img_dir={root / 'images'}", "data_loader.args.num_workers=0",
+                "data_loader.args.batch_size=8", "trainer.epochs=1", "trainer.verbosity=0", "trainer.tensorboard=false",
+                "arch.args.blocks=(cnf8 m) d", "-d", "cpu"])
+    return run_dir(root, "x", "ImageCsv_CNN")[0], root / "lists" / "test.csv"
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +115,121 @@ def test_a_folder_of_images_agrees_with_test_py_and_with_the_model_run_apart(ima
     assert [r["label"] for r in rows] == [f.split("/")[0] for f in files]
     assert {r["top1_class"] for r in rows} <= set(CLASSES) and set(rows[0]) >= {"top3_class", "top3_prob"}
     assert all(float(r["probability"]) == float(r["top1_prob"]) >= float(r["top2_prob"]) for r in rows)
+
+
+def split_outputs(run: Path) -> torch.Tensor:
+    """The model's outputs on the run's test split, as test.py reads it, with the model loaded apart."""
+    config, model = model_of(run)
+    loader, _ = build_data(config, False, SINGLE)
+    with torch.no_grad():
+        return torch.cat([model(x) for x, _ in loader])
+
+
+@pytest.mark.slow
+def test_the_runs_own_test_csv_agrees_with_test_py_exactly(csv_run, tmp_path, capsys):
+    run, test_csv = csv_run
+    tested = test_script.main(["-r", str(run), "--out", str(tmp_path / "t.json")])
+    summary = predict.main(["-r", str(run), "--input", str(test_csv), "--out", str(tmp_path / "p.csv")])
+    capsys.readouterr()
+    assert summary["predicted"] == summary["labelled"] == tested["n_samples"] == 30 and summary["skipped"] == 0
+    rows = rows_of(tmp_path / "p.csv")
+    correct = sum(r["class"] == r["label"] for r in rows)
+    # the same inputs predicted right: test.py's float32 batch means (10/30 is 0.3333333432674408) hold the same count
+    assert summary["accuracy"] == correct / 30 and round(tested["accuracy"] * 30) == correct
+    assert summary["accuracy"] == pytest.approx(tested["accuracy"], rel=1e-6)
+    outputs = split_outputs(run)
+    assert [r["class"] for r in rows] == [["cat", "dog"][i] for i in outputs.argmax(1).tolist()]
+    probabilities = outputs.softmax(1).max(1).values.tolist()  # the same inputs, bit for bit: the same outputs
+    assert [float(r["probability"]) for r in rows] == pytest.approx(probabilities, abs=1e-6)
+    assert [r["file"] for r in rows] == [f"img{100 + i}.png" for i in range(30)]  # as the CSV lists them
+    assert [r["label"] for r in rows] == ["dog", "cat", "cat"] * 10
+
+
+@pytest.mark.slow
+def test_a_csv_of_files_relative_to_itself_gives_the_same_predictions(csv_run, tmp_path):
+    run, test_csv = csv_run
+    images = test_csv.parent.parent / "images"
+    (tmp_path / "new" / "sub").mkdir(parents=True)
+    shutil.copy(images / "img100.png", tmp_path / "new" / "sub" / "a.png")  # names img_dir does not hold
+    shutil.copy(images / "img101.png", tmp_path / "new" / "b.png")
+    (tmp_path / "new" / "list.csv").write_text(f"file\nsub/a.png\nb.png\n{images / 'img102.png'}\n")
+    summary = predict.main(["-r", str(run), "--input", str(tmp_path / "new" / "list.csv"),
+                            "--out", str(tmp_path / "p.csv")])
+    rows = rows_of(tmp_path / "p.csv")
+    assert summary["predicted"] == 3 and summary["skipped"] == 0 and "accuracy" not in summary
+    outputs = split_outputs(run)[:3]
+    assert [r["class"] for r in rows] == [["cat", "dog"][i] for i in outputs.argmax(1).tolist()]
+    assert [float(r["probability"]) for r in rows] == pytest.approx(outputs.softmax(1).max(1).values.tolist(),
+                                                                    abs=1e-6)
+    assert [r["file"] for r in rows] == ["sub/a.png", "b.png", str(images / "img102.png")]
+
+
+# ---- a user's own data loader ----
+
+DIGIT_PIXELS = image_pipeline(None, [0.5], [0.5], "eval")  # a uint8 1 x 8 x 8 image -> the model's input
+
+
+def digit_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as uint8 grey 8 x 8 images (pixels 0..240) and their labels."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return torch.as_tensor(x * 15, dtype=torch.uint8).reshape(-1, 1, 8, 8), torch.as_tensor(y)
+
+
+class PlainDigitPictures(BaseDataLoader):
+    """A user's loader in data_loader/data_loaders.py: digits as 8 x 8 grey pictures, without inference_source."""
+
+    def __init__(self, batch_size: int = 128, shuffle: bool = True, validation_split: float = 0.1,
+                 num_workers: int = 0, training: bool = True):
+        images, labels = digit_images()
+        images, labels = (images[:1500], labels[:1500]) if training else (images[1500:], labels[1500:])
+        dataset = torch.utils.data.TensorDataset(torch.stack([DIGIT_PIXELS(x) for x in images]), labels)
+        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers)
+
+
+class DigitPictures(PlainDigitPictures):
+    """The same loader with the one method that gives it predict.py support."""
+
+    @classmethod
+    def inference_source(cls, path: str, args: dict) -> InferenceSource:
+        return image_files_source(path, functools.partial(read_pixels, mode="L"), DIGIT_PIXELS)
+
+
+@pytest.mark.slow
+def test_a_users_loader_gets_predict_py_from_its_inference_source(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(DATA_LOADERS._entries, "DigitPictures", DigitPictures)  # as if in data_loader/data_loaders.py
+    config = tiny_config(tmp_path / "saved", tensorboard=False)
+    config["data_loader"] = {"type": "DigitPictures", "args": {"batch_size": 128}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    train.main(["-c", str(tmp_path / "config.json"), "--run-id", "u", "-d", "cpu"])
+    run = run_dir(tmp_path / "saved", "u")[0]
+
+    images, labels = digit_images()
+    from PIL import Image
+
+    lines = ["file,label"]
+    for i in range(1500, 1520):
+        Image.fromarray(images[i, 0].numpy(), "L").save(tmp_path / f"d{i}.png")
+        lines.append(f"d{i}.png,{labels[i].item()}")
+    (tmp_path / "digits.csv").write_text("\n".join(lines) + "\n")
+    summary = predict.main(["-r", str(run), "--input", str(tmp_path / "digits.csv"), "--out", str(tmp_path / "p.csv")])
+    _, model = model_of(run)
+    with torch.no_grad():
+        expected = model(torch.stack([DIGIT_PIXELS(x) for x in images[1500:1520]])).argmax(1)
+    rows = rows_of(tmp_path / "p.csv")
+    assert [int(r["class"]) for r in rows] == expected.tolist() and summary["predicted"] == 20
+    assert summary["accuracy"] == pytest.approx((expected == labels[1500:1520]).double().mean().item())
+
+    # The same run whose loader has no inference_source: one line saying what to do.
+    monkeypatch.setitem(DATA_LOADERS._entries, "DigitPictures", PlainDigitPictures)
+    capsys.readouterr()
+    assert run_in_process(predict.main, ["-r", str(run), "--input", str(tmp_path / "digits.csv")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: --input {tmp_path / 'digits.csv'}: data_loader.type PlainDigitPictures does not say how "
+                     "to turn files into model inputs; give --input test (its test split), or write "
+                     "PlainDigitPictures.inference_source (README: Predictions (predict.py))"]
+    assert predict.main(["-r", str(run), "--input", "test", "--out", str(tmp_path / "t.csv")])["predicted"] == 297
 
 
 @pytest.mark.slow
