@@ -66,7 +66,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 from base import BaseDataLoader, RunOutputs  # noqa: E402
-from config import TrainerSettings  # noqa: E402
+from config import EMASettings, TrainerSettings  # noqa: E402
 from logger import setup_logging  # noqa: E402
 from model.metric import accuracy  # noqa: E402
 from model.model import DigitsModel  # noqa: E402
@@ -81,7 +81,7 @@ CONFIGS = {"fp32": {}, "bf16": {"amp": "bf16"}, "fp16": {"amp": "fp16"},
            "bf16+cl": {"amp": "bf16", "channels_last": True},
            "bf16+cl+compile": {"amp": "bf16", "channels_last": True, "compile": True}}
 # The sync check also runs these: the weights' moving average and an exact-over-the-epoch torchmetrics metric.
-SYNC_ONLY = {"fp32+ema+f1": {"ema": {"decay": 0.99}, "torchmetrics": True}}
+SYNC_ONLY = {"fp32+ema+f1": {"ema": EMASettings(decay=0.99), "torchmetrics": True}}
 SYNC_WARNING = "called a synchronizing CUDA operation"  # what torch warns in sync debug mode "warn"
 TIMING = ("epoch_time", "samples_per_sec")  # differ between otherwise identical runs
 MIB = 2**20
