@@ -20,8 +20,8 @@ if __name__ == "__main__":
     # As in train.py: --help and -d act before the imports below, which import torch.
     select_devices(build_parser().parse_args().device)
 
-from base.base_trainer import compact  # noqa: E402
 from logger import setup_logging  # noqa: E402  (the imports that must wait for the lines above)
+from logger.reporter import compact  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
 from train import build  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402

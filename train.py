@@ -56,9 +56,9 @@ import sys  # noqa: E402
 import torch  # noqa: E402
 
 from base import BaseTrainer  # noqa: E402
-from base.base_trainer import compact  # noqa: E402
 from base.settings import TrainerSettings  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
+from logger.reporter import compact  # noqa: E402
 from model.summary import layer_table  # noqa: E402
 from parse_config import SCHEMA, ConfigParser, differing_keys  # noqa: E402
 from trainer.checks import check_first_batch  # noqa: E402
@@ -67,7 +67,7 @@ from utils import distributed  # noqa: E402
 from utils.checkpoint import ModelWeights, RunDirs, find_checkpoint, inference_weights, unwrap  # noqa: E402
 from utils.distributed import SINGLE, Dist  # noqa: E402
 from utils.errors import UserError, exit_cli  # noqa: E402
-from utils.interrupt import TimeLimitReached, TrainingInterrupted  # noqa: E402
+from utils.interrupt import StopTraining  # noqa: E402
 from utils.params import parameter_groups  # noqa: E402
 from utils.registry import ARCHS, DATA_LOADERS, LR_SCHEDULERS, OPTIMIZERS, REGISTRIES, TRAINERS  # noqa: E402
 from utils.schedule import LRSchedule  # noqa: E402
@@ -245,14 +245,15 @@ def train(trainer: BaseTrainer, run: RunDirs) -> None:
     trainer.max_time, say how to resume and return (exit 0)."""
     try:
         trainer.train()
-    except TrainingInterrupted as stop:
-        get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
-                                    signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
-        raise SystemExit(stop.exit_code) from None
-    except TimeLimitReached as limit:  # a planned stop: exit 0, so that a scheduled job can requeue itself
+    except StopTraining as stop:
+        if stop.reason == StopTraining.SIGNAL:
+            get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
+                                        signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
+            raise SystemExit(stop.exit_code) from None
+        # trainer.max_time: a planned stop, exit 0, so that a scheduled job can requeue itself
         get_logger("train").warning("trainer.max_time (%s) reached after global step %d; saved %s. Resume with:\n"
                                     "    python train.py -r %s", trainer.settings.max_time, trainer.global_step,
-                                    limit.checkpoint, run.checkpoint_dir)
+                                    stop.checkpoint, run.checkpoint_dir)
 
 
 def record_classes(config: ConfigParser, data_loader) -> None:
@@ -335,7 +336,7 @@ def resume(trainer: BaseTrainer, checkpoint: dict, config: ConfigParser) -> None
     trainer.load_state_dict(checkpoint, load_optimizer=same_optimizer)
     new_lr, old_lr = config["optimizer"]["args"].get("lr"), old["optimizer"]["args"].get("lr")
     if same_optimizer and new_lr is not None and new_lr != old_lr:
-        trainer.set_lr(new_lr)
+        trainer.schedule.set_lr(new_lr)
         logger.info("Learning rate changed from %s to %s for the resumed run.", old_lr, new_lr)
     read_by = f" (read by rank {trainer.dist.main}, sent to the others)" if trainer.dist.enabled else ""
     logger.info("Resumed from %s%s: continuing at epoch %d of %d.", config.resume, read_by, trainer.start_epoch,

@@ -14,14 +14,15 @@ import pytest
 from conftest import ROOT
 from tiny_trainers import build, sigterm_at
 from utils.errors import run_cli
-from utils.interrupt import TrainingInterrupted
+from utils.interrupt import StopTraining
 
 
 def test_sigint_is_handled_like_sigterm(tmp_path):
     trainer = build(tmp_path)
     sigterm_at(trainer, 3, signal.SIGINT)
-    with pytest.raises(TrainingInterrupted) as stop:
+    with pytest.raises(StopTraining) as stop:
         trainer.train()
+    assert stop.value.reason == StopTraining.SIGNAL and stop.value.signum == signal.SIGINT
     assert stop.value.exit_code == 130 and stop.value.checkpoint.name == "checkpoint-step3.pth"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored afterwards
 
