@@ -271,7 +271,8 @@ class StepLog(Part):
         step = loop.global_step
         if step % self.log_step:
             return
-        value, running = torch.stack([loop.loss.detach().float(), torch.as_tensor(self.metrics.running_loss())]).tolist()
+        loss, running = loop.loss.detach().float(), torch.as_tensor(self.metrics.running_loss())
+        value, running = torch.stack([loss, running]).tolist()
         if not math.isfinite(running):
             self.metrics.check_finite(loop.epoch)
         self.metrics.all_finite_until(step)
@@ -355,7 +356,8 @@ class Stops(Part):
 class Validation(Part):
     """When to validate and on which batches: after every every_epochs-th epoch and the last one, every every_steps
     optimizer steps (None: never mid-epoch), on the first limit batches (a count or a fraction; None: all). In the
-    middle of an epoch of len_epoch batches it calls mid_epoch(epoch) (the epoch's last step is validated at its end)."""
+    middle of an epoch of len_epoch batches it calls mid_epoch(epoch); the epoch's last step is validated at its
+    end."""
 
     def __init__(self, loader: Any, every_epochs: int = 1, every_steps: int | None = None,
                  limit: int | float | None = None, *, len_epoch: int = 0,

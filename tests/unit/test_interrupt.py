@@ -27,6 +27,16 @@ def test_sigint_is_handled_like_sigterm(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored afterwards
 
 
+def test_stop_training_says_why_and_the_exit_status():
+    by_signal = StopTraining.by_signal(signal.SIGUSR1, "ckpt")
+    assert (by_signal.reason, by_signal.signum, by_signal.exit_code) == (StopTraining.SIGNAL, signal.SIGUSR1, 138)
+    assert str(by_signal) == "stopped by SIGUSR1; saved ckpt"
+    assert StopTraining.by_signal(None).signum == signal.SIGTERM  # under DDP another rank received it
+    limit = StopTraining(StopTraining.TIME_LIMIT, seconds=90.0)
+    assert limit.exit_code == 0 and str(limit) == "trainer.max_time (90 s) reached"
+    assert StopTraining(StopTraining.EARLY_STOP).exit_code == 0
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_outside_the_training_loop_ends_with_one_line_and_its_status(capsys, signum, status):
     def start_up(argv):

@@ -204,4 +204,5 @@ def test_sigusr1_stops_like_sigterm(tmp_path):
     sigterm_at(trainer, 4, signal.SIGUSR1)
     with pytest.raises(StopTraining) as stop:
         trainer.train()
-    assert stop.value.signum == signal.SIGUSR1 and stop.value.exit_code == 128 + signal.SIGUSR1 and find_checkpoint(tmp_path)[1]["global_step"] == 4
+    assert stop.value.signum == signal.SIGUSR1 and stop.value.exit_code == 128 + signal.SIGUSR1
+    assert find_checkpoint(tmp_path)[1]["global_step"] == 4
