@@ -22,8 +22,8 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402  (the imports that must wait for the lines above)
 
-from base.base_trainer import compact  # noqa: E402
 from logger import setup_logging  # noqa: E402
+from logger.reporter import compact  # noqa: E402
 from run import build_evaluator, choose_device  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.class_report import format_table, report_metrics, take_report  # noqa: E402

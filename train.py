@@ -52,13 +52,14 @@ import sys  # noqa: E402
 
 from base import BaseTrainer  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
+from logger.reporter import compact  # noqa: E402
 from model.summary import layer_table  # noqa: E402
 from run import DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, load_config, open_run, resume  # noqa: E402
 from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.checkpoint import RunDirs, unwrap  # noqa: E402
 from utils.errors import UserError, exit_cli  # noqa: E402
-from utils.interrupt import TimeLimitReached, TrainingInterrupted  # noqa: E402
+from utils.interrupt import StopTraining  # noqa: E402
 from utils.registry import REGISTRIES  # noqa: E402
 
 
@@ -105,14 +106,15 @@ def train(trainer: BaseTrainer, run: RunDirs) -> None:
     trainer.max_time, say how to resume and return (exit 0)."""
     try:
         trainer.train()
-    except TrainingInterrupted as stop:
-        get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
-                                    signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
-        raise SystemExit(stop.exit_code) from None
-    except TimeLimitReached as limit:  # a planned stop: exit 0, so that a scheduled job can requeue itself
+    except StopTraining as stop:
+        if stop.reason == StopTraining.SIGNAL:
+            get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
+                                        signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
+            raise SystemExit(stop.exit_code) from None
+        # trainer.max_time: a planned stop, exit 0, so that a scheduled job can requeue itself
         get_logger("train").warning("trainer.max_time (%s) reached after global step %d; saved %s. Resume with:\n"
                                     "    python train.py -r %s", trainer.settings.max_time, trainer.global_step,
-                                    limit.checkpoint, run.checkpoint_dir)
+                                    stop.checkpoint, run.checkpoint_dir)
 
 
 def print_summary(trainer: BaseTrainer) -> None:

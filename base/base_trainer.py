@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,21 +10,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from logger import MetricsFile, NullWriter, make_writer
-from logger.visualization import TRAIN, VALID, hparam_values
+from logger.reporter import RunInfo, make_reporter
 from utils.checkpoint import (MODEL, MONITOR, OPTIMIZER, RNG, SCHEDULER, TRAIN_STATE, Checkpointer, ModelWeights,
                               RandomState, RunDirs, Stateful, gather, restore, unwrap)
 from utils.distributed import SINGLE, Dist, any_rank
 from utils.errors import UserError
-from utils.interrupt import SignalStop, StopRequested, TimeLimitReached, TrainingInterrupted
+from utils.interrupt import SignalStop, StopTraining
 from utils.monitor import Monitor
-from utils.params import DEFAULT_GROUP
 from utils.schedule import LRSchedule
 from utils.tracker import is_confusion_matrix
-
-
-class EarlyStop(Exception):
-    """Raised by on_validation in the middle of an epoch when the monitored value stopped improving."""
 
 
 @dataclass
@@ -49,43 +42,23 @@ class TrainState:
 
 
 class RunOutputs:
-    """Where a run writes: checkpoints, TensorBoard and metrics.jsonl. It writes nothing until open() is
-    called (dry runs, test.py and the ranks other than 0 never call it)."""
+    """Where a run writes: checkpoints (checkpointer) and its logged rows (reporter). Until open() is called it
+    writes no file, only the rows' console lines (dry runs, test.py and the ranks other than 0 never call it)."""
 
     def __init__(self):
         self.checkpointer = Checkpointer(None)
-        self.writer = NullWriter()
-        self.metrics_file = MetricsFile(None)
+        self.reporter = make_reporter(None)
 
     def open(self, dirs: RunDirs, settings: Any) -> "RunOutputs":
         self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last,
                                          settings.save_top_k, settings.monitor)
-        self.writer = make_writer(dirs.log_dir, settings.tensorboard)
-        self.metrics_file = MetricsFile(dirs.log_dir / "metrics.jsonl")
+        self.reporter = make_reporter(dirs.log_dir, settings.tensorboard)
         return self
 
 
-def compact(value: Any, most: int = 20) -> str:
-    """A logged value for the console: numbers to 6 significant digits; lists (per class, a matrix) and values by
-    class name to 4, up to `most` numbers (metrics.jsonl has them all)."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, dict):
-        shown = [f"{k}: {v:.4g}" for k, v in list(value.items())[:most]]
-        return "{" + ", ".join(shown) + (", ...}" if len(value) > most else "}")
-    if isinstance(value, list):
-        if value and isinstance(value[0], list):
-            shape = f"{len(value)}x{len(value[0])}"
-            if len(value) * len(value[0]) > most * most // 4:
-                return f"[{shape} values, in metrics.jsonl]"
-            return "[" + ", ".join(compact(v, most) for v in value) + "]"
-        shown = [f"{v:.4g}" for v in value[:most]]
-        return "[" + ", ".join(shown) + (f", ... ({len(value)} values)]" if len(value) > most else "]")
-    return str(value)
-
-
 class BaseTrainer:
-    """Runs epochs; asks the monitor about improvement and stopping, the checkpointer about saving.
+    """Runs epochs; asks the schedule for the learning rates, the monitor about improvement and stopping, the
+    reporter to log each row and the checkpointer about saving.
 
     A subclass implements _train_epoch(epoch) -> the epoch's logged values. Every trainer is built the
     same way (train.py's build), so a BaseTrainer subclass can be chosen with trainer.type.
@@ -105,15 +78,13 @@ class BaseTrainer:
         self.settings = settings
         self.data_loader = data_loader
         self.valid_data_loader = valid_data_loader
-        self.schedule = lr_scheduler if isinstance(lr_scheduler, LRSchedule) else LRSchedule(lr_scheduler)
+        self.schedule = LRSchedule.of(optimizer, lr_scheduler)
         self.device = device
         self.outputs = outputs or RunOutputs()
         self.config = config or {}
         self.dist = dist  # under torchrun: this rank; metrics are reduced over ranks, rank 0 writes
         self.monitor = Monitor(settings.monitor, settings.early_stop)
-        self.confusion_matrices = {name for name, metric in metric_ftns.items() if is_confusion_matrix(metric)}
         self.state = TrainState()
-        self._hparams_written = False  # the HParams record goes with the first epoch's report
         self.signals = SignalStop()
         self.logger = logging.getLogger("trainer")
         keys = self.logged_keys()
@@ -121,7 +92,8 @@ class BaseTrainer:
             self.monitor.check_keys(keys)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        """Train one epoch (and validate); return the epoch's logged values."""
+        """Train one epoch (and validate); return the epoch's logged values. Raise StopTraining after a step to stop
+        there (its state is saved)."""
         raise NotImplementedError
 
     def evaluate(self, loader: Any, desc: str = "valid") -> dict[str, float]:
@@ -135,37 +107,38 @@ class BaseTrainer:
 
     # -- the loop
     def train(self) -> None:
-        """Train up to settings.epochs; on SIGINT/SIGTERM save and raise TrainingInterrupted."""
+        """Train up to settings.epochs. A stop in the middle of an epoch saves the state after its step: early
+        stopping then ends training, a signal or trainer.max_time raises StopTraining (as does a signal between
+        epochs, after the epoch's checkpoint)."""
+        self.outputs.reporter.start(RunInfo(self.config, self.logged_keys() or [], self._confusion_matrices(),
+                                            self.classes))
         with self.signals:
             try:
                 for epoch in range(self.start_epoch, self.epochs + 1):
-                    if not self._run_epoch(epoch):
+                    started = time.perf_counter()
+                    try:
+                        values = self._train_epoch(epoch)
+                    except StopTraining as stop:  # raised after a completed step
+                        stop.checkpoint = self.save_step_checkpoint()
+                        if stop.reason != StopTraining.EARLY_STOP:
+                            raise
+                        self._stopping_early("validations")
                         break
-            except StopRequested:  # raised by _train_epoch after a completed step
-                raise TrainingInterrupted(self._signum(), self.save_step_checkpoint()) from None
-            except TimeLimitReached as limit:  # likewise, once trainer.max_time has passed
-                limit.checkpoint = self.save_step_checkpoint()
-                raise
+                    if not self._end_epoch(epoch, values, started):
+                        break
             finally:
-                self.outputs.writer.close()
+                self.outputs.reporter.close()
 
-    def _run_epoch(self, epoch: int) -> bool:
-        """Train, log and checkpoint one epoch; False when early stopping ends training."""
-        started = time.perf_counter()
-        try:
-            values = self._train_epoch(epoch)
-        except EarlyStop:  # after a validation in the middle of the epoch
-            self.logger.info("Saved %s", self.save_step_checkpoint())
-            self.logger.info("%s did not improve for %d validations: training stops.", self.monitor.key,
-                             self.monitor.patience)
-            return False
+    def _end_epoch(self, epoch: int, values: dict, started: float) -> bool:
+        """Log, report and checkpoint a trained epoch; False when early stopping ends training. A stop signal raises
+        StopTraining once the epoch is saved (every rank agrees here)."""
         step = {"step": self.global_step} if self.settings.val_every_steps else {}
-        log = {"epoch": epoch, **step, **values, **self.learning_rates()}
-        self.schedule.on_epoch_end(log, self._plateau_key(log))
+        log = {"epoch": epoch, **step, **values, **self.schedule.learning_rates()}
+        self.schedule.after_epoch(log, self.monitor.key)
         log["epoch_time"] = time.perf_counter() - started
         self.state.end_epoch(epoch)
         improved = self._monitor(log)
-        self._report(log)
+        self.outputs.reporter.log(log, self.monitor.best_values())
         stop = self.monitor.should_stop
         interrupted = any_rank(self.signals.requested is not None, self.device)  # every rank agrees
         checkpointer = self.outputs.checkpointer
@@ -174,74 +147,40 @@ class BaseTrainer:
             for path in checkpointer.save(self.state_dict(), epoch, is_best=improved, is_last=last):
                 self.logger.info("Saved %s", path)
         if interrupted:
-            raise TrainingInterrupted(self._signum(), checkpointer.latest)
+            raise StopTraining.by_signal(self.signals.requested, checkpointer.latest)
         if stop:
-            self.logger.info("%s did not improve for %d %s: training stops.", self.monitor.key, self.monitor.patience,
-                             "validations" if self.settings.val_every_steps else "epochs")
+            self._stopping_early("validations" if self.settings.val_every_steps else "epochs")
         return not stop
 
     def on_validation(self, row: dict) -> None:
         """A validation in the middle of an epoch (trainer.val_every_steps): the monitor, model_best.pth, the report;
-        raises EarlyStop when the monitor says so. Every rank calls it (state_dict is a collective under DDP)."""
+        raises StopTraining (EARLY_STOP) when the monitor says so. Every rank calls it (state_dict is a collective
+        under DDP)."""
         improved = self._monitor(row)
-        self._report(row)
+        self.outputs.reporter.log(row, self.monitor.best_values())
         if improved and self.outputs.checkpointer.writes:
             self.logger.info("Saved %s", self.outputs.checkpointer.save_best(self.state_dict()))
         elif improved:
             self.state_dict()  # under DDP the other ranks take part in rank 0's collective
         if self.monitor.should_stop:
-            raise EarlyStop
+            raise StopTraining(StopTraining.EARLY_STOP)
 
     def _monitor(self, log: dict) -> bool:
         """The monitor's verdict on a log that holds its key (a validation, or an epoch); False otherwise."""
         return self.monitor.update(log) if self.monitor.key in log else False
 
-    def _signum(self) -> int:
-        """The signal that stopped training (under DDP another rank may have received it)."""
-        return self.signals.requested or signal.SIGTERM
+    def _stopping_early(self, counted: str) -> None:
+        self.logger.info("%s did not improve for %d %s: training stops.", self.monitor.key, self.monitor.patience,
+                         counted)
 
-    def _plateau_key(self, log: dict) -> str:
-        """The value ReduceLROnPlateau follows: the monitored one, else val_loss, else loss."""
-        return (self.monitor.key if self.monitor.enabled and self.monitor.key in log
-                else "val_loss" if "val_loss" in log else "loss")
+    def _confusion_matrices(self) -> frozenset[str]:
+        """The configured metrics whose values are confusion matrices (drawn as images in TensorBoard)."""
+        return frozenset(name for name, metric in self.metric_ftns.items() if is_confusion_matrix(metric))
 
     @property
     def classes(self) -> list[str] | None:
         """The training data's class names by index, where it has them (they label per-class results)."""
         return getattr(self.data_loader, "classes", None)
-
-    def _report(self, log: dict) -> None:
-        """An epoch's (or a validation's) values to the console/info.log, TensorBoard (epoch axis, or the global
-        step when validation is step-based) and metrics.jsonl."""
-        writer = self.outputs.writer
-        epoch = log.get("step", log["epoch"])
-        scalars = [k for k, v in log.items()
-                   if k not in ("epoch", "step", "epoch_time") and isinstance(v, (int, float))]
-        if not self._hparams_written:  # once per process, when the first values show which keys are not numbers
-            self._hparams_written = True
-            writer.add_hparams(hparam_values(self.config), [f"final/{key}" for key in self._scalar_keys(log)] +
-                               ([f"best/{self.monitor.key}"] if self.monitor.enabled else []))
-        for key, value in log.items():
-            self.logger.info("    %-15s: %s", key, compact(value))
-            phase, tag = (VALID, key[4:]) if key.startswith("val_") else (TRAIN, key)
-            if tag in self.confusion_matrices:
-                writer.add_confusion_matrix(tag, value, self.classes, epoch, phase)
-            if key not in scalars:  # lists and values by class: metrics.jsonl only
-                continue
-            writer.add_scalar(tag, value, epoch, phase)  # train/ and valid/ share the tag: one chart, two curves
-            writer.add_scalar(f"final/{key}", value, epoch)  # what the HParams dashboard compares runs by
-        if self.monitor.enabled:
-            writer.add_scalar(f"best/{self.monitor.key}", self.monitor.best, epoch)
-        writer.flush()
-        self.outputs.metrics_file.append(log)
-
-    def _scalar_keys(self, log: dict) -> list[str]:
-        """The keys logged as numbers: the logged keys (or this log's) but those whose value, or its training or
-        validation counterpart's, is a list or values by class."""
-        other = {k for k, v in log.items() if isinstance(v, (list, dict))}
-        other |= {f"val_{k}" for k in other} | {k[4:] for k in other if k.startswith("val_")}
-        keys = dict.fromkeys([*(self.logged_keys() or []), *log])
-        return [k for k in keys if k not in other and k not in ("epoch", "step", "epoch_time")]
 
     def save_step_checkpoint(self) -> Path | None:
         """Save the state after the current step, in the middle of an epoch (every rank calls it; rank 0 writes)."""
@@ -264,36 +203,6 @@ class BaseTrainer:
     def global_step(self) -> int:
         return self.state.global_step
 
-    @property
-    def lr_scheduler(self) -> Any:
-        """The torch scheduler (or None), as the original template's trainers named it."""
-        return self.schedule.scheduler
-
-    def current_lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    def learning_rates(self) -> dict[str, float]:
-        """What each epoch logs: 'lr' (the first parameter group's: the default one) and 'lr/<name>' for each group
-        named by optimizer.param_groups (the halves no_decay_bias_norm splits a group into share its name)."""
-        rates = {"lr": self.current_lr()}
-        for group in self.optimizer.param_groups:
-            if group.get("name") not in (None, DEFAULT_GROUP):
-                rates.setdefault(f"lr/{group['name']}", group["lr"])
-        return rates
-
-    def set_lr(self, lr: float) -> None:
-        """Make lr the first group's learning rate (optimizer.args.lr changed on resume) and its scheduler base;
-        every other group keeps its ratio to it (a group at a tenth of the default stays at a tenth)."""
-        groups = self.optimizer.param_groups
-        bases = [group.get("initial_lr", group["lr"]) for group in groups]
-        new = [lr if base == bases[0] else lr * base / bases[0] if bases[0] else group["lr"]
-               for group, base in zip(groups, bases)]
-        for group, value in zip(groups, new):
-            group["lr"] = value
-            if "initial_lr" in group:
-                group["initial_lr"] = value
-        self.schedule.set_base_lrs(new)
-
     # -- checkpoint state: one loop over named parts each way (utils/checkpoint.py)
     def checkpoint_parts(self) -> dict[str, Stateful]:
         """The stateful parts a checkpoint holds, by name; a subclass adds its own to these."""
@@ -307,7 +216,8 @@ class BaseTrainer:
                       monitor_best=self.monitor.best)
 
     def load_state_dict(self, state: dict, load_optimizer: bool = True) -> None:
-        """Restore a checkpoint; training continues after its last step."""
+        """Restore a checkpoint; training continues after its last step (the reporter forgets rows written after
+        it)."""
         restore(self.checkpoint_parts(), state, skip=() if load_optimizer else (OPTIMIZER, SCHEDULER))
-        self.outputs.metrics_file.truncate_after(self.state.epoch,
-                                                 self.state.global_step if self.state.batch_in_epoch else None)
+        self.outputs.reporter.resume(self.state.epoch,
+                                     self.state.global_step if self.state.batch_in_epoch else None)

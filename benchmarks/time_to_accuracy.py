@@ -48,7 +48,7 @@ LR, AMSGRAD, STEP_SIZE, GAMMA, EARLY_STOP = 0.002, True, 10, 0.5, 10
 # -- the children
 def ours(save_dir: str, epochs: int) -> int:
     sys.path.insert(0, str(ROOT))
-    from logger.logger import MetricsFile
+    from logger.reporter import MetricsFile
 
     append = MetricsFile.append
 

@@ -8,8 +8,8 @@ import itertools
 from typing import Sequence
 
 from base import BaseTrainer
-from base.base_trainer import compact
 from logger import get_logger, setup_logging
+from logger.reporter import compact
 from parse_config import SCHEMA, ConfigParser, TrainerSettings, differing_keys
 from run.build import build_trainer
 from run.devices import choose_device
@@ -84,7 +84,7 @@ def resume(trainer: BaseTrainer, checkpoint: dict, config: ConfigParser) -> None
     trainer.load_state_dict(checkpoint, load_optimizer=same_optimizer)
     new_lr, old_lr = config["optimizer"]["args"].get("lr"), old["optimizer"]["args"].get("lr")
     if same_optimizer and new_lr is not None and new_lr != old_lr:
-        trainer.set_lr(new_lr)
+        trainer.schedule.set_lr(new_lr)
         logger.info("Learning rate changed from %s to %s for the resumed run.", old_lr, new_lr)
     read_by = f" (read by rank {trainer.dist.main}, sent to the others)" if trainer.dist.enabled else ""
     logger.info("Resumed from %s%s: continuing at epoch %d of %d.", config.resume, read_by, trainer.start_epoch,

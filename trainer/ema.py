@@ -1,22 +1,26 @@
-"""trainer.ema: an exponential moving average of the weights, kept on the device (a part of the Trainer's loop and a
-checkpoint part). torch's AveragedModel holds the averaged copy and get_ema_multi_avg_fn does the arithmetic;
+"""trainer.ema: an exponential moving average of the weights, kept on the device: a part of the Trainer's loop (which
+validation uses) and a checkpoint part ("ema"; utils.checkpoint.inference_weights reads it for test.py, predict.py and
+export.py). torch's AveragedModel holds the averaged copy and get_ema_multi_avg_fn does the arithmetic;
 AveragedModel.update_parameters is not called because it reads its step count from the device (a host sync) on
 every update: the count is kept on the host here instead."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import torch
 from torch import nn
 
 from utils.checkpoint import EMA, unwrap
+from utils.part import Part
 
 
-class WeightAverage:
+class WeightAverage(Part):
     """The average of the model's parameters and buffers, updated after every `every` optimizer steps; until step
-    `warmup_steps` it is a copy of the weights. Validation, model_best.pth and test.py use it (swapped()).
-    The defaults of the three numbers are trainer.ema's (config/settings.py: EMASettings)."""
+    `warmup_steps` it is a copy of the weights. Validation (hence model_best.pth) and test.py use it. The three
+    numbers are trainer.ema's (config/settings.py: EMASettings, which holds their defaults)."""
+
+    checkpoint_name = EMA
 
     def __init__(self, model: nn.Module, decay: float, warmup_steps: int, every: int):
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -28,9 +32,10 @@ class WeightAverage:
         self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @classmethod
-    def from_setting(cls, model: nn.Module, setting: Any) -> "WeightAverage | None":
-        """The average trainer.ema asks for (an object with decay, warmup_steps and every), or None when it is off."""
-        return None if setting is None else cls(model, setting.decay, setting.warmup_steps, setting.every)
+    def from_setting(cls, model: nn.Module, setting: Any) -> Part:
+        """The average trainer.ema asks for (an object with decay, warmup_steps and every); off (null), a part that
+        does nothing."""
+        return Part() if setting is None else cls(model, setting.decay, setting.warmup_steps, setting.every)
 
     def pairs(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(averaged, current) for every parameter and buffer, in the module's order (the same objects all run)."""
@@ -45,10 +50,18 @@ class WeightAverage:
             self._all = _lists({None: []}, self._pairs)[0]
         return self._pairs
 
+    def on_step_end(self, loop: Any) -> None:
+        if loop.stepped:
+            self.update(loop.model, loop.global_step)
+
+    def validating(self, loop: Any) -> ContextManager:
+        return self.swapped(loop.model)
+
     @torch.no_grad()
-    def on_step_end(self, model: nn.Module, global_step: int) -> None:
-        """After an optimizer step: fold the weights into the average (no host sync). Before the first update and
-        until warmup_steps the average is a copy; counters (num_batches_tracked) are always copied."""
+    def update(self, model: nn.Module, global_step: int) -> None:
+        """After optimizer step global_step: every `every` steps, fold the weights into the average (no host sync).
+        Before the first update and until warmup_steps the average is a copy; counters (num_batches_tracked) are
+        always copied."""
         if global_step % self.every:
             return
         self.pairs(model)

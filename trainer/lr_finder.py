@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from base import BaseTrainer
-from trainer.parts import set_epoch
+from trainer.parts import Loop, set_epoch
 from trainer.trainer import to_device
 from utils.checkpoint import gather, restore
 from utils.distributed import Dist
@@ -145,7 +145,7 @@ def _sweep(trainer: Any, stepper: Any, lrs: list[float]) -> Sweep:
     progress = trainer.settings.verbosity > 0
     with tqdm(lrs, desc="Finding lr", disable=not progress, leave=False, unit="step", dynamic_ncols=True) as bar:
         for i, lr in enumerate(bar):
-            trainer.set_lr(lr)  # every parameter group keeps its ratio to the first
+            trainer.schedule.set_lr(lr)  # every parameter group keeps its ratio to the first
             total = 0.0
             for micro in range(group):
                 data, target = next(batches)
@@ -176,7 +176,9 @@ def _training_mode(trainer: Any, stepper: Any) -> None:
     trainer.model.train()
     freezing = getattr(trainer, "freezing", None)
     if freezing is not None:
-        trainer.model = stepper.model = freezing.on_epoch_start(trainer.start_epoch, trainer.model)
+        loop = Loop(trainer.state, trainer.model, trainer.start_epoch)
+        freezing.on_epoch_start(loop)
+        trainer.model = stepper.model = loop.model
     switch = getattr(trainer.optimizer, "train", None)
     if callable(switch):
         switch()

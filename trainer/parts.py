@@ -1,17 +1,22 @@
-"""The small parts the Trainer's epoch asks, in the fixed order of Trainer._train_epoch:
+"""The parts the Trainer's loop asks, through one interface (utils/part.py's Part: on_epoch_start, on_step_end and
+on_epoch_end, each told the Loop; validating around each validation; checkpoint_name where it has state), in the
+fixed order of Trainer.parts:
 
-    EpochBatches     which batches an epoch trains on: one pass, or len_epoch of an endless cycle; skips on resume
-    TrainMetrics     the epoch's sample-weighted sums on the device and the non-finite guard (a checkpoint part)
-    StepLog          every log_step steps: the loop's one host sync, loss/train_step, the progress bar
-    ImageLog         a grid of the epoch's first batch (log_images)
-    StepCheckpoints  checkpoint-step<N>.pth every save_every_steps optimizer steps
-    StopSignal       whether SIGINT/SIGTERM asks to stop, agreed by every rank
-    Validation       when to validate (epochs, steps), on which batches
-    Deadline         whether trainer.max_time has passed
-    Histograms       weight histograms after each epoch (log_histograms)
     Freezing         at each epoch's start: the parameters trainer.freeze names frozen or not, as the epoch says
+    ProgressBar      the epoch's progress bar
+    TrainMetrics     the epoch's sample-weighted sums on the device and the non-finite guard (a checkpoint part)
+    StepLog          every log_step steps: the loop's one host sync (a sync point), loss_step, the bar's loss
+    ImageLog         a grid of the epoch's first batch (log_images)
+    LRSchedule       the scheduler stepped after each optimizer step (lr_scheduler.interval "step"; utils/schedule.py)
+    WeightAverage    the EMA of the weights, which validation uses (trainer.ema; trainer/ema.py; a checkpoint part)
+    Validation       when to validate (epochs, steps), on which batches; validates in the middle of an epoch
+    StepCheckpoints  checkpoint-step<N>.pth every save_every_steps optimizer steps
+    Stops            whether a signal or trainer.max_time stops training here, agreed by every rank
+    Histograms       weight histograms after each epoch (log_histograms)
 
-A new feature is one more part here, one setting in base/settings.py and one line in the loop.
+and EpochBatches, which batches an epoch trains on. A feature that is off is a do-nothing Part (its from_setting
+returns one), never None. A new feature is one more part here, one setting in config/settings.py and one line in
+Trainer.parts.
 """
 from __future__ import annotations
 
@@ -19,20 +24,64 @@ import itertools
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from tqdm import tqdm
 
-from base.base_trainer import RunOutputs
-from logger.visualization import TRAIN
-from utils.checkpoint import unwrap
+from base.base_trainer import RunOutputs, TrainState
+from utils.checkpoint import TRACKER, unwrap
 from utils.distributed import Dist, any_rank, rewrap
 from utils.errors import UserError
-from utils.interrupt import SignalStop
+from utils.interrupt import SignalStop, StopTraining
 from utils.params import matching, unmatched
+from utils.part import Part
 from utils.tracker import EpochMetrics, MetricTracker, NonFiniteGuard, split_metrics
+
+
+@dataclass(eq=False)
+class Loop:
+    """What the loop tells its parts: where training stands (state: its counts, a checkpoint part), the epoch under
+    way and the model being trained (Freezing may wrap it anew); after each step its batch, loss and output, whether
+    the batch counted (not skipped as non-finite), whether the optimizer stepped (the end of an accumulation group: a
+    point where the state can be saved) and whether values were read on the host (a sync point, set by StepLog); at
+    the epoch's end its logged values (set by TrainMetrics)."""
+    state: TrainState
+    model: nn.Module
+    epoch: int = 0
+    data: Any = None
+    target: Any = None
+    loss: torch.Tensor | None = None
+    output: Any = None
+    counted: bool = True
+    stepped: bool = False
+    synced: bool = False
+    values: dict = field(default_factory=dict)
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
+    @property
+    def batch_in_epoch(self) -> int:
+        return self.state.batch_in_epoch
+
+    def start_epoch(self, epoch: int, model: nn.Module) -> None:
+        self.epoch, self.model, self.values = epoch, model, {}
+
+    def step_done(self, data: Any, target: Any, loss: torch.Tensor, output: Any, counted: bool, stepped: bool) -> None:
+        """A step was taken on this batch: one more step and batch."""
+        self.state.global_step += 1
+        self.state.batch_in_epoch += 1
+        self.data, self.target, self.loss, self.output = data, target, loss, output
+        self.counted, self.stepped, self.synced = counted, stepped, False
+
+    def release_batch(self) -> None:
+        """Let go of the last step's batch and output (they are not kept past the epoch's steps)."""
+        self.data = self.target = self.loss = self.output = None
 
 
 def batch_size_of(target: Any) -> int:
@@ -100,11 +149,13 @@ class EpochBatches:
         return self.len_epoch * batch_size if batch_size else None
 
 
-class TrainMetrics:
+class TrainMetrics(Part):
     """The epoch's loss and function metrics, summed on the device weighted by batch size, and its stateful
     (torchmetrics) metrics; the losses since the last sync point (to name the first NaN or infinite one); the
     batches skipped; the samples per second. In a mid-epoch checkpoint it holds the partial sums and the stateful
     metrics' states (every rank's, carried by rank 0)."""
+
+    checkpoint_name = TRACKER
 
     def __init__(self, metric_ftns: dict[str, Any], dist: Dist, outputs: RunOutputs,
                  device: torch.device = torch.device("cpu"), classes: list[str] | None = None):
@@ -119,21 +170,25 @@ class TrainMetrics:
         self.started = 0.0
         self.open = False  # an epoch is under way (its sums belong in a checkpoint)
 
-    def start_epoch(self, global_step: int) -> None:
-        """Start an epoch's sums, or go on with those of a checkpoint taken in the middle of it."""
+    def on_epoch_start(self, loop: Loop) -> None:
+        """Start the epoch's sums, or go on with those of a checkpoint taken in the middle of it."""
         if not self.open:
             self.tracker.reset()
             self.epoch_metrics.reset()
         self.open, self.skipped, self.samples, self.started = True, 0, 0, time.perf_counter()
-        self.guard.reset(global_step)
+        self.guard.reset(loop.global_step)
 
-    def update(self, loss: torch.Tensor, output: Any, target: Any, counted: bool) -> None:
-        self.samples += batch_size_of(target)
-        if counted:
-            track(self.tracker, self.metric_ftns, loss, output, target, self.epoch_metrics)
-            self.guard.update(loss)
+    def on_step_end(self, loop: Loop) -> None:
+        self.samples += batch_size_of(loop.target)
+        if loop.counted:
+            track(self.tracker, self.metric_ftns, loop.loss, loop.output, loop.target, self.epoch_metrics)
+            self.guard.update(loop.loss)
         else:
             self.skipped += 1
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        """The epoch's values become the loop's (loop.values)."""
+        loop.values = self.result(loop.epoch)
 
     def running_loss(self) -> torch.Tensor | float:
         return self.tracker.running("loss")
@@ -182,71 +237,137 @@ class TrainMetrics:
         self.open = True
 
 
-class StepLog:
-    """Every log_step steps: reads this step's loss and the epoch's running mean (the loop's one host sync),
-    checks them, writes loss/train_step and updates the progress bar."""
+class ProgressBar(Part):
+    """The epoch's progress bar (shown: verbosity > 0, on the main rank): the samples done, and the running loss
+    StepLog reads at each sync point."""
 
-    def __init__(self, log_step: int, outputs: RunOutputs):
+    def __init__(self, batches: EpochBatches, shown: bool):
+        self.batches, self.shown = batches, shown
+        self.bar: tqdm | None = None
+
+    def on_epoch_start(self, loop: Loop) -> None:
+        self.bar = tqdm(total=self.batches.samples(), desc=f"Epoch {loop.epoch}", disable=not self.shown, leave=False,
+                        unit="samples", dynamic_ncols=True)
+
+    def on_step_end(self, loop: Loop) -> None:
+        self.bar.update(batch_size_of(loop.target))
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        self.bar.close()
+
+    def show(self, running_loss: float) -> None:
+        self.bar.set_postfix(loss=f"{running_loss:.4f}", refresh=False)
+
+
+class StepLog(Part):
+    """Every log_step steps: reads this step's loss and the epoch's running mean (the loop's one host sync: it marks
+    the loop's sync point), checks them, reports loss_step and shows the running loss on the progress bar."""
+
+    def __init__(self, log_step: int, outputs: RunOutputs, metrics: TrainMetrics, progress: ProgressBar):
         self.log_step = log_step
-        self.outputs = outputs
+        self.outputs, self.metrics, self.progress = outputs, metrics, progress
 
-    def on_step_end(self, step: int, epoch: int, loss: torch.Tensor, metrics: TrainMetrics, bar: Any) -> bool:
-        """True when this step was a sync point."""
+    def on_step_end(self, loop: Loop) -> None:
+        step = loop.global_step
         if step % self.log_step:
-            return False
-        value, running = torch.stack([loss.detach().float(), torch.as_tensor(metrics.running_loss())]).tolist()
+            return
+        loss, running = loop.loss.detach().float(), torch.as_tensor(self.metrics.running_loss())
+        value, running = torch.stack([loss, running]).tolist()
         if not math.isfinite(running):
-            metrics.check_finite(epoch)
-        metrics.all_finite_until(step)
-        self.outputs.writer.add_scalar("loss_step", value, step, TRAIN)
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        return True
+            self.metrics.check_finite(loop.epoch)
+        self.metrics.all_finite_until(step)
+        self.outputs.reporter.log_step({"step": step, "loss_step": value})
+        self.progress.show(running)
+        loop.synced = True
 
 
-class ImageLog:
+class ImageLog(Part):
     """A grid of the first 64 inputs of each epoch's first batch (4-D image batches only)."""
 
-    def __init__(self, enabled: bool, outputs: RunOutputs):
-        self.enabled = enabled
+    def __init__(self, outputs: RunOutputs):
         self.outputs = outputs
 
-    def on_step_end(self, batch_in_epoch: int, epoch: int, data: Any) -> None:
-        if self.enabled and batch_in_epoch == 1 and isinstance(data, torch.Tensor) and data.dim() == 4:
+    @classmethod
+    def from_setting(cls, log_images: bool, outputs: RunOutputs) -> Part:
+        return cls(outputs) if log_images else Part()
+
+    def on_step_end(self, loop: Loop) -> None:
+        data = loop.data
+        if loop.batch_in_epoch == 1 and isinstance(data, torch.Tensor) and data.dim() == 4:
             from torchvision.utils import make_grid  # torchvision only when images are logged
 
             grid = make_grid(data[:64].detach().cpu(), nrow=8, normalize=True)
-            self.outputs.writer.add_image("input", grid, epoch, TRAIN)
+            self.outputs.reporter.log_image("input", grid, loop.epoch)
 
 
-class StepCheckpoints:
-    """A mid-epoch checkpoint every `every` optimizer steps (None: never)."""
+class StepCheckpoints(Part):
+    """A mid-epoch checkpoint every `every` optimizer steps, written by save (the trainer's save_step_checkpoint)."""
 
-    def __init__(self, every: int | None):
-        self.every = every
+    def __init__(self, every: int, save: Callable[[], Any]):
+        self.every, self.save = every, save
 
-    def should_save(self, global_step: int) -> bool:
-        return bool(self.every) and global_step % self.every == 0
+    @classmethod
+    def from_setting(cls, save_every_steps: int | None, save: Callable[[], Any]) -> Part:
+        return cls(save_every_steps, save) if save_every_steps else Part()
+
+    def on_step_end(self, loop: Loop) -> None:
+        if loop.stepped and loop.global_step % self.every == 0:
+            self.save()
 
 
-class StopSignal:
-    """Whether SIGINT/SIGTERM asks training to stop; under DDP every rank agrees, at sync points only."""
+class Stops(Part):
+    """Whether training stops here, and why: a stop signal (SIGINT, SIGTERM, SIGUSR1) arrived, or trainer.max_time
+    (seconds; None: no limit) has passed for this process. Under DDP every rank agrees, at sync points only (the
+    agreement is a collective, and the clocks differ). It raises StopTraining; the loop saves the state."""
 
-    def __init__(self, signals: SignalStop, dist: Dist, device: torch.device):
-        self.signals, self.dist, self.device = signals, dist, device
+    def __init__(self, signals: SignalStop, seconds: float | None, dist: Dist, device: torch.device):
+        self.signals, self.seconds, self.dist, self.device = signals, seconds, dist, device
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self.epochs_started = 0
 
-    def requested(self, at_sync_point: bool) -> bool:
+    def between_epochs(self) -> None:
+        """At an epoch's start, before the other parts: the time limit (every rank agrees here); this process's first
+        epoch always runs."""
+        self.epochs_started += 1
+        if self.epochs_started > 1 and self._late(at_sync_point=True):
+            raise StopTraining(StopTraining.TIME_LIMIT, seconds=self.seconds)
+
+    def on_step_end(self, loop: Loop) -> None:
+        """After an optimizer step: a signal first, then the time limit."""
+        if not loop.stepped:
+            return
+        if self._signalled(loop.synced):
+            raise StopTraining.by_signal(self.signals.requested)
+        if self._late(loop.synced):
+            raise StopTraining(StopTraining.TIME_LIMIT, seconds=self.seconds)
+
+    def _signalled(self, at_sync_point: bool) -> bool:
         if not self.dist.enabled:
             return self.signals.requested is not None
         return at_sync_point and any_rank(self.signals.requested is not None, self.device)
 
+    def _late(self, at_sync_point: bool) -> bool:
+        if self.at is None:
+            return False
+        late = time.monotonic() > self.at
+        return late if not self.dist.enabled else at_sync_point and any_rank(late, self.device)
 
-class Validation:
+
+class Validation(Part):
     """When to validate and on which batches: after every every_epochs-th epoch and the last one, every every_steps
-    optimizer steps (None: never mid-epoch), on the first limit batches (a count or a fraction; None: all)."""
+    optimizer steps (None: never mid-epoch), on the first limit batches (a count or a fraction; None: all). In the
+    middle of an epoch of len_epoch batches it calls mid_epoch(epoch); the epoch's last step is validated at its
+    end."""
 
     def __init__(self, loader: Any, every_epochs: int = 1, every_steps: int | None = None,
-                 limit: int | float | None = None):
+                 limit: int | float | None = None, *, len_epoch: int = 0,
+                 mid_epoch: Callable[[int], None] = lambda epoch: None):
         self.loader, self.every_epochs, self.every_steps, self.limit = loader, every_epochs, every_steps, limit
+        self.len_epoch, self.mid_epoch = len_epoch, mid_epoch
+
+    def on_step_end(self, loop: Loop) -> None:
+        if loop.stepped and self.at_step(loop.global_step) and loop.batch_in_epoch < self.len_epoch:
+            self.mid_epoch(loop.epoch)
 
     def should_validate(self, epoch: int, last_epoch: int | None = None) -> bool:
         """At the end of epoch."""
@@ -264,22 +385,6 @@ class Validation:
         return itertools.islice(self.loader, limited(len(self.loader), self.limit))
 
 
-class Deadline:
-    """trainer.max_time: whether this process has run past its wall-time limit; under DDP every rank agrees, at
-    sync points only (the clocks differ)."""
-
-    def __init__(self, seconds: float | None, dist: Dist, device: torch.device):
-        self.seconds = seconds
-        self.at = None if seconds is None else time.monotonic() + seconds
-        self.dist, self.device = dist, device
-
-    def passed(self, at_sync_point: bool) -> bool:
-        if self.at is None:
-            return False
-        late = time.monotonic() > self.at
-        return late if not self.dist.enabled else at_sync_point and any_rank(late, self.device)
-
-
 def limited(n: int, limit: int | float | None) -> int:
     """n batches cut by a limit: a count (an int), or a fraction (a float; at least one batch)."""
     if limit is None:
@@ -287,20 +392,22 @@ def limited(n: int, limit: int | float | None) -> int:
     return min(n, limit) if isinstance(limit, int) else min(n, max(1, int(n * limit)))
 
 
-class Histograms:
+class Histograms(Part):
     """Every parameter's histogram after each epoch."""
 
-    def __init__(self, enabled: bool, outputs: RunOutputs):
-        self.enabled = enabled
+    def __init__(self, outputs: RunOutputs):
         self.outputs = outputs
 
-    def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
-        if self.enabled:
-            for name, param in model.named_parameters():
-                self.outputs.writer.add_histogram(name, param, epoch)
+    @classmethod
+    def from_setting(cls, log_histograms: bool, outputs: RunOutputs) -> Part:
+        return cls(outputs) if log_histograms else Part()
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        for name, param in loop.model.named_parameters():
+            self.outputs.reporter.log_histogram(name, param, loop.epoch)
 
 
-class Freezing:
+class Freezing(Part):
     """trainer.freeze: the parameters its patterns name get no gradient until unfreeze_at_epoch. The optimizer
     holds them all along: it skips a parameter without a gradient, so its values stay bit-identical and no
     weight decay touches it, and unfreezing changes no optimizer structure. The norm layers whose parameters are
@@ -332,10 +439,10 @@ class Freezing:
     def is_frozen(self, epoch: int) -> bool:
         return bool(self.params or self.norms) and (self.unfreeze_at is None or epoch < self.unfreeze_at)
 
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> nn.Module:
-        """Freeze or unfreeze as the epoch says (after model.train()): the model, wrapped in a new
-        DistributedDataParallel under torchrun when the parameters that train changed."""
-        frozen = self.is_frozen(epoch)
+    def on_epoch_start(self, loop: Loop) -> None:
+        """Freeze or unfreeze as the epoch says (after model.train()); under torchrun loop.model is wrapped in a new
+        DistributedDataParallel when the parameters that train changed."""
+        frozen = self.is_frozen(loop.epoch)
         if frozen != self.frozen:
             self.frozen = frozen
             for p in self.params:
@@ -344,14 +451,13 @@ class Freezing:
             if frozen:
                 until = f"until epoch {self.unfreeze_at}" if self.unfreeze_at else "for the whole run"
                 self.logger.info("Epoch %d: freezing %s (trainer.freeze) and %d norm layers' statistics %s.",
-                                 epoch, count, len(self.norms), until)
+                                 loop.epoch, count, len(self.norms), until)
             else:
-                self.logger.info("Epoch %d: unfreezing %s (trainer.unfreeze_at_epoch).", epoch, count)
-            model = rewrap(model)
+                self.logger.info("Epoch %d: unfreezing %s (trainer.unfreeze_at_epoch).", loop.epoch, count)
+            loop.model = rewrap(loop.model)
         if frozen:
             for norm in self.norms:
                 norm.eval()
-        return model
 
 
 def set_epoch(loader: Any, epoch: int) -> None:

@@ -9,12 +9,12 @@ import torch
 from tqdm import tqdm
 
 from base import BaseTrainer
-from trainer.ema import EMA, WeightAverage
-from trainer.parts import (Deadline, EpochBatches, Freezing, Histograms, ImageLog, StepCheckpoints, StepLog,
-                           StopSignal, TrainMetrics, Validation, batch_size_of, in_config_order, track)
+from trainer.ema import WeightAverage
+from trainer.parts import (EpochBatches, Freezing, Histograms, ImageLog, Loop, ProgressBar, StepCheckpoints, StepLog,
+                           Stops, TrainMetrics, Validation, in_config_order, track)
 from trainer.step import Stepper
-from utils.checkpoint import SCALER, TRACKER, Stateful
-from utils.interrupt import StopRequested, TimeLimitReached
+from utils.checkpoint import SCALER, Stateful
+from utils.part import Part
 from utils.tracker import EpochMetrics, MetricTracker, split_metrics
 
 Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
@@ -58,7 +58,8 @@ def evaluate(model: torch.nn.Module, loader: Iterable, step: Step, metric_ftns: 
 
 
 class Trainer(BaseTrainer):
-    """Trains on data_loader and validates on valid_data_loader each epoch, as settings say."""
+    """Trains on data_loader and validates on valid_data_loader each epoch, as settings say; each step and epoch
+    asks the parts (trainer/parts.py) in the fixed order of self.parts."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -66,17 +67,24 @@ class Trainer(BaseTrainer):
         self.stepper = Stepper(self.model, self.optimizer, self.device, amp=s.amp, accumulate_steps=s.accumulate_steps,
                                clip_grad_norm=s.clip_grad_norm, skip_nonfinite=s.nonfinite_loss == "skip")
         self.batches = EpochBatches(self.data_loader, s.len_epoch, s.limit_train_batches)
-        self.metrics = TrainMetrics(self.metric_ftns, self.dist, outputs, self.device, self.classes)
-        self.step_log = StepLog(s.log_step, outputs)
-        self.images = ImageLog(s.log_images, outputs)
-        self.step_checkpoints = StepCheckpoints(s.save_every_steps)
-        self.stop = StopSignal(self.signals, self.dist, self.device)
-        self.validation = Validation(self.valid_data_loader, s.val_every_epochs, s.val_every_steps, s.limit_val_batches)
-        self.deadline = Deadline(s.max_time_seconds, self.dist, self.device)
-        self.ema = WeightAverage.from_setting(self.model, s.ema)
-        self.histograms = Histograms(s.log_histograms, outputs)
-        self.freezing = Freezing(self.model, s.freeze, s.unfreeze_at_epoch)
         self.progress = s.verbosity > 0 and self.dist.is_main
+        self.freezing = Freezing(self.model, s.freeze, s.unfreeze_at_epoch)
+        self.metrics = TrainMetrics(self.metric_ftns, self.dist, outputs, self.device, self.classes)
+        bar = ProgressBar(self.batches, self.progress)
+        self.validation = Validation(self.valid_data_loader, s.val_every_epochs, s.val_every_steps, s.limit_val_batches,
+                                     len_epoch=self.batches.len_epoch, mid_epoch=self._validate_mid_epoch)
+        self.stops = Stops(self.signals, s.max_time_seconds, self.dist, self.device)
+        self.loop = Loop(self.state, self.model)
+        self.parts: list[Part] = [  # asked in this order at each epoch's start, after each step, at each epoch's end
+            self.freezing, bar, self.metrics, StepLog(s.log_step, outputs, self.metrics, bar),
+            ImageLog.from_setting(s.log_images, outputs),
+            self.schedule,
+            WeightAverage.from_setting(self.model, s.ema),
+            self.validation,
+            StepCheckpoints.from_setting(s.save_every_steps, self.save_step_checkpoint),
+            self.stops,
+            Histograms.from_setting(s.log_histograms, outputs),
+        ]
 
     def train_step(self, data: Any, target: Any) -> tuple[torch.Tensor, Any]:
         """Forward one batch and return (loss, output); override for a custom loss computation.
@@ -92,47 +100,40 @@ class Trainer(BaseTrainer):
         return self.train_step(data, target)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        if epoch > self.start_epoch_of_process and self.deadline.passed(at_sync_point=True):
-            raise TimeLimitReached(self.deadline.seconds)  # every rank agrees here, between epochs
-        bar = self._start_epoch(epoch)
-        state = self.state
-        for data, target in self.batches.epoch(epoch, state.batch_in_epoch, state.global_step):
+        loop = self._start_epoch(epoch)
+        for data, target in self.batches.epoch(epoch, loop.batch_in_epoch, loop.global_step):
             data, target = to_device(data, self.device, self.settings.channels_last), to_device(target, self.device)
-            micro, group = self.batches.accumulation(state.batch_in_epoch, self.stepper.accumulate_steps)
+            micro, group = self.batches.accumulation(loop.batch_in_epoch, self.stepper.accumulate_steps)
             loss, output, counted = self.stepper.step(lambda: self.train_step(data, target), micro, group)
-            state.global_step += 1
-            state.batch_in_epoch += 1
-            self.metrics.update(loss, output, target, counted)
-            bar.update(batch_size_of(target))
-            synced = self.step_log.on_step_end(state.global_step, epoch, loss, self.metrics, bar)
-            self.images.on_step_end(state.batch_in_epoch, epoch, data)
-            if micro == group - 1:  # an optimizer step was taken: a point where the state can be saved
-                self.schedule.on_step_end()
-                if self.ema is not None:
-                    self.ema.on_step_end(self.model, state.global_step)
-                if self.validation.at_step(state.global_step) and state.batch_in_epoch < self.batches.len_epoch:
-                    self._validate_mid_epoch(epoch)  # the epoch's last step is validated at the epoch's end
-                if self.step_checkpoints.should_save(state.global_step):
-                    self.save_step_checkpoint()
-                if self.stop.requested(at_sync_point=synced):
-                    raise StopRequested
-                if self.deadline.passed(at_sync_point=synced):
-                    raise TimeLimitReached(self.deadline.seconds)
-        bar.close()
-        log = self.metrics.result(epoch)
+            loop.step_done(data, target, loss, output, counted, stepped=micro == group - 1)
+            for part in self.parts:
+                part.on_step_end(loop)
         _optimizer_mode(self.optimizer, "eval")  # schedule-free: validate and save the averaged weights
+        for part in self.parts:
+            part.on_epoch_end(loop)  # the bar closed, the epoch's values (loop.values), histograms
+        loop.release_batch()
         if self.validation.should_validate(epoch, self.epochs):
-            log.update(self._validate(epoch))
-        self.histograms.on_epoch_end(self.model, epoch)
-        return log
+            loop.values.update(self._validate(epoch))
+        return loop.values
 
-    def train(self) -> None:
-        self.start_epoch_of_process = self.start_epoch  # a time limit leaves this process at least one epoch
-        super().train()
+    def _start_epoch(self, epoch: int) -> Loop:
+        """The time limit between epochs (before anything of the epoch starts), training mode, then every part's
+        on_epoch_start (Freezing may wrap the model anew under DDP)."""
+        self.stops.between_epochs()
+        self.model.train()
+        _optimizer_mode(self.optimizer, "train")
+        self.loop.start_epoch(epoch, self.model)
+        for part in self.parts:
+            part.on_epoch_start(self.loop)
+        self.model = self.stepper.model = self.loop.model
+        return self.loop
 
     def _validate(self, epoch: int) -> dict:
-        """{val_<key>: value} over the validation batches, with the averaged weights when trainer.ema is on."""
-        with self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext():
+        """{val_<key>: value} over the validation batches, inside every part's validating() (the weights validation
+        uses, say)."""
+        with contextlib.ExitStack() as parts:
+            for part in self.parts:
+                parts.enter_context(part.validating(self.loop))
             values = self.evaluate(self.validation.batches(epoch), f"Valid {epoch}")
         return {f"val_{k}": v for k, v in values.items()}
 
@@ -147,16 +148,6 @@ class Trainer(BaseTrainer):
             module.training = training
         self.on_validation(row)
 
-    def _start_epoch(self, epoch: int) -> tqdm:
-        """Training mode (frozen parts as the epoch says), the epoch's sums (or those of a mid-epoch checkpoint's),
-        and the epoch's progress bar."""
-        self.model.train()
-        self.model = self.stepper.model = self.freezing.on_epoch_start(epoch, self.model)  # under DDP: maybe anew
-        _optimizer_mode(self.optimizer, "train")
-        self.metrics.start_epoch(self.global_step)
-        return tqdm(total=self.batches.samples(), desc=f"Epoch {epoch}", disable=not self.progress, leave=False,
-                    unit="samples", dynamic_ncols=True)
-
     def evaluate(self, loader: Iterable, desc: str = "valid") -> dict[str, float]:
         """Loss and metrics over loader through eval_step, with the AMP autocast and memory format of training
         (summed over ranks under torchrun): validation, and test.py on the test split."""
@@ -170,11 +161,11 @@ class Trainer(BaseTrainer):
         return super().save_step_checkpoint()
 
     def logged_keys(self) -> list[str]:
-        return logged_keys(self.metric_ftns, self.valid_data_loader is not None, self.learning_rates())
+        return logged_keys(self.metric_ftns, self.valid_data_loader is not None, self.schedule.learning_rates())
 
     def checkpoint_parts(self) -> dict[str, Stateful]:
-        parts = {**super().checkpoint_parts(), SCALER: self.stepper, TRACKER: self.metrics}
-        return parts if self.ema is None else {**parts, EMA: self.ema}
+        named = {part.checkpoint_name: part for part in self.parts if part.checkpoint_name}
+        return {**super().checkpoint_parts(), SCALER: self.stepper, **named}
 
 
 def _optimizer_mode(optimizer: Any, mode: str) -> None:

@@ -1,6 +1,6 @@
 """Graceful stop on SIGINT/SIGTERM/SIGUSR1: in the training loop the first signal asks the loop to stop after the
 current step and a second one exits at once without touching any file; outside it (start-up, shutdown)
-a signal ends the command with one line and its status."""
+a signal ends the command with one line and its status. StopTraining is the loop's one way to stop early."""
 from __future__ import annotations
 
 import contextlib
@@ -13,26 +13,35 @@ from types import FrameType
 from typing import Iterator
 
 
-class StopRequested(Exception):
-    """Raised inside the training loop, after a completed step, when a stop signal arrived."""
+class StopTraining(Exception):
+    """Training stops before its last epoch, after a completed step, and says why: `reason` is SIGNAL (`signum`:
+    SIGINT, SIGTERM or SIGUSR1), TIME_LIMIT (trainer.max_time's `seconds` have passed) or EARLY_STOP (a validation in
+    the middle of an epoch, trainer.val_every_steps). `checkpoint` is the file that holds the state at the stop (set
+    by the loop that saved it; None on a rank that writes none); `exit_code` is the command's status: 128 + signum
+    after a signal, 0 otherwise (a planned stop: a scheduled job can requeue itself)."""
 
+    SIGNAL, TIME_LIMIT, EARLY_STOP = "signal", "time limit", "early stop"
 
-class TimeLimitReached(Exception):
-    """Raised inside the training loop, after a completed step, once trainer.max_time has passed."""
+    def __init__(self, reason: str, *, signum: int | None = None, seconds: float | None = None,
+                 checkpoint: object = None):
+        self.reason, self.signum, self.seconds, self.checkpoint = reason, signum, seconds, checkpoint
+        super().__init__(reason)
 
-    def __init__(self, seconds: float, checkpoint: object = None):
-        self.seconds, self.checkpoint = seconds, checkpoint
-        super().__init__(f"trainer.max_time ({seconds:g} s) reached")
+    @classmethod
+    def by_signal(cls, signum: int | None, checkpoint: object = None) -> "StopTraining":
+        """Stopped by signum; None when another rank received it (under DDP): SIGTERM then."""
+        return cls(cls.SIGNAL, signum=signum or signal.SIGTERM, checkpoint=checkpoint)
 
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.reason == self.SIGNAL else 0
 
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving `checkpoint`; the process should exit with `exit_code`."""
-
-    def __init__(self, signum: int, checkpoint: object):
-        self.signum = signum
-        self.checkpoint = checkpoint
-        self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {checkpoint}")
+    def __str__(self) -> str:
+        if self.reason == self.SIGNAL:
+            return f"stopped by {signal.Signals(self.signum).name}; saved {self.checkpoint}"
+        if self.reason == self.TIME_LIMIT:
+            return f"trainer.max_time ({self.seconds:g} s) reached"
+        return "the monitored value stopped improving"
 
 
 class SignalStop:

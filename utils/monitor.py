@@ -60,6 +60,10 @@ class Monitor:
         self.wait += 1
         return False
 
+    def best_values(self) -> dict[str, float]:
+        """{the monitored key: its best value so far}, as reports show it (best/<key>); {} when off."""
+        return {self.key: self.best} if self.enabled else {}
+
     @property
     def should_stop(self) -> bool:
         return self.enabled and self.patience > 0 and self.wait >= self.patience

@@ -124,7 +124,7 @@ def trainer_of(tmp_path, **trainer):
 
 def snapshot(trainer) -> dict:
     return copy.deepcopy({"params": {k: v for k, v in trainer.model.state_dict().items()},
-                          "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.lr_scheduler.state_dict(),
+                          "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.schedule.state_dict(),
                           "torch": torch.get_rng_state(), "python": random.getstate(),
                           "numpy": np.random.get_state(legacy=False)})
 

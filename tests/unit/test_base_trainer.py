@@ -15,7 +15,7 @@ from conftest import read_metrics
 from tiny_trainers import assert_same_state, build, make_trainer, mse, outputs_in, resumed, sigterm_at
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.errors import UserError
-from utils.interrupt import TrainingInterrupted
+from utils.interrupt import StopTraining
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: starts worker processes
@@ -38,9 +38,10 @@ def test_signal_mid_epoch_saves_that_step_and_resume_is_bit_exact(tmp_path, stop
     straight.train()
     interrupted = build(tmp_path / "split", len_epoch=len_epoch)
     sigterm_at(interrupted, stop_step)
-    with pytest.raises(TrainingInterrupted) as stop:
+    with pytest.raises(StopTraining) as stop:
         interrupted.train()
-    assert stop.value.exit_code == 128 + signal.SIGTERM and interrupted.global_step == stop_step
+    assert stop.value.reason == StopTraining.SIGNAL and stop.value.exit_code == 128 + signal.SIGTERM
+    assert interrupted.global_step == stop_step
     path, state = find_checkpoint(tmp_path / "split")  # the run directory's newest checkpoint
     assert path == stop.value.checkpoint and state["global_step"] == stop_step
     resumed(tmp_path / "split", path, len_epoch=len_epoch).train()
@@ -72,9 +73,9 @@ def test_load_state_dict_restores_everything_state_dict_saves(tmp_path):
     fresh.load_state_dict(state)
     assert fresh.start_epoch == 3 and fresh.global_step == trainer.global_step
     assert torch.equal(fresh.model.weight, trainer.model.weight)
-    assert fresh.lr_scheduler.state_dict() == trainer.lr_scheduler.state_dict()
+    assert fresh.schedule.state_dict() == trainer.schedule.state_dict()
     assert fresh.monitor.state_dict() == trainer.monitor.state_dict()
-    assert fresh.current_lr() == trainer.current_lr()
+    assert fresh.schedule.learning_rates() == trainer.schedule.learning_rates()
 
 
 @pytest.mark.slow
@@ -116,13 +117,3 @@ def test_a_base_trainer_without_evaluate_tells_test_py_users_what_to_write():
     with pytest.raises(UserError, match=r"trainer\.type Fixed has no evaluate\(loader, desc\), which test\.py calls; "
                                         r"derive it from trainer\.Trainer or write one"):
         trainer.evaluate([])
-
-
-def test_compact_shows_long_results_in_part():
-    from base.base_trainer import compact
-
-    assert compact(0.123456789) == "0.123457"
-    assert compact([[1, 2], [3, 4]]) == "[[1, 2], [3, 4]]"
-    assert compact([[1] * 11] * 11) == "[11x11 values, in metrics.jsonl]"
-    assert compact(list(range(25))).endswith("19, ... (25 values)]")
-    assert compact({"cat": 0.5, "dog": 1}) == "{cat: 0.5, dog: 1}"

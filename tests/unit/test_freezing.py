@@ -1,5 +1,5 @@
 """trainer.freeze and trainer.unfreeze_at_epoch (trainer/parts.py Freezing) in the Trainer, and the learning rates of
-named parameter groups (BaseTrainer.learning_rates, set_lr)."""
+named parameter groups (utils/schedule.py's LRSchedule.learning_rates, set_lr, as the trainer holds it)."""
 from __future__ import annotations
 
 import functools
@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from base import BaseTrainer
+from base.base_trainer import TrainState
 from config import TrainerSettings
 from tiny_trainers import assert_same_state, build, make_trainer, resumed, sigterm_at
-from trainer.parts import Freezing
+from trainer.parts import Freezing, Loop
 from utils.checkpoint import load_checkpoint
 from utils.distributed import rewrap
 from utils.errors import UserError
-from utils.interrupt import TrainingInterrupted
+from utils.interrupt import StopTraining
 from utils.schedule import LRSchedule
 
 FROZEN = ("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked")
@@ -84,7 +85,7 @@ def test_resume_across_the_unfreeze_epoch_is_bit_identical(tmp_path, stop):
     if moment == "in":
         split = build(tmp_path / "split", **settings)
         sigterm_at(split, 6 * int(epoch) - 4)  # 6 steps per epoch: the epoch's second step
-        with pytest.raises(TrainingInterrupted):
+        with pytest.raises(StopTraining):
             split.train()
     else:
         split = build(tmp_path / "split", epochs=int(epoch), **settings)
@@ -110,16 +111,16 @@ def test_parameters_the_model_froze_itself_stay_frozen_after_unfreezing():
     model = with_norm()
     model[0].bias.requires_grad_(False)
     freezing = Freezing(model, ["0.*"], unfreeze_at=2)
-    freezing.on_epoch_start(1, model)
+    freezing.on_epoch_start(Loop(TrainState(), model, epoch=1))
     assert not model[0].weight.requires_grad
-    freezing.on_epoch_start(2, model)
+    freezing.on_epoch_start(Loop(TrainState(), model, epoch=2))
     assert model[0].weight.requires_grad and not model[0].bias.requires_grad
 
 
 def test_a_norm_layer_without_parameters_is_frozen_by_its_buffers_names():
     model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8, affine=False), nn.Linear(8, 1))
     model.train()
-    Freezing(model, ["0.*", "1.*"], unfreeze_at=None).on_epoch_start(1, model)
+    Freezing(model, ["0.*", "1.*"], unfreeze_at=None).on_epoch_start(Loop(TrainState(), model, epoch=1))
     assert not model[1].training and model[2].training
 
 
@@ -156,20 +157,20 @@ def grouped_trainer(scheduler=None) -> BaseTrainer:
 
 
 def test_learning_rates_are_the_default_groups_and_one_per_other_named_group():
-    assert grouped_trainer().learning_rates() == {"lr": 0.1, "lr/head": 0.01}
+    assert grouped_trainer().schedule.learning_rates() == {"lr": 0.1, "lr/head": 0.01}
     assert make_trainer_rates() == {"lr": 0.1}  # no names: what the log always held
 
 
 def make_trainer_rates() -> dict:
     optimizer = torch.optim.SGD([{"params": [nn.Parameter(torch.ones(2))]}, {"params": [nn.Parameter(torch.ones(1))]}],
                                 lr=0.1)
-    return BaseTrainer(nn.Linear(1, 1), None, {}, optimizer, TrainerSettings(epochs=1)).learning_rates()
+    return BaseTrainer(nn.Linear(1, 1), None, {}, optimizer, TrainerSettings(epochs=1)).schedule.learning_rates()
 
 
 def test_set_lr_gives_the_default_group_the_new_rate_and_keeps_the_other_groups_ratio_to_it():
     trainer = grouped_trainer(lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
-    trainer.set_lr(0.05)
+    trainer.schedule.set_lr(0.05)
     assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.05, 0.005, 0.005])
     assert trainer.optimizer.param_groups[0]["lr"] == 0.05
-    assert trainer.lr_scheduler.base_lrs == pytest.approx([0.05, 0.005, 0.005])
+    assert trainer.schedule.scheduler.base_lrs == pytest.approx([0.05, 0.005, 0.005])
     assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.05, 0.005, 0.005])

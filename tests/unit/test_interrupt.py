@@ -14,16 +14,27 @@ import pytest
 from conftest import ROOT
 from tiny_trainers import build, sigterm_at
 from utils.errors import run_cli
-from utils.interrupt import TrainingInterrupted
+from utils.interrupt import StopTraining
 
 
 def test_sigint_is_handled_like_sigterm(tmp_path):
     trainer = build(tmp_path)
     sigterm_at(trainer, 3, signal.SIGINT)
-    with pytest.raises(TrainingInterrupted) as stop:
+    with pytest.raises(StopTraining) as stop:
         trainer.train()
+    assert stop.value.reason == StopTraining.SIGNAL and stop.value.signum == signal.SIGINT
     assert stop.value.exit_code == 130 and stop.value.checkpoint.name == "checkpoint-step3.pth"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored afterwards
+
+
+def test_stop_training_says_why_and_the_exit_status():
+    by_signal = StopTraining.by_signal(signal.SIGUSR1, "ckpt")
+    assert (by_signal.reason, by_signal.signum, by_signal.exit_code) == (StopTraining.SIGNAL, signal.SIGUSR1, 138)
+    assert str(by_signal) == "stopped by SIGUSR1; saved ckpt"
+    assert StopTraining.by_signal(None).signum == signal.SIGTERM  # under DDP another rank received it
+    limit = StopTraining(StopTraining.TIME_LIMIT, seconds=90.0)
+    assert limit.exit_code == 0 and str(limit) == "trainer.max_time (90 s) reached"
+    assert StopTraining(StopTraining.EARLY_STOP).exit_code == 0
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

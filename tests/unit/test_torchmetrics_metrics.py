@@ -14,7 +14,7 @@ from tiny_trainers import build, resumed, sigterm_at
 from trainer.trainer import evaluate
 from utils.checkpoint import TRACKER, find_checkpoint
 from utils.errors import run_cli
-from utils.interrupt import TrainingInterrupted
+from utils.interrupt import StopTraining
 from utils.registry import METRICS
 from utils.tracker import split_metrics
 
@@ -79,7 +79,7 @@ def test_mid_epoch_resume_reports_the_numbers_of_a_straight_run(tmp_path):
     build(tmp_path / "straight", epochs=2, metrics=metrics).train()
     interrupted = build(tmp_path / "split", epochs=2, metrics=metrics)
     sigterm_at(interrupted, 7)  # 5 batches per epoch: in the middle of epoch 2
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(StopTraining):
         interrupted.train()
     path, state = find_checkpoint(tmp_path / "split")
     assert set(state[TRACKER]["stateful"]) == {"f1", "auroc"}

@@ -18,7 +18,7 @@ from conftest import ROOT, read_metrics
 from tiny_trainers import BATCH, build, make_trainer, mse, outputs_in, resumed, sigterm_at
 from trainer import Trainer
 from utils.checkpoint import load_checkpoint
-from utils.interrupt import TrainingInterrupted
+from utils.interrupt import StopTraining
 
 
 def test_len_epoch_runs_exactly_that_many_batches(tmp_path):
@@ -66,7 +66,7 @@ def test_scheduler_steps_per_epoch_or_per_step(tmp_path, interval, expected):
     trainer = make_trainer(tmp_path, epochs=2, scheduler_interval=interval,
                            scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
     trainer.train()
-    assert trainer.current_lr() == pytest.approx(expected)
+    assert trainer.schedule.learning_rates()["lr"] == pytest.approx(expected)
     assert read_metrics(tmp_path)[0]["lr"] == pytest.approx(0.1 if interval == "epoch" else 0.1 * 0.5**4)
 
 
@@ -103,7 +103,7 @@ def test_custom_train_step_is_used_for_the_loss(tmp_path):
 def test_resume_skips_by_index_without_loading_the_skipped_batches(tmp_path):
     interrupted = build(tmp_path)
     sigterm_at(interrupted, 4)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(StopTraining):
         interrupted.train()
     trainer = resumed(tmp_path, tmp_path / "checkpoint-step4.pth")
     loaded = []

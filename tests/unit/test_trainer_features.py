@@ -17,7 +17,8 @@ from tiny_trainers import assert_same_state, build, resumed, sigterm_at
 from trainer.ema import EMA, WeightAverage
 from trainer.trainer import evaluate
 from utils.checkpoint import BEST, find_checkpoint, inference_weights, load_checkpoint
-from utils.interrupt import TimeLimitReached, TrainingInterrupted
+from utils.interrupt import StopTraining
+from utils.part import Part
 
 EMA_ON = EMASettings(decay=0.9, warmup_steps=2, every=1)
 
@@ -35,7 +36,7 @@ def test_the_average_is_torchs_averaged_model_arithmetic():
         model(torch.randn(16, 4)).pow(2).mean().backward()
         optimizer.step()
         optimizer.zero_grad()
-        ours.on_step_end(model, step)
+        ours.update(model, step)
         reference.update_parameters(model)
     for (name, a), b in zip(ours.averaged.module.state_dict().items(), reference.module.state_dict().values()):
         if a.is_floating_point():
@@ -51,7 +52,7 @@ def test_warmup_copies_the_weights_and_every_skips_steps():
     for step in range(1, 5):
         with torch.no_grad():
             model.weight.add_(1.0)
-        average.on_step_end(model, step)
+        average.update(model, step)
         if step == 2:  # the first update, inside the warm-up: a copy
             assert torch.equal(average.averaged.module.weight, model.weight)
     assert average.updates == 2  # steps 2 and 4
@@ -60,14 +61,14 @@ def test_warmup_copies_the_weights_and_every_skips_steps():
 
 def test_the_average_takes_its_numbers_from_the_settings_object():
     model = nn.Linear(2, 1)
-    assert WeightAverage.from_setting(model, None) is None
+    assert type(WeightAverage.from_setting(model, None)) is Part  # off: a part that does nothing
     average = WeightAverage.from_setting(model, EMASettings(decay=0.5, warmup_steps=3, every=2))
     assert (average.warmup_steps, average.every) == (3, 2)
     with torch.no_grad():
         average.averaged.module.weight.zero_()
         model.weight.fill_(1.0)
     average.updates = 1  # past its first update and its warm-up: step 4 averages with decay 0.5
-    average.on_step_end(model, 4)
+    average.update(model, 4)
     assert torch.allclose(average.averaged.module.weight, torch.full((1, 2), 0.5))
 
 
@@ -94,14 +95,14 @@ def test_validation_and_model_best_use_the_average_and_resume_is_bit_exact(tmp_p
 
     interrupted = build(tmp_path / "split", ema=EMA_ON)
     sigterm_at(interrupted, 8)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(StopTraining):
         interrupted.train()
     path, _ = find_checkpoint(tmp_path / "split")
     second = resumed(tmp_path / "split", path, ema=EMA_ON)
     second.train()
     assert_same_state(straight, second)
-    for key, value in straight.ema.state_dict()["state_dict"].items():
-        assert torch.equal(value, second.ema.state_dict()["state_dict"][key]), key
+    for key, value in straight.checkpoint_parts()[EMA].state_dict()["state_dict"].items():
+        assert torch.equal(value, second.checkpoint_parts()[EMA].state_dict()["state_dict"][key]), key
     assert read_metrics(tmp_path / "straight", timing=False) == read_metrics(tmp_path / "split", timing=False)
 
 
@@ -143,7 +144,7 @@ def test_validation_every_n_steps_writes_a_row_each_and_resumes_bit_exact(tmp_pa
         split = tmp_path / f"split{stop_step}"
         interrupted = build(split, **settings)
         sigterm_at(interrupted, stop_step)
-        with pytest.raises(TrainingInterrupted):
+        with pytest.raises(StopTraining):
             interrupted.train()
         resumed(split, find_checkpoint(split)[0], **settings).train()
         assert read_metrics(split, timing=False) == rows
@@ -186,7 +187,7 @@ def test_a_limited_epoch_resumes_bit_exact(tmp_path):
     straight.train()
     interrupted = build(tmp_path / "split", limit_train_batches=3)
     sigterm_at(interrupted, 5)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(StopTraining):
         interrupted.train()
     second = resumed(tmp_path / "split", find_checkpoint(tmp_path / "split")[0], limit_train_batches=3)
     second.train()
@@ -200,11 +201,12 @@ def test_the_time_limit_stops_at_a_step_saves_and_resume_finishes_bit_exact(tmp_
     straight.train()
     limited = build(tmp_path / "split", max_time=1000)
     clock = iter(range(10**6))
-    monkeypatch.setattr(limited.deadline, "at", 7.5)  # passed after the 7th step's check
+    monkeypatch.setattr(limited.stops, "at", 7.5)  # passed after the 7th step's check
     monkeypatch.setattr("trainer.parts.time.monotonic", lambda: next(clock))
-    with pytest.raises(TimeLimitReached) as stop:
+    with pytest.raises(StopTraining) as stop:
         limited.train()
     monkeypatch.undo()
+    assert stop.value.reason == StopTraining.TIME_LIMIT and stop.value.exit_code == 0
     assert limited.global_step < 15 and stop.value.checkpoint == find_checkpoint(tmp_path / "split")[0]
     resumed(tmp_path / "split", stop.value.checkpoint).train()
     final = build(tmp_path / "check")
@@ -215,6 +217,7 @@ def test_the_time_limit_stops_at_a_step_saves_and_resume_finishes_bit_exact(tmp_
 def test_sigusr1_stops_like_sigterm(tmp_path):
     trainer = build(tmp_path)
     sigterm_at(trainer, 4, signal.SIGUSR1)
-    with pytest.raises(TrainingInterrupted) as stop:
+    with pytest.raises(StopTraining) as stop:
         trainer.train()
-    assert stop.value.exit_code == 128 + signal.SIGUSR1 and find_checkpoint(tmp_path)[1]["global_step"] == 4
+    assert stop.value.signum == signal.SIGUSR1 and stop.value.exit_code == 128 + signal.SIGUSR1
+    assert find_checkpoint(tmp_path)[1]["global_step"] == 4
