@@ -204,7 +204,7 @@ def no_inference_source(loader_class: type, path: str) -> str:
     """What a data loader without its own inference_source says when given --input path."""
     name = loader_class.__name__
     return (f"--input {path}: data_loader.type {name} does not say how to turn files into model inputs; give --input "
-            f"test (its test split), or write {name}.inference_source (README: Predictions (predict.py))")
+            f"test (its test split), or write {name}.inference_source (see docs/predictions.md)")
 
 
 class InputBatch(NamedTuple):

@@ -2,7 +2,7 @@
 export.main, checked by export.py's own verification and again here with onnxruntime and torch.export.load; a
 model the exporter cannot take, missing ONNX packages, a file that does not verify, large weights as external data,
 --input (the example batch from files, read as predict.py reads them, on a machine without the run's data), and the
-README's onnxruntime example run as it is written."""
+onnxruntime example of docs/export.md run as it is written."""
 from __future__ import annotations
 
 import json
@@ -260,12 +260,12 @@ def test_flags_that_do_not_fit_are_one_error_each(capsys):
         "error: --opset applies to --format onnx only"]
 
 
-README_EXAMPLE = re.compile(r"<!-- onnxruntime example[^>]*-->\n```python\n(.*?)```", re.S)
+DOCS_EXAMPLE = re.compile(r"<!-- onnxruntime example[^>]*-->\n```python\n(.*?)```", re.S)
 
 
 @SLOW
-def test_the_readme_onnxruntime_example_runs_on_an_exported_file(runs, tmp_path):
-    code = README_EXAMPLE.search((ROOT / "README.md").read_text()).group(1)
+def test_the_onnxruntime_example_of_docs_export_runs_on_an_exported_file(runs, tmp_path):
+    code = DOCS_EXAMPLE.search((ROOT / "docs" / "export.md").read_text()).group(1)
     assert len(code.strip().splitlines()) == 5
     export.main(["-r", str(runs("digits")), "--format", "onnx", "--dynamic-batch", "--out", str(tmp_path / "m.onnx")])
     code, replaced = re.subn(r'InferenceSession\("[^"]+"\)', f'InferenceSession({str(tmp_path / "m.onnx")!r})', code)

@@ -228,7 +228,7 @@ def test_a_users_loader_gets_predict_py_from_its_inference_source(tmp_path, monk
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"error: --input {tmp_path / 'digits.csv'}: data_loader.type PlainDigitPictures does not say how "
                      "to turn files into model inputs; give --input test (its test split), or write "
-                     "PlainDigitPictures.inference_source (README: Predictions (predict.py))"]
+                     "PlainDigitPictures.inference_source (see docs/predictions.md)"]
     assert predict.main(["-r", str(run), "--input", "test", "--out", str(tmp_path / "t.csv")])["predicted"] == 297
 
 

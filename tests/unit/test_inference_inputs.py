@@ -140,7 +140,7 @@ def test_loaders_that_take_no_image_files_say_what_to_give(tmp_path, cls, says):
 def test_a_loader_without_inference_source_says_to_give_test_or_write_it(tmp_path):
     with pytest.raises(UserError, match=rf"^--input {tmp_path}: data_loader.type MyLoader does not say how to turn "
                                         r"files into model inputs; give --input test \(its test split\), or write "
-                                        r"MyLoader.inference_source \(README: Predictions \(predict.py\)\)$"):
+                                        r"MyLoader.inference_source \(see docs/predictions.md\)$"):
         MyLoader.inference_source(str(tmp_path), {"data_dir": "x"})
 
 
