@@ -1,7 +1,8 @@
 """Shared fixtures and helpers: a tiny, fast config written into a temporary directory, ways to run the CLI and
 read a run's outputs, and a config with one mistake of each kind.
 
-Tests live in unit/ (one file per source module) and integration/ (commands run end to end); pyproject.toml puts
+Tests live in unit/<package>/ (one file per source module, the folders mirroring the packages; unit/commands/
+for the commands' own helpers) and integration/ (commands run end to end); pyproject.toml puts
 this directory on sys.path, so they import from conftest, fake_data and tiny_trainers. Tests marked slow are
 left out by python -m pytest -m "not slow".
 """

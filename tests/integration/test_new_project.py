@@ -159,7 +159,7 @@ def test_scaffolded_real_project_trains_and_tests(tmp_path: Path):
     save_dir = new / config["trainer"].get("save_dir", "saved")
     assert (save_dir / "models" / config["name"] / "scaffold" / "checkpoint-epoch1.pth").is_file()
 
-    if (new / "tests/unit/test_registry.py").exists():
-        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/unit/test_registry.py"],
+    if (new / "tests/unit/utils/test_registry.py").exists():
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/unit/utils/test_registry.py"],
                                cwd=new, capture_output=True, text=True, timeout=300)
         assert tests.returncode == 0, tests.stdout[-3000:]

@@ -11,7 +11,7 @@ import parse_config  # noqa: E402,F401  (registers the project's classes)
 
 @pytest.mark.parametrize("name", [n for n in METRICS.names() if not METRICS.from_library(METRICS.find(n))])
 def test_every_metric_function_computes(name):
-    """model/metric.py's functions (torchmetrics' classes: tests/unit/test_torchmetrics_metrics.py)."""
+    """model/metric.py's functions (torchmetrics' classes: tests/unit/trainer/test_torchmetrics_metrics.py)."""
     output = torch.eye(10)[[0, 1, 2, 3]] + 0.01 * torch.arange(10)  # argmax = 0, 1, 2, 3
     value = float(METRICS.get(name, "metrics.0")(output, torch.tensor([0, 1, 2, 9])))
     assert 0.0 <= value <= 1.0

@@ -88,7 +88,7 @@ def test_a_custom_eval_step_is_what_runs_and_its_targets_are_its_own_business():
             return self.model(data.view(-1, 7)), None  # sized for other data than this: 4x5 cannot be viewed so
 
     with pytest.raises(UserError, match=r"^the data loader's first batch .* failed outside .*: shape '\[-1, 7\]' is invalid for input of size "
-                                        r"20 \(at tests/unit/test_checks.py:\d+\)"):
+                                        r"20 \(at tests/unit/trainer/test_checks.py:\d+\)"):
         check_first_batch(trainer_for(nn.Linear(5, 5), x, labels, cls=Reshaping))
 
     class Buggy(Trainer):

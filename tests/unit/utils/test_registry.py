@@ -140,8 +140,8 @@ ARCH_INPUTS = {"MnistModel": (2, 1, 28, 28)}  # LeNet's fully connected layer is
 ARCH_OUTPUTS = {"CNN": 64}  # without num_classes the CNN gives its features (the default blocks end with 64 channels)
 
 
-# The builders' archs need shapes (obs_shape, feature_dim, ...): tests/unit/test_builders.py builds each of them;
-# torchvision's need larger images than digits: tests/unit/test_torchvision_models.py builds a sample of them.
+# The builders' archs need shapes (obs_shape, feature_dim, ...): tests/unit/model/test_builders.py builds each of them;
+# torchvision's need larger images than digits: tests/unit/model/test_torchvision_models.py builds a sample of them.
 CLASSIFIERS = [n for n in ARCHS.names()
                if ARCHS.find(n).__module__ not in ("model.builders", "model.torchvision_models")]
 
