@@ -72,6 +72,11 @@ def init(backend: str | None, timeout_s: int, main: int = 0) -> Dist:
     return Dist(rank, world, local, main)
 
 
+def joined_a_process_group() -> bool:
+    """Whether this process has joined a process group (and holds its threads, even after shutdown)."""
+    return bool(_started)
+
+
 def read_on_one_rank(path: str | Path, read: Callable[[Path], Any], ctx: Dist) -> tuple[Dist, Any]:
     """read(path) done once, on the lowest rank whose machine has path, and sent to every rank; that rank
     becomes ctx.main, the one that writes beside it. So -r RUN_DIR works when only one machine holds the run

@@ -103,7 +103,15 @@ def settle_for_exit() -> None:
     tearing torch down). The teardown's garbage collections skip the objects alive now (gc.freeze): with torch and
     torchvision loaded that takes the teardown from about 1.8 s to 0.3 s. Signals are left as they are while a
     thread or child process the command started is still running, since the exit waits for it and a signal must
-    still be able to stop that wait."""
+    still be able to stop that wait.
+
+    A process that joined a torchrun process group collects its garbage first: what holds the group (the
+    DistributedDataParallel model, say) must go while Python runs, so that the group's threads are joined; frozen,
+    they would be left to C++'s exit, which aborts the process (SIGABRT, "terminate called without an active
+    exception") after its work is done, at random."""
+    distributed = sys.modules.get("utils.distributed")
+    if distributed is not None and distributed.joined_a_process_group():
+        gc.collect()
     gc.freeze()
     if threading.current_thread() is not threading.main_thread():
         return
