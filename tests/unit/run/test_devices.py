@@ -20,8 +20,10 @@ def test_cpu_flag_wins_and_inference_takes_at_most_one_gpu(caplog):
     caplog.set_level(logging.INFO, logger="train")
     assert choose_device(4, "cpu") == (torch.device("cpu"), [])
     assert "-d cpu: running on the CPU (n_gpu=4 is not used)" in caplog.text
+    caplog.clear()
     device, ids = choose_device(4, one=True)
     assert len(ids) == min(1, torch.cuda.device_count())
+    assert all(r.levelno == logging.INFO for r in caplog.records)  # inference: n_gpu only allows a GPU
     assert choose_device(0) == (torch.device("cpu"), [])
 
 
