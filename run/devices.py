@@ -14,7 +14,7 @@ def choose_device(n_gpu: int, flag: str | None = None, dist: Dist = SINGLE, *,
     """(this process's device, the GPU ids DataParallel spreads over): under torchrun each rank's own GPU; else
     the first of n_gpu GPUs (one: at most one, for test.py, predict.py and export.py), or the CPU with -d cpu
     (flag) or without GPUs. Fewer GPUs than n_gpu is not an error: the run goes on with those there are, with a
-    warning when it trains (for inference, n_gpu only says whether a GPU may be used: an info line)."""
+    warning when it trains (for inference, n_gpu only says whether a GPU may be used: nothing to say)."""
     if dist.enabled:
         return distributed.device_of(dist, n_gpu), []
     logger = logging.getLogger("train")
@@ -25,7 +25,8 @@ def choose_device(n_gpu: int, flag: str | None = None, dist: Dist = SINGLE, *,
         return torch.device("cpu"), []
     available = torch.cuda.device_count()
     if wanted > available:
-        logger.log(logging.INFO if one else logging.WARNING, "n_gpu is %d but only %d GPU(s) are available here; "
-                   "running on %s.", n_gpu, available, f"{available} GPU(s)" if available else "the CPU")
+        if not one:
+            logger.warning("n_gpu is %d but only %d GPU(s) are available here; running on %s.", n_gpu, available,
+                           f"{available} GPU(s)" if available else "the CPU")
         wanted = available
     return torch.device("cuda:0" if wanted > 0 else "cpu"), list(range(wanted))

@@ -23,7 +23,7 @@ def test_cpu_flag_wins_and_inference_takes_at_most_one_gpu(caplog):
     caplog.clear()
     device, ids = choose_device(4, one=True)
     assert len(ids) == min(1, torch.cuda.device_count())
-    assert all(r.levelno == logging.INFO for r in caplog.records)  # inference: n_gpu only allows a GPU
+    assert caplog.records == []  # inference: n_gpu only allows a GPU, fewer is nothing to say
     assert choose_device(0) == (torch.device("cpu"), [])
 
 
