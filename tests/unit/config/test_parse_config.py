@@ -614,10 +614,13 @@ def test_the_arguments_the_template_knows_are_checked_for_range(tmp_path, capsys
 @pytest.mark.slow  # over 4 s: a subprocess or a real model
 def test_a_model_too_large_to_allocate_is_one_line_naming_the_section(tmp_path, capsys):
     path = write(tmp_path, tiny_config(tmp_path / "saved"))
-    status, lines = run_train(capsys, "-c", str(path), "arch.args.channels=100000000", "--dry-run")
+    # The first layer's weights alone (9e15 floats, 36 PB) are more than any address space holds: the allocation
+    # fails at once. (With 1e8 channels the first layer's 3.6 GB were allocated and initialised, seconds, before
+    # the second layer failed.)
+    status, lines = run_train(capsys, "-c", str(path), "arch.args.channels=1000000000000000", "--dry-run")
     assert status == 2 and len(lines) == 1, lines
-    assert re.fullmatch(r"error: arch\.args: building DigitsModel with \{'channels': 100000000\} failed to allocate "
-                        r"memory \(.*\); use smaller sizes", lines[0])
+    assert re.fullmatch(r"error: arch\.args: building DigitsModel with \{'channels': 1000000000000000\} failed to "
+                        r"allocate memory \(.*\); use smaller sizes", lines[0])
 
 
 def test_an_error_in_the_users_own_class_keeps_its_traceback(tmp_path):
