@@ -611,7 +611,6 @@ def test_the_arguments_the_template_knows_are_checked_for_range(tmp_path, capsys
     assert not (tmp_path / "saved").exists()
 
 
-@pytest.mark.slow  # over 4 s: a subprocess or a real model
 def test_a_model_too_large_to_allocate_is_one_line_naming_the_section(tmp_path, capsys):
     path = write(tmp_path, tiny_config(tmp_path / "saved"))
     # The first layer's weights alone (9e15 floats, 36 PB) are more than any address space holds: the allocation

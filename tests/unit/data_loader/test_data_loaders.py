@@ -275,8 +275,7 @@ def test_missing_csv_and_image_dir_are_named(tmp_path, image_csv):
         ImageCsvDataLoader(str(csv_file), str(img_dir), training=False)
 
 
-# 2 workers: starting them is slow (about 1 s)
-@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("num_workers", [0, 2])
 def test_an_unreadable_image_is_named_even_from_a_worker(image_csv, num_workers):
     img_dir, csv_file = image_csv
     (img_dir / "img4.png").write_bytes(b"\x89PNG truncated")
