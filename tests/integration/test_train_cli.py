@@ -1,4 +1,6 @@
-"""train.py and test.py end to end, as a user runs them: in-process through main() and as subprocesses."""
+"""train.py and test.py end to end, as a user runs them: in-process through main() (utils.errors.run_cli gives the
+exit status and the error lines a script prints), and as subprocesses where the process is the point: the exit status
+and stderr of a mistake, CUDA_VISIBLE_DEVICES set before CUDA starts, a scaffolded project run by its own scripts."""
 from __future__ import annotations
 
 import json
@@ -18,20 +20,43 @@ from fake_data import write_mnist
 from utils.errors import run_cli as run_main
 from utils.registry import OPTIMIZERS
 
+pytestmark = pytest.mark.usefixtures("restore_logging")  # train.main sets up logging
+
+
+@pytest.fixture(scope="module")
+def tiny_run(restore_logging, tmp_path_factory):
+    """(config file, save_dir) of run 't' of the tiny config (2 epochs), trained once for the tests that read it."""
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    config = write(tmp, tiny_config(tmp / "saved"))
+    train.main(["-c", str(config), "--run-id", "t"])
+    return config, tmp / "saved"
+
+
+@pytest.fixture(scope="module")
+def fp32_run(restore_logging, tmp_path_factory):
+    """(config file, save_dir) of run 'fp32' of the tiny config, 4 epochs at lr 0.01: the reference of the mixed
+    precision runs."""
+    tmp = tmp_path_factory.mktemp("fp32_run")
+    config = write(tmp, tiny_config(tmp / "saved", epochs=4))
+    train.main(["-c", str(config), "--run-id", "fp32", "optimizer.args.lr=0.01"])
+    return config, tmp / "saved"
+
 
 # ---- training and testing ----
 
 @pytest.mark.slow
-def test_default_config_trains_and_reaches_good_accuracy(tmp_path):
-    """The shipped config.json as it is (only the save_dir moved): the Quick start promise."""
+def test_default_config_trains_and_reaches_good_accuracy(tmp_path, capfd):
+    """The shipped config.json as it is (only the save_dir moved): the Quick start promise. In-process (a scaffolded
+    project's python train.py -c config.json runs as a process in test_new_project.py)."""
     save = tmp_path / "saved"
-    result = run_cli("train.py", "-c", "config.json", f"trainer.save_dir={save}", "--run-id", "default", timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    status = run_main(train.main, ["-c", str(ROOT / "config.json"), f"trainer.save_dir={save}", "--run-id", "default"])
+    err = capfd.readouterr().err
+    assert status == 0, err[-2000:]
     ckpt_dir, log_dir = run_dir(save, "default")
     best = max(r["val_accuracy"] for r in read_metrics(log_dir))
     assert best >= 0.97
     assert torch.load(ckpt_dir / "model_best.pth", weights_only=True)["monitor_best"] == best
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -67,11 +92,10 @@ def test_seed_null_is_drawn_and_recorded(tmp_path, write_config):
 
 
 @pytest.mark.slow
-def test_same_seed_gives_identical_weights(tmp_path, write_config):
-    config = write_config()
-    for rid in ("a", "b"):
-        train.main(["-c", str(config), "--run-id", rid])
-    a, b = (torch.load(run_dir(tmp_path / "saved", r)[0] / "checkpoint-epoch2.pth", weights_only=True) for r in "ab")
+def test_same_seed_gives_identical_weights(tiny_run):
+    config, save = tiny_run
+    train.main(["-c", str(config), "--run-id", "b"])  # the same config file as run t's
+    a, b = (torch.load(run_dir(save, r)[0] / "checkpoint-epoch2.pth", weights_only=True) for r in "tb")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
@@ -97,16 +121,16 @@ def test_device_cpu_flag(tmp_path, write_config):
     assert (run_dir(tmp_path / "saved", "cpu")[0] / "checkpoint-epoch1.pth").is_file()
 
 
-def test_test_script_evaluates_the_test_split_without_a_new_run_directory(tmp_path, write_config, capsys):
-    train.main(["-c", str(write_config()), "--run-id", "t"])
-    ckpt_dir, _ = run_dir(tmp_path / "saved", "t")
-    before = sorted(p for p in (tmp_path / "saved").rglob("*"))
+def test_test_script_evaluates_the_test_split_without_a_new_run_directory(tiny_run, tmp_path, capsys):
+    _, save = tiny_run
+    ckpt_dir, _ = run_dir(save, "t")
+    before = sorted(p for p in save.rglob("*"))
     results = test_script.main(["-r", str(ckpt_dir / "model_best.pth")])
     assert results["n_samples"] == 360 and 0.0 <= results["accuracy"] <= 1.0
     assert {"loss", "accuracy", "top_k_acc", "epoch"} <= set(results)
     written = json.loads((ckpt_dir / "test_results.json").read_text())
     assert written["accuracy"] == results["accuracy"]
-    assert sorted(p for p in (tmp_path / "saved").rglob("*")) == sorted(before + [ckpt_dir / "test_results.json"])
+    assert sorted(p for p in save.rglob("*")) == sorted(before + [ckpt_dir / "test_results.json"])
     assert "accuracy" in capsys.readouterr().out
     out = tmp_path / "elsewhere.json"
     again = test_script.main(["-r", str(ckpt_dir), "--out", str(out)])  # a run directory: its newest checkpoint
@@ -127,13 +151,12 @@ def test_test_script_uses_only_the_checkpoint(tmp_path, write_config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_on_the_cpu_trains_to_the_same_accuracy_band(tmp_path, write_config, amp):
-    config = write_config(epochs=4)
-    train.main(["-c", str(config), "--run-id", "fp32", "optimizer.args.lr=0.01"])
+def test_mixed_precision_on_the_cpu_trains_to_the_same_accuracy_band(fp32_run, amp):
+    config, save = fp32_run  # the same config file as the fp32 run's, trained once for both
     train.main(["-c", str(config), "--run-id", amp, f"trainer.amp={amp}", "optimizer.args.lr=0.01"])
-    full, mixed = (read_metrics(run_dir(tmp_path / "saved", r)[1])[-1]["val_accuracy"] for r in ("fp32", amp))
+    full, mixed = (read_metrics(run_dir(save, r)[1])[-1]["val_accuracy"] for r in ("fp32", amp))
     assert mixed > 0.8 and abs(mixed - full) < 0.05
-    state = torch.load(run_dir(tmp_path / "saved", amp)[0] / "checkpoint-epoch4.pth", weights_only=True)
+    state = torch.load(run_dir(save, amp)[0] / "checkpoint-epoch4.pth", weights_only=True)
     assert (state["scaler"] is not None) == (amp == "fp16")  # the GradScaler's state is checkpointed
 
 
@@ -146,11 +169,9 @@ def test_help_lists_every_option():
     assert "--out" in run_cli("test.py", "--help").stdout
 
 
-@pytest.mark.slow
-def test_list_optimizer_cli():
-    result = run_cli("train.py", "--list", "optimizer")
-    assert result.returncode == 0, result.stderr
-    names = result.stdout.split()
+def test_list_optimizer_cli(capsys):
+    assert run_main(train.main, ["--list", "optimizer"]) == 0
+    names = capsys.readouterr().out.split()
     assert "Adam" in names and "AdaBelief" in names and "SGD" in names
     assert names == OPTIMIZERS.names()
 
@@ -165,30 +186,33 @@ def test_device_flag_selects_gpus_through_cuda_visible_devices():
     assert result.stdout.splitlines()[-1] == "2,3" and "DigitsModel" in result.stdout
 
 
-# ---- mistakes: status 2, one line each, no traceback ----
+# ---- mistakes: status 2, one line each, no traceback (in-process: what run_cli prints and returns, which the
+# script exits with; test_cli_reports_every_problem_on_its_own_line_with_status_2 runs train.py as a process) ----
 
-@pytest.mark.slow
-def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path, write_config):
+def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path, write_config, capsys):
     config = tiny_config(tmp_path / "saved")
     config["arch"]["type"] = "DigitModel"
     config["optimizer"]["args"]["lrr"] = 0.1
     bad = write_config(config, name="bad.json")
-    result = run_cli("train.py", "-c", str(bad))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+    assert run_main(train.main, ["-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
-    assert "arch.type: unknown arch 'DigitModel'. Did you mean 'DigitsModel'" in result.stderr
-    assert "optimizer.args.lrr: Adam has no argument 'lrr'. Did you mean 'lr'?" in result.stderr
+    assert "arch.type: unknown arch 'DigitModel'. Did you mean 'DigitsModel'" in err
+    assert "optimizer.args.lrr: Adam has no argument 'lrr'. Did you mean 'lr'?" in err
     assert not (tmp_path / "saved").exists()
     for args, message in [(["-r", str(tmp_path / "nope.pth")], "checkpoint .*nope.pth not found"),
                           (["-c", str(bad), "trainer.epoch=3"], "did you mean 'trainer.epochs'")]:
-        result = run_cli("train.py", *args)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert __import__("re").search(message, result.stderr, __import__("re").I), result.stderr
+        assert run_main(train.main, args) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert re.search(message, err, re.I), err
 
 
 @pytest.mark.slow
 def test_cli_reports_every_problem_on_its_own_line_with_status_2(tmp_path):
+    """As a process: the exit status, stderr and stdout of python train.py with a config full of mistakes."""
     path = write(tmp_path, _bad_config(tmp_path), "bad.json")
     result = run_cli("train.py", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 2
@@ -229,7 +253,7 @@ def test_a_bad_transform_in_a_config_stops_train_py_with_status_2(tmp_path, writ
 
 
 @pytest.mark.slow
-def test_corrupt_and_malicious_checkpoints_are_refused(tmp_path):
+def test_corrupt_and_malicious_checkpoints_are_refused(tmp_path, capsys):
     truncated = tmp_path / "truncated.pth"
     buffer = tmp_path / "full.pth"
     torch.save({"state_dict": {}, "config": {}, "epoch": 1, "big": torch.zeros(10000)}, buffer)
@@ -242,10 +266,13 @@ def test_corrupt_and_malicious_checkpoints_are_refused(tmp_path):
 
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "config": {}, "epoch": 1, "x": Exploit()}, evil, pickle_module=pickle)
-    for script in ("train.py", "test.py"):
+    for main in (train.main, test_script.main):
         for path, message in ((truncated, "truncated or corrupt"), (evil, "refused")):
-            result = run_cli(script, "-r", str(path))
-            assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+            assert run_main(main, ["-r", str(path)]) == 2
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err
+    result = run_cli("test.py", "-r", str(evil))  # and test.py as a process: its exit status and stderr
+    assert result.returncode == 2 and "refused" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
 
 
