@@ -61,10 +61,38 @@ def processes():
         process.wait()
 
 
-def start_tune(*args: str) -> subprocess.Popen:
+def start_tune(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "tune.py"), *args], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+
+
+# A sitecustomize module: every Python process started with its folder on PYTHONPATH (tune.py and the train.py of its
+# trials inherit the variable) stops for good when it opens a file whose name holds HANG_AT for writing, after
+# creating HANG_MARKER: a worker that hangs at a point the test chose, to be killed there whatever the machine's speed.
+HANG = """
+import os, sys, time
+
+def _hang(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)) and isinstance(args[1], str) \\
+            and "w" in args[1] and os.environ["HANG_AT"] in os.path.basename(os.fspath(args[0])):
+        with open(os.environ["HANG_MARKER"], "x"):
+            pass
+        while True:
+            time.sleep(60)
+
+sys.addaudithook(_hang)
+"""
+
+
+def hang_at(tmp_path: Path, name: str) -> tuple[dict[str, str], Path]:
+    """(environment, marker): processes started with the environment hang on opening a file named like name for
+    writing, once the marker file exists."""
+    folder, marker = tmp_path / "hang", tmp_path / "hanging"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(HANG)
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "HANG_AT": name, "HANG_MARKER": str(marker)}, marker
 
 
 def kill_trial_processes(study: optuna.Study) -> None:
@@ -135,16 +163,20 @@ def test_a_study_runs_reports_continues_and_prunes(tmp_path, capsys):
 def test_a_trial_whose_worker_was_killed_is_retried_by_resuming_its_run(tmp_path, processes, capsys):
     config, space, save = write_inputs(tmp_path, epochs=4)
     command = ["-c", str(config), "--space", str(space), "--trials", "1", "--heartbeat", "1"]
-    processes.append(first := start_tune(*command))
+    # The trial's train.py hangs as it starts writing epoch 2's checkpoint (epoch 1's checkpoint and both epochs'
+    # metrics rows written): it is killed there, however fast the machine, before its run could finish.
+    env, hanging = hang_at(tmp_path, "checkpoint-epoch2")
+    processes.append(first := start_tune(*command, env=env))
     ckpt_dir, log_dir = run_dir(save, "Digits_CNN-trial-0")
     deadline = time.monotonic() + 120
-    while not (ckpt_dir / "checkpoint-epoch1.pth").is_file():
+    while not hanging.is_file():
         assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() else "timeout"
         time.sleep(0.1)
     kill_trial_processes(load(save))  # a lost node: the trial's train.py and tune.py die at once, nothing saved
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    assert not (ckpt_dir / "checkpoint-epoch4.pth").exists()
+    assert sorted(p.name for p in ckpt_dir.glob("checkpoint-*.pth")) == ["checkpoint-epoch1.pth"]
+    assert [r["epoch"] for r in read_metrics(log_dir)] == [1, 2]  # epoch 2's row: dropped when the run resumes
 
     assert run_cli(tune.main, command) == 0  # the same command (here in-process)
     out = capsys.readouterr().out
