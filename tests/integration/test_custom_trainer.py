@@ -3,16 +3,20 @@ evaluate through its eval_step, so they report the same numbers for the same sam
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+import train
 from base import BaseDataLoader
 from conftest import read_metrics, run_cli, run_dir
+from utils.errors import run_cli as run_main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_logging")]  # train.main sets up logging
 
 CUSTOM_TRAINER = '''
 
@@ -23,6 +27,19 @@ class ShiftedEval(Trainer):
         loss, output = self.train_step(data, target)
         return loss + 100.0, output
 '''
+
+# In the project, one process for what train.py --list trainer and train.py -c ... do (their main()s, their output
+# and exit status): a process start saved. test.py, which must need nothing but the checkpoint, runs in a process of
+# its own.
+LIST_AND_TRAIN = """
+import sys
+import train
+from utils.errors import run_cli
+if run_cli(train.main, ["--list", "trainer"]) != 0:
+    sys.exit("--list failed")
+print("--- listed", flush=True)
+sys.exit(run_cli(train.main, sys.argv[1:]))
+"""
 
 
 def write_arrays(directory, n=240, validation_split=0.25):
@@ -50,9 +67,10 @@ def test_a_custom_trainer_is_listed_chosen_and_evaluated_the_same_by_validation_
     config["data_loader"]["args"].update(validation_split=0.25, batch_size=16)
     (project / "custom.json").write_text(json.dumps(config))
 
-    listed = run_cli("train.py", "--list", "trainer", cwd=project, project=project)
-    assert listed.stdout.split() == ["Trainer", "ShiftedEval"], listed.stderr
-    trained = run_cli("train.py", "-c", "custom.json", "--run-id", "c", cwd=project, project=project)
+    trained = subprocess.run([sys.executable, "-c", LIST_AND_TRAIN, "-c", "custom.json", "--run-id", "c"], cwd=project,
+                             capture_output=True, text=True, timeout=300)
+    listed, _, _ = trained.stdout.partition("--- listed\n")
+    assert listed.split() == ["Trainer", "ShiftedEval"], trained.stderr[-3000:]
     assert trained.returncode == 0, trained.stderr[-3000:]
     checkpoint_dir, log_dir = run_dir(tmp_path / "saved", "c", name=config["name"])
     last = read_metrics(log_dir)[-1]
@@ -65,8 +83,9 @@ def test_a_custom_trainer_is_listed_chosen_and_evaluated_the_same_by_validation_
     assert results["loss"] == last["val_loss"] and results["accuracy"] == last["val_accuracy"]
 
 
-def test_a_misspelled_trainer_type_names_the_nearest_and_how_to_list(tmp_path, write_config):
-    result = run_cli("train.py", "-c", str(write_config()), "trainer.type=Trainr")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("error: trainer.type: unknown trainer 'Trainr'. Did you mean 'Trainer'? "
-                                     "List them all with: python train.py --list trainer")
+def test_a_misspelled_trainer_type_names_the_nearest_and_how_to_list(write_config, capsys):
+    assert run_main(train.main, ["-c", str(write_config()), "trainer.type=Trainr"]) == 2  # train.py's exit status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip() == ("error: trainer.type: unknown trainer 'Trainr'. Did you mean 'Trainer'? "
+                           "List them all with: python train.py --list trainer")
