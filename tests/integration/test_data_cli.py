@@ -1,5 +1,5 @@
-"""Data loaders through train.py and test.py: .npz files, image files with a CSV of labels (the class names saved
-with the run), and seeded runs with workers and augmentation."""
+"""Data loaders through train.py and test.py (in-process, their main()s): .npz files, image files with a CSV of labels
+(the class names saved with the run), and seeded runs with workers and augmentation."""
 from __future__ import annotations
 
 import json
@@ -11,12 +11,15 @@ import torch
 
 import test as test_script
 import train
-from conftest import read_metrics, run_cli, run_dir, tiny_config
+from conftest import read_metrics, run_dir, tiny_config
 from fake_data import write_image_csv, write_mnist
+from utils.errors import run_cli
+
+pytestmark = pytest.mark.usefixtures("restore_logging")  # train.main sets up logging
 
 
 @pytest.mark.slow
-def test_train_and_test_cli_on_npz_files(tmp_path, write_config):
+def test_train_and_test_cli_on_npz_files(tmp_path, write_config, capsys):
     rng = np.random.RandomState(0)
     centers = rng.randn(3, 5) * 3
     for name, n in (("train", 90), ("test", 30)):
@@ -29,15 +32,13 @@ def test_train_and_test_cli_on_npz_files(tmp_path, write_config):
         "data_file": str(tmp_path / "train.npz"), "test_file": str(tmp_path / "test.npz"), "batch_size": 16}}
     config["loss"], config["metrics"] = "cross_entropy", ["accuracy"]
     path = write_config(config)
-    result = run_cli("train.py", "-c", str(path), "--run-id", "a", "-d", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_cli(train.main, ["-c", str(path), "--run-id", "a", "-d", "cpu"]) == 0, capsys.readouterr().err[-2000:]
     ckpt_dir, log_dir = run_dir(tmp_path / "saved", "a", name="Arrays_MLP")
     rows = read_metrics(log_dir)
     assert [r["epoch"] for r in rows] == [1]
     assert math.isfinite(rows[0]["loss"]) and math.isfinite(rows[0]["val_loss"])
 
-    result = run_cli("test.py", "-r", str(ckpt_dir), "-d", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_cli(test_script.main, ["-r", str(ckpt_dir), "-d", "cpu"]) == 0, capsys.readouterr().err[-2000:]
     results = json.loads((ckpt_dir / "test_results.json").read_text())
     assert results["n_samples"] == 30 and math.isfinite(results["loss"]) and 0 <= results["accuracy"] <= 1
 

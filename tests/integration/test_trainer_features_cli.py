@@ -1,6 +1,6 @@
 """The trainer's optional parts through train.py and test.py on the built-in digits (issue 15): --fast-dev-run,
-trainer.max_time stopping and resuming, overfit_batches, EMA weights in test.py, step-based validation in
-TensorBoard."""
+trainer.max_time stopping and resuming (its exit status 0 from a process), overfit_batches, EMA weights in test.py,
+step-based validation in TensorBoard. In-process through the main()s elsewhere."""
 from __future__ import annotations
 
 import json
@@ -14,12 +14,13 @@ from conftest import events, read_metrics, run_cli, run_dir, tiny_config
 from utils.checkpoint import find_checkpoint
 from utils.errors import run_cli as run_in_process
 
+pytestmark = pytest.mark.usefixtures("restore_logging")  # train.main sets up logging
 
-@pytest.mark.slow  # over 4 s: a subprocess or a real model
-def test_fast_dev_run_trains_validates_and_tests_one_batch_and_writes_nothing(tmp_path, write_config):
-    result = run_cli("train.py", "-c", str(write_config(epochs=30)), "--fast-dev-run")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout + result.stderr
+
+def test_fast_dev_run_trains_validates_and_tests_one_batch_and_writes_nothing(tmp_path, write_config, capsys):
+    assert run_in_process(train.main, ["-c", str(write_config(epochs=30)), "--fast-dev-run"]) == 0
+    output = capsys.readouterr()
+    out = output.out + output.err
     assert "Fast dev run passed: one batch each of training, validation and the test split ran; nothing was " \
            "written." in out
     assert "val_loss" in out and "Fast dev run, one test batch: loss" in out
