@@ -38,21 +38,23 @@ def test_a_config_error_is_reported_without_importing_tensorboard_torchvision_or
 ZOO = {"model.cnn", "model.builders", "model.zoo_losses", "model.torchvision_models"}
 
 
-def zoo_modules_after(*args: str) -> set[str]:
-    """The zoo's modules in sys.modules after train.main(ARGS) in a fresh interpreter."""
-    code = ("import json, sys, train\ntrain.main(json.loads(sys.argv[1]))\n"
-            f"print(json.dumps(sorted(m for m in {sorted(ZOO)!r} if m in sys.modules)))\n")
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
+def zoo_modules_after(*runs: list[str]) -> list[set[str]]:
+    """The zoo's modules in sys.modules after each train.main(ARGS) of runs, called one after the other in one fresh
+    interpreter (modules stay imported: each set holds the earlier ones')."""
+    code = ("import json, sys, train\nfor argv in json.loads(sys.argv[1]):\n    train.main(argv)\n"
+            f"    print('zoo:', json.dumps(sorted(m for m in {sorted(ZOO)!r} if m in sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(runs)], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    return set(json.loads(result.stdout.splitlines()[-1]))
+    return [set(json.loads(line[len("zoo:"):])) for line in result.stdout.splitlines() if line.startswith("zoo:")]
 
 
 @pytest.mark.slow
 def test_a_run_of_the_users_own_model_does_not_import_the_zoo(tmp_path):
     run = ["-c", str(ROOT / "config.json"), "--dry-run", f"trainer.save_dir={tmp_path}"]
-    assert zoo_modules_after(*run) == set()  # DigitsModel, nll_loss: the user's names
-    with_zoo = zoo_modules_after(*run, 'arch={"type": "CNN", "args": {"input": 1, "num_classes": 10}}')
+    # one interpreter: the user's run first, so that what the second adds is what a zoo arch imports
+    plain, with_zoo = zoo_modules_after(run, [*run, 'arch={"type": "CNN", "args": {"input": 1, "num_classes": 10}}'])
+    assert plain == set()  # DigitsModel, nll_loss: the user's names
     assert with_zoo == {"model.cnn", "model.builders"}  # a zoo arch imports the zoo's arch modules, not its losses
 
 
