@@ -132,6 +132,7 @@ def test_the_memory_baseline_writes_the_tensorboard_scalars_ours_writes(benchmar
         ours, loop = (set(events(d / part).Tags()["scalars"]) for d in (log_dir, tmp_path / "loop" / "log"))
         assert loop == ours - only_ours and ("loss_step" in loop) == (part == "train")
     monkeypatch.setattr(memory, "TENSORBOARD", False)  # --no-tensorboard: the loop writes no events
+    memory.write_mnist(tmp_path / "small", 600, 100)  # any number of steps: no scalar is to be written at all
     (tmp_path / "plain").mkdir()  # as the benchmark's save directory: made by the parent
-    assert memory.baseline(str(tmp_path / "data"), str(tmp_path / "plain"), 1) == 0
+    assert memory.baseline(str(tmp_path / "small"), str(tmp_path / "plain"), 1) == 0
     assert not (tmp_path / "plain" / "log").exists() and (tmp_path / "plain" / "checkpoint-epoch1.pth").is_file()
