@@ -67,27 +67,41 @@ def start_tune(*args: str, env: dict[str, str] | None = None) -> subprocess.Pope
                             env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
 
 
-# A sitecustomize module: every Python process started with its folder on PYTHONPATH (tune.py and the train.py of its
-# trials inherit the variable) stops for good when it opens a file whose name holds HANG_AT for writing, after
-# creating HANG_MARKER: a worker that hangs at a point the test chose, to be killed there whatever the machine's speed.
+# A sitecustomize module: a Python process started with its folder on PYTHONPATH (tune.py and the train.py of its
+# trials inherit the variable) that opens a file whose name holds HANG_AT for writing creates HANG_MARKER (once: "x"),
+# then waits there until it has received a SIGTERM (one that came earlier counts: every SIGTERM handler the process
+# installs is wrapped to note it, then run); a SIGKILL ends it there. A worker held at a point the test chose,
+# whatever the machine's speed, which goes on as it would once tune.py has told it to stop.
 HANG = """
-import os, sys, time
+import os, signal, sys, time
 
-def _hang(event, args):
+received = []
+install = signal.signal
+
+def noting(signum, handler):
+    if signum == signal.SIGTERM and callable(handler):
+        def noted(signum, frame, handler=handler):
+            received.append(signum)
+            handler(signum, frame)
+        return install(signum, noted)
+    return install(signum, handler)
+
+def hang(event, args):
     if event == "open" and isinstance(args[0], (str, os.PathLike)) and isinstance(args[1], str) \\
             and "w" in args[1] and os.environ["HANG_AT"] in os.path.basename(os.fspath(args[0])):
         with open(os.environ["HANG_MARKER"], "x"):
             pass
-        while True:
-            time.sleep(60)
+        while not received:
+            time.sleep(0.05)
 
-sys.addaudithook(_hang)
+signal.signal = noting
+sys.addaudithook(hang)
 """
 
 
 def hang_at(tmp_path: Path, name: str) -> tuple[dict[str, str], Path]:
-    """(environment, marker): processes started with the environment hang on opening a file named like name for
-    writing, once the marker file exists."""
+    """(environment, marker): a process started with the environment, when it opens a file named like name for
+    writing, creates the marker file and waits until it has received a SIGTERM."""
     folder, marker = tmp_path / "hang", tmp_path / "hanging"
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(HANG)
@@ -107,7 +121,7 @@ def kill_trial_processes(study: optuna.Study) -> None:
 
 
 @pytest.mark.slow
-def test_a_study_runs_reports_continues_and_prunes(tmp_path, capsys):
+def test_a_study_runs_reports_continues_and_prunes(tmp_path, capsys, monkeypatch):
     config, space, save = write_inputs(tmp_path, epochs=3)
     assert run_cli(tune.main, ["-c", str(config), "--space", str(space), "--trials", "3"]) == 0
     out = capsys.readouterr().out
@@ -138,18 +152,24 @@ def test_a_study_runs_reports_continues_and_prunes(tmp_path, capsys):
 
     # the same command with --trials 4 continues the study: exactly one more trial. It is given a learning rate that
     # learns nothing (on the same initial weights as the others: the seed is the config's), so a median pruner that
-    # starts after one trial prunes it after its first epoch.
+    # starts after one trial prunes it after its first epoch. Its train.py waits, once it has written epoch 1's
+    # metrics row, as it starts writing epoch 1's checkpoint, for the SIGTERM that stops a pruned trial: it cannot
+    # train on before the pruner decides, however fast the machine.
+    env, waited = hang_at(tmp_path, "checkpoint-epoch1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     study.enqueue_trial({"optimizer.args.lr": 1e-7, "data_loader.args.batch_size": 128})
     assert run_cli(tune.main, ["-c", str(config), "--space", str(space), "--trials", "4",
                                "--pruner", "median:n_startup_trials=1"]) == 0
     assert "trial 3: PRUNED at step 1" in capsys.readouterr().out
     trials = load(save).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
-    # Its train.py gets SIGTERM once the pruner decides; with epochs of ~0.1 s the run may end before the signal
-    # lands, so the number of epochs it wrote is not asserted below 3 (that would depend on timing).
-    assert 1 <= len(read_metrics(trials[3].user_attrs["log_dir"])) <= 3
+    assert waited.is_file() and [r["epoch"] for r in read_metrics(trials[3].user_attrs["log_dir"])] == [1]
     kept = Path(trials[3].user_attrs["run_dir"])
-    assert (kept / "config.json").is_file() and list(kept.glob("checkpoint-*.pth"))  # it saved on its way out
+    # it stopped and saved on its way out: epoch 1's checkpoint (then, unless the signal came before that epoch's end
+    # was settled, the state after the one step of epoch 2 it took)
+    assert (kept / "config.json").is_file() and (kept / "checkpoint-epoch1.pth").is_file()
+    assert "Stopped by SIGTERM after global step" in (save / "studies" / "Digits_CNN" / "trial-3.log").read_text()
 
     # --report, without -c: the table of all four, the files written again
     best_config.unlink()
@@ -163,7 +183,7 @@ def test_a_study_runs_reports_continues_and_prunes(tmp_path, capsys):
 def test_a_trial_whose_worker_was_killed_is_retried_by_resuming_its_run(tmp_path, processes, capsys):
     config, space, save = write_inputs(tmp_path, epochs=4)
     command = ["-c", str(config), "--space", str(space), "--trials", "1", "--heartbeat", "1"]
-    # The trial's train.py hangs as it starts writing epoch 2's checkpoint (epoch 1's checkpoint and both epochs'
+    # The trial's train.py waits as it starts writing epoch 2's checkpoint (epoch 1's checkpoint and both epochs'
     # metrics rows written): it is killed there, however fast the machine, before its run could finish.
     env, hanging = hang_at(tmp_path, "checkpoint-epoch2")
     processes.append(first := start_tune(*command, env=env))
