@@ -399,7 +399,8 @@ def default_config(ctx: Context) -> None:
     """1. The shipped config.json as train.py runs it: wall time and final val_accuracy."""
     epochs = ctx.sizes.default_epochs
     seconds = timed(lambda: run_train(ctx, str(ROOT / "config.json"), f"trainer.epochs={epochs}",
-                                      f"trainer.save_dir={ctx.tmp}", "trainer.verbosity=0", run_id="default"), ctx.device)
+                                      f"trainer.save_dir={ctx.tmp}", "trainer.verbosity=0", run_id="default"),
+                    ctx.device)
     rows = read_metrics(ctx.tmp / "log" / "Digits_CNN" / "default")
     accuracy_ = rows[-1]["val_accuracy"]
     print(f"config.json on {ctx.device}: {len(rows)} epoch(s) in {seconds:.1f} s wall time (in this process), "

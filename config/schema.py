@@ -52,8 +52,9 @@ SECTIONS = {
         "type": (str, REQUIRED, "model class: any nn.Module defined in model/model.py (or registered), else a "
                                 "torchvision classification model by name (resnet18, efficientnet_b0, vit_b_16, ...)"),
         "args": (dict, {}, "keyword arguments of the model class"),
-        "weights": ((str, NONE), None, "initial weights of a new run: a .pth/.pt/.safetensors file, a checkpoint or "
-                                       "run directory, or a torchvision weights name (DEFAULT, IMAGENET1K_V1); null = none"),
+        "weights": ((str, NONE), None, "initial weights of a new run: a .pth/.pt/.safetensors file, a checkpoint "
+                                       "or run directory, or a torchvision weights name (DEFAULT, IMAGENET1K_V1); "
+                                       "null = none"),
         "weights_strict": (bool, False, "make any tensor of arch.weights that does not fit the model an error "
                                         "(default: skip it and report it)"),
         "weights_key_map": (dict, {}, "renames of name prefixes applied to arch.weights before loading, "
@@ -66,7 +67,8 @@ SECTIONS = {
     "optimizer": Section({
         "type": (str, REQUIRED, "any torch.optim optimizer, else any pytorch_optimizer optimizer, by class name"),
         "args": (dict, {}, "its keyword arguments (lr, weight_decay, ...)"),
-        "no_decay_bias_norm": (bool, False, "no weight decay on biases, norm weights and other 1-D parameters (a second parameter group)"),
+        "no_decay_bias_norm": (bool, False, "no weight decay on biases, norm weights and other 1-D parameters "
+                                            "(a second parameter group)"),
         "param_groups": (list, [], "parameter groups with their own options: a list of {\"params\": a glob pattern of "
                                    "parameter names or a list of them, \"lr\", \"weight_decay\", ..., \"name\"}; the "
                                    "parameters none names form the first, default group"),
@@ -75,7 +77,8 @@ SECTIONS = {
     "metrics": (list, [], "functions in model/metric.py, then torchmetrics metric classes (exact over the "
                           "epoch); each a name or {type, args, name}"),
     "lr_scheduler": Section({
-        "type": (str, REQUIRED, "any torch.optim.lr_scheduler class, else a pytorch_optimizer scheduler; omit the section for none"),
+        "type": (str, REQUIRED, "any torch.optim.lr_scheduler class, else a pytorch_optimizer scheduler; "
+                                "omit the section for none"),
         "args": (dict, {}, "its keyword arguments (step_size, gamma, ...)"),
         "interval": (str, "epoch", "'epoch' steps the scheduler after each epoch, 'step' after each optimizer step"),
     }, optional=True, meaning="The learning-rate scheduler", rules=lr_scheduler_rules,
