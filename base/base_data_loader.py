@@ -199,6 +199,15 @@ class BaseDataLoader(EpochDataLoader):
         array_source: .npy/.npz/.blosc2 samples); this default says what to do instead."""
         raise UserError(no_inference_source(cls, path))
 
+    @classmethod
+    def preprocessing(cls, args: dict) -> dict | None:
+        """What inference_source does to a file to make a model input, as JSON values (for images: mode, resize,
+        center_crop, scale, mean, std, ...; docs/export.md#what-an-exported-file-carries), for a run whose
+        data_loader.args are args. export.py writes it into the exported files, so that a serving script prepares
+        inputs without this project. None (this default): the loader does not say; ValueError: the run's settings
+        make steps a description cannot hold (the message says which)."""
+        return None
+
 
 def no_inference_source(loader_class: type, path: str) -> str:
     """What a data loader without its own inference_source says when given --input path."""

@@ -18,6 +18,9 @@ from utils.errors import UserError
 SUFFIXES = (".npy", ".npz", ".blosc2")
 ONE_ARRAY = (".npy", ".blosc2")
 # What numpy and blosc2 raise for a file they cannot decode (a missing npz key is checked before).
+# What inference_source does to an array file's samples, for export.py's files (BaseDataLoader.preprocessing): none
+# but the conversion to float32; each sample is one model input, as the model takes it.
+ARRAY_INPUTS = {"input": "array", "dtype": "float32"}
 _READ_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, RuntimeError, zipfile.BadZipFile)
 
 
@@ -111,6 +114,10 @@ class ArrayDataLoader(BaseDataLoader):
         """A .npy/.npz/.blosc2 file read as this loader reads data_file (a .npz's array inputs_key, its targets_key
         array as the labels), its samples float32 as the loader serves them; other files are refused."""
         return arrays_only(cls, path, args.get("inputs_key") or "x", args.get("targets_key", "y"))
+
+    @classmethod
+    def preprocessing(cls, args: dict) -> dict:
+        return dict(ARRAY_INPUTS)
 
 
 # ---- arrays as new inputs (predict.py, export.py) ----

@@ -5,16 +5,17 @@ import copy
 import functools
 import os
 import pickle
+from typing import Callable
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from base.base_data_loader import BaseDataLoader, InferenceSource
-from data_loader.arrays import ArrayDataLoader, arrays_only
+from data_loader.arrays import ARRAY_INPUTS, ArrayDataLoader, arrays_only
 from data_loader.datasets import (ImageFileDataset, collate_images, image_reader, in_memory_images,
                                   read_annotations, test_source)
 from data_loader.inputs import image_files_source, read_pixels, with_defaults
-from data_loader.transforms import image_pipeline, normalisation, transform_problems
+from data_loader.transforms import describe_pipeline, image_pipeline, normalisation, transform_problems
 from logger import get_logger
 from utils.errors import UserError
 
@@ -60,6 +61,10 @@ class DigitsDataLoader(BaseDataLoader):
         """Arrays only (.npy/.npz/.blosc2): 1 x 8 x 8 samples scaled as the loader serves them."""
         return arrays_only(cls, path)
 
+    @classmethod
+    def preprocessing(cls, args: dict) -> dict:
+        return dict(ARRAY_INPUTS)
+
 
 class _TakesTransforms:
     """Loaders whose args list torchvision transforms: config validation checks them with every other problem."""
@@ -67,6 +72,16 @@ class _TakesTransforms:
     @classmethod
     def config_problems(cls, args: dict, path: str) -> list[str]:
         return transform_problems(args, path)
+
+    @classmethod
+    def preprocessing(cls, args: dict) -> dict:
+        """inference_source's steps: an image file read in the loader's mode, through eval_transforms, scaled to
+        float and normalised (its class's _eval_pipeline, which inference_source uses too)."""
+        mode, transform = cls._eval_pipeline(args)
+        try:
+            return describe_pipeline(transform, mode)
+        except ValueError as e:
+            raise ValueError(f"data_loader.args.eval_transforms: {e}") from None
 
 
 class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
@@ -118,12 +133,17 @@ class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
         family, RGB for CIFAR), through eval_transforms and the normalisation its test samples get (so an image must
         have the dataset's size unless eval_transforms resize); arrays as model inputs. The class names are the
         dataset's (CIFAR's from its meta file under data_dir: unknown without it)."""
+        mode, transform = cls._eval_pipeline(args)
+        return image_files_source(path, functools.partial(read_pixels, mode=mode), transform,
+                                  cls._class_names(with_defaults(cls, args).get("data_dir") or ""))
+
+    @classmethod
+    def _eval_pipeline(cls, args: dict) -> tuple[str, Callable]:
+        """(the mode new image files are read in, the transform their pixels go through), from the run's args."""
         args = with_defaults(cls, args)
         mean, std = cls._statistics(args["mean"], args["std"])
-        transform = image_pipeline(args["eval_transforms"], mean, std, "data_loader.args.eval_transforms")
         mode = "L" if len(cls.stats[0]) == 1 else "RGB"
-        return image_files_source(path, functools.partial(read_pixels, mode=mode), transform,
-                                  cls._class_names(args.get("data_dir") or ""))
+        return mode, image_pipeline(args["eval_transforms"], mean, std, "data_loader.args.eval_transforms")
 
     @classmethod
     def _class_names(cls, data_dir: str) -> list[str] | None:
@@ -237,11 +257,16 @@ class _ImageFilesDataLoader(_TakesTransforms, BaseDataLoader):
         """Image files read in the loader's mode through eval_transforms, mean and std, as its test samples are;
         arrays as model inputs. A CSV's file names are relative to its own folder (ImageCsvDataLoader: to img_dir
         first)."""
+        mode, transform = cls._eval_pipeline(args)
+        return image_files_source(path, image_reader(mode), transform, args.get("classes"),
+                                  csv_dirs=cls._csv_dirs(args))
+
+    @classmethod
+    def _eval_pipeline(cls, args: dict) -> tuple[str, Callable]:
+        """(the mode new image files are read in, the transform they go through), from the run's args."""
         args = with_defaults(cls, args)
         mean, std = cls._statistics(args["mode"], args["mean"], args["std"])
-        transform = image_pipeline(args["eval_transforms"], mean, std, "data_loader.args.eval_transforms")
-        return image_files_source(path, image_reader(args["mode"]), transform, args.get("classes"),
-                                  csv_dirs=cls._csv_dirs(args))
+        return args["mode"], image_pipeline(args["eval_transforms"], mean, std, "data_loader.args.eval_transforms")
 
     @classmethod
     def _csv_dirs(cls, args: dict) -> list[str]:

@@ -117,3 +117,43 @@ def normalisation(mean: Sequence[float] | None, std: Sequence[float] | None, def
             raise UserError(f"{path}.std: every value must be positive, got {given!r}")
         values.append([float(v) for v in value])
     return values[0], values[1]
+
+
+
+def describe_pipeline(pipeline, mode: str) -> dict:
+    """What image_pipeline's pipeline does to an image read in mode, as JSON values a serving script can follow
+    without torchvision (docs/export.md): {"input": "image", "mode", "resize" (the shorter side, or [height, width])
+    with "interpolation" when it resizes, "center_crop" ([height, width]) when it crops, "dtype", "scale" (the
+    pixels' factor to float), "mean", "std", "layout"}, applied in that order. A transform outside these, or in
+    another order, raises ValueError saying which (the pipeline cannot be written as these steps)."""
+    from torchvision.transforms import v2
+
+    described = {"input": "image", "mode": mode}
+    done: list[str] = []
+    for t in pipeline.transforms:
+        name = type(t).__name__
+        if isinstance(t, (v2.ToImage, v2.ToPureTensor)):
+            continue
+        if name in done or isinstance(t, v2.Resize) and "CenterCrop" in done:
+            where = f"a second {name}" if name in done else "Resize after CenterCrop"
+            raise ValueError(f"{where}: a description holds one resize, then one center crop")
+        done.append(name)
+        if isinstance(t, v2.Resize) and t.max_size is None and t.antialias is not False:
+            described["resize"] = t.size[0] if len(t.size) == 1 else list(t.size)
+            described["interpolation"] = str(getattr(t.interpolation, "value", t.interpolation))
+        elif isinstance(t, v2.CenterCrop):
+            described["center_crop"] = list(t.size)
+        elif isinstance(t, v2.ToDtype) and t.dtype is torch.float32:
+            described["scale"] = 1 / 255 if t.scale else 1.0
+        elif isinstance(t, v2.Normalize):
+            described.update(dtype="float32", mean=list(t.mean), std=list(t.std), layout="NCHW")
+        else:
+            raise ValueError(f"{name}({_show(_arguments(t))}) is not one of the steps a description holds (Resize "
+                             "without max_size, CenterCrop, ToDtype float32, Normalize)")
+    return described
+
+
+def _arguments(transform) -> dict:
+    """A transform's arguments as its constructor named them (those it keeps under the same name)."""
+    names = inspect.signature(type(transform)).parameters
+    return {name: getattr(transform, name) for name in names if hasattr(transform, name)}

@@ -283,3 +283,60 @@ def test_array_files_through_the_loaders_inference_source(tmp_path):
         source = loader.inference_source(str(tmp_path / "x.npy"), args)  # model inputs as they are, for every loader
         assert torch.equal(served(source), torch.from_numpy(x).float()) and source.labels is None
     assert source.classes == ["p", "q"]
+
+
+# ---- preprocessing: inference_source's steps described for exported files (docs/export.md) ----
+
+def follow(description: dict, path) -> np.ndarray:
+    """An image file prepared by a description's steps with Pillow and NumPy alone, as a serving script does."""
+    image = Image.open(path).convert(description["mode"])
+    if "resize" in description:
+        height, width = description["resize"]
+        image = image.resize((width, height), Image.BILINEAR)
+    if "center_crop" in description:
+        height, width = description["center_crop"]
+        left, top = round((image.width - width) / 2), round((image.height - height) / 2)
+        image = image.crop((left, top, left + width, top + height))
+    x = np.asarray(image, dtype=np.float32).reshape(image.height, image.width, -1) * np.float32(description["scale"])
+    return ((x - np.float32(description["mean"])) / np.float32(description["std"])).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("cls, args", [
+    (ImageFolderDataLoader, {"eval_transforms": [{"type": "Resize", "args": {"size": [9, 7]}},
+                                                 {"type": "CenterCrop", "args": {"size": [6, 5]}}]}),
+    (ImageCsvDataLoader, {"mode": "L", "mean": [0.5], "std": [0.25],
+                          "eval_transforms": [{"type": "Resize", "args": {"size": [12, 12]}}]}),
+    (MnistDataLoader, {"eval_transforms": [{"type": "Resize", "args": {"size": [28, 28]}}]}),
+])
+def test_an_image_loaders_description_is_its_inference_pipeline_step_by_step(tmp_path, cls, args):
+    write_image(tmp_path / "new" / "0.png", size=(15, 11), seed=3)
+    described = cls.preprocessing(args)
+    assert described["input"] == "image" and described["layout"] == "NCHW" and described["dtype"] == "float32"
+    expected = served(cls.inference_source(str(tmp_path / "new"), args))[0]
+    # within the rounding of one pixel step: torchvision resizes uint8 tensors, Pillow its images
+    np.testing.assert_allclose(follow(described, tmp_path / "new" / "0.png"), expected.numpy(), atol=1.5 / 255 / 0.2)
+
+
+def test_image_loaders_describe_their_mode_size_and_statistics_and_arrays_their_dtype():
+    assert ImageFolderDataLoader.preprocessing({"eval_transforms": CROP}) == {
+        "input": "image", "mode": "RGB", "resize": 10, "interpolation": "bilinear", "center_crop": [8, 8],
+        "scale": 1 / 255, "dtype": "float32", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "layout": "NCHW"}
+    assert MnistDataLoader.preprocessing({}) == {"input": "image", "mode": "L", "scale": 1 / 255, "dtype": "float32",
+                                                 "mean": [0.1307], "std": [0.3081], "layout": "NCHW"}
+    assert Cifar10DataLoader.preprocessing({"mean": [0.5] * 3})["mean"] == [0.5] * 3
+    assert ArrayDataLoader.preprocessing({}) == DigitsDataLoader.preprocessing({}) == {"input": "array",
+                                                                                       "dtype": "float32"}
+    assert BaseDataLoader.preprocessing({}) is None  # a loader that does not say
+
+
+@pytest.mark.parametrize("eval_transforms, says", [
+    (["Grayscale"], r"eval_transforms: Grayscale\(num_output_channels=1\) is not one of the steps a description holds"),
+    ([{"type": "Resize", "args": {"size": 8, "max_size": 9}}], r"Resize\(size=\[8\], .*max_size=9"),
+    ([{"type": "CenterCrop", "args": {"size": 8}}, {"type": "Resize", "args": {"size": 8}}],
+     "Resize after CenterCrop: a description holds one resize, then one center crop"),
+    ([{"type": "Resize", "args": {"size": 8}}, {"type": "Resize", "args": {"size": 6}}], "a second Resize"),
+])
+def test_eval_transforms_a_description_cannot_hold_are_named(eval_transforms, says):
+    with pytest.raises(ValueError, match=says):
+        ImageFolderDataLoader.preprocessing({"eval_transforms": eval_transforms})
