@@ -365,4 +365,9 @@ class Checkpointer:
 def inference_weights(checkpoint: dict) -> dict:
     """The weights to evaluate, predict or start a new run with: the averaged ones when the run kept an average
     (trainer.ema), else the model's."""
-    return checkpoint[EMA][MODEL] if isinstance(checkpoint.get(EMA), dict) else checkpoint[MODEL]
+    return checkpoint[EMA][MODEL] if averaged(checkpoint) else checkpoint[MODEL]
+
+
+def averaged(checkpoint: dict) -> bool:
+    """Whether the run kept an average of its weights (trainer.ema), which inference_weights then gives."""
+    return isinstance(checkpoint.get(EMA), dict)
