@@ -1,25 +1,32 @@
 """Export a trained model for serving and check it against PyTorch:
-python export.py -r CHECKPOINT --format onnx|pt2 [--out FILE] [--dynamic-batch] [--input PATH]."""
+python export.py -r CHECKPOINT --format onnx|pt2|safetensors [--out FILE] [--dynamic-batch] [--input PATH].
+Every file carries the run's preprocessing and class names in its metadata (run/artifact.py)."""
 from __future__ import annotations
 
 import argparse
 
 from utils.cli import select_devices
 
-FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2"}  # written beside the checkpoint unless --out says
+# written beside the checkpoint unless --out says
+FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "safetensors": "model.safetensors"}
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # requirements-export.txt
 INSTALL = "pip install -r requirements-export.txt"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Export a checkpoint's model to ONNX or a torch.export program "
-                                                 "and check the file's outputs against PyTorch's.")
+    parser = argparse.ArgumentParser(description="Export a checkpoint's model to ONNX, a torch.export program or its "
+                                                 "weights alone (safetensors), with the run's preprocessing and class "
+                                                 "names in the file's metadata, and check the file's outputs against "
+                                                 "PyTorch's.")
     parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
     parser.add_argument("--format", required=True, choices=sorted(FILE_NAMES),
-                        help="onnx (the dynamo-based exporter; run it with onnxruntime) or pt2 (torch.export.save)")
-    parser.add_argument("--out", help="the file to write (default: model.onnx or model.pt2 beside the checkpoint)")
+                        help="onnx (the dynamo-based exporter; run it with onnxruntime), pt2 (torch.export.save) or "
+                             "safetensors (the weights to predict with, the EMA average where the run kept one)")
+    parser.add_argument("--out", help="the file to write (default: model.onnx, model.pt2 or model.safetensors beside "
+                                      "the checkpoint)")
     parser.add_argument("--dynamic-batch", action="store_true",
-                        help="any batch size (default: the example's batch size is fixed in the file)")
+                        help="any batch size (default: the example's batch size is fixed in the file; not for "
+                             "safetensors, which holds weights only)")
     parser.add_argument("-d", "--device", help="GPU index to export on, e.g. 0 (sets CUDA_VISIBLE_DEVICES), or cpu")
     parser.add_argument("--tolerance", type=float,
                         help="the largest absolute difference from PyTorch that verifies (default 1e-4; 1e-2 for "
@@ -39,6 +46,7 @@ if __name__ == "__main__":
     select_devices(build_parser().parse_args().device)
 
 import contextlib  # noqa: E402  (the imports that must wait for the lines above)
+import copy  # noqa: E402
 import importlib  # noqa: E402
 import io  # noqa: E402
 import logging  # noqa: E402
@@ -53,7 +61,7 @@ from torch.utils import _pytree as pytree  # noqa: E402
 
 from logger import get_logger, setup_logging  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
-from run import build_data, choose_device, first_inputs, open_inputs, trained_model  # noqa: E402
+from run import artifact_metadata, build_data, choose_device, first_inputs, open_inputs, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.checkpoint import find_checkpoint  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
@@ -80,23 +88,31 @@ def main(argv: list[str] | None = None) -> dict:
     path, checkpoint = find_checkpoint(args.resume)
     device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     config, model = trained_model(checkpoint, device)
-    samples = to_device(example_inputs(config, args.batch_size + 1, args.input), device)  # one more: the other size
+    samples, classes = example_inputs(config, args.batch_size + 1, args.input)  # one more: the other batch size
+    samples = to_device(samples, device)
     batches = [samples[:args.batch_size]] + ([samples] if args.dynamic_batch else [])
     out = Path(args.out) if args.out else path.with_name(FILE_NAMES[args.format])
-    notes = export_model(model, batches[0], args.format, out, dynamic_batch=args.dynamic_batch, opset=args.opset)
-    print(f"Exported {path} to {out} ({args.format}, {_size(out)}; input {_shape(batches[0])}, "
-          f"{'any batch size' if args.dynamic_batch else f'batch size fixed at {args.batch_size}'}){notes}")
+    metadata, held = artifact_metadata(config, checkpoint, path, classes, samples.shape[1:])
+    notes = export_model(model, batches[0], args.format, out, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                         metadata=metadata)
+    batch = ("any batch size" if args.dynamic_batch else "the weights alone" if args.format == "safetensors"
+             else f"batch size fixed at {args.batch_size}")
+    print(f"Exported {path} to {out} ({args.format}, {_size(out)}; input {_shape(batches[0])}, {batch}){notes}")
+    print(held)
     differences = verify(model, out, args.format, batches, args.tolerance)
     return {"file": str(out), "format": args.format, "checkpoint": str(path), "dynamic_batch": args.dynamic_batch,
-            "differences": differences}
+            "differences": differences, "metadata": metadata}
 
 
 def check_args(args: argparse.Namespace) -> None:
     problems = []
     if args.batch_size < 1:
         problems.append(f"--batch-size must be 1 or more, got {args.batch_size}")
-    elif args.dynamic_batch and args.batch_size < 2:
+    elif args.dynamic_batch and args.batch_size < 2 and args.format != "safetensors":
         problems.append("--dynamic-batch needs --batch-size 2 or more: torch.export takes a batch of 1 as fixed")
+    if args.dynamic_batch and args.format == "safetensors":
+        problems.append("--dynamic-batch applies to --format onnx and pt2: a .safetensors file holds weights, which "
+                        "take any batch size")
     if args.tolerance is not None and not args.tolerance >= 0:
         problems.append(f"--tolerance must be 0 or more, got {args.tolerance}")
     if args.opset is not None and args.format != "onnx":
@@ -117,12 +133,13 @@ def require_onnx() -> None:
         raise UserError(f"--format onnx needs {', '.join(missing)}, not installed here: {INSTALL}")
 
 
-def example_inputs(config: ConfigParser, n: int, given: str | None = None) -> torch.Tensor:
-    """The first n inputs of what given names, opened as predict.py opens its --input; without it, of the run's test
-    split (of its training data when it has none), built as test.py builds it. Samples are repeated when there are
-    fewer."""
+def example_inputs(config: ConfigParser, n: int, given: str | None = None) -> tuple[torch.Tensor, list[str] | None]:
+    """(the first n inputs of what given names, opened as predict.py opens its --input; without it, of the run's test
+    split (of its training data when it has none), built as test.py builds it; the class names predict.py would
+    write for them, or None). Samples are repeated when there are fewer."""
     if given is not None:
-        return first_inputs(open_inputs(config, given, batch_size=n), n)
+        inputs = open_inputs(config, given, batch_size=n)
+        return first_inputs(inputs, n), inputs.classes
     try:
         loader, _ = build_data(config, False, SINGLE)
     except UserError as e:
@@ -138,25 +155,35 @@ def example_inputs(config: ConfigParser, n: int, given: str | None = None) -> to
                         f"{type(data).__name__}")
     if len(data) < n:
         data = data.repeat(math.ceil(n / len(data)), *[1] * (data.dim() - 1))
-    return data[:n]
+    names = config["data_loader"]["args"].get("classes") or getattr(loader, "classes", None)
+    return data[:n], None if names is None else [str(name) for name in names]
 
 
 def export_model(model: torch.nn.Module, x: torch.Tensor, fmt: str, out: Path, *, dynamic_batch: bool = False,
-                 opset: int | None = None) -> str:
-    """Write model, traced on the example batch x, to out as ONNX or a torch.export program; returns a note for
-    the report ('' or where the weights went). A model the exporter cannot trace is a UserError with its reason."""
+                 opset: int | None = None, metadata: dict[str, str] | None = None) -> str:
+    """Write model, traced on the example batch x, to out as ONNX or a torch.export program, or its weights to a
+    safetensors file, with metadata (ONNX metadata_props, torch.export extra files, safetensors metadata); returns a
+    note for the report ('' or where the weights went). A model the exporter cannot trace is a UserError with its
+    reason."""
     # Dim.DYNAMIC, not a named Dim: torch 2.11 refuses a named Dim's range (from 0) for a batch dimension that the
     # traced code takes as 2 or more, while DYNAMIC lets export narrow the range (the files still run a batch of 1)
     dynamic_shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch else None
     external = fmt == "onnx" and weight_bytes(model) > EXTERNAL_DATA_BYTES
+    metadata = metadata or {}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "safetensors":
+            save_weights(model, out, metadata)
+            return ""
         with torch.no_grad(), quiet():
             if fmt == "onnx":
-                torch.onnx.export(model, (x,), out, dynamo=True, external_data=external, dynamic_shapes=dynamic_shapes,
-                                  opset_version=opset, verbose=False)
+                program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic_shapes,
+                                            opset_version=opset, verbose=False)
+                program.model.metadata_props.update(metadata)
+                program.save(out, external_data=external)
             else:
-                torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes), out)
+                torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes), out,
+                                  extra_files=metadata)
     except OSError as e:
         raise UserError(f"--out {out}: cannot write the file: {e.strerror or e}") from None
     except Exception as e:  # whatever tracing the user's model raises: this exporter cannot take the model
@@ -165,6 +192,16 @@ def export_model(model: torch.nn.Module, x: torch.Tensor, fmt: str, out: Path, *
         return (f"; its weights ({weight_bytes(model) / 1e9:.1f} GB) are over what one ONNX file holds (2 GB): they "
                 f"are in {out.name}.data beside it, keep the two together")
     return ""
+
+
+def save_weights(model: torch.nn.Module, out: Path, metadata: dict[str, str]) -> None:
+    """The model's weights (the inference weights trained_model loaded) to a safetensors file, on the CPU, each
+    tensor its own copy (safetensors refuses tensors that share memory, as tied weights do)."""
+    from safetensors.torch import save_file
+
+    state = {name: t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+             for name, t in model.state_dict().items()}
+    save_file(state, str(out), metadata=metadata)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -218,7 +255,8 @@ def verify(model: torch.nn.Module, out: Path, fmt: str, batches: list[torch.Tens
            tolerance: float | None = None) -> dict[int, float]:
     """Run the exported file (onnxruntime on the CPU, or torch.export.load) and PyTorch on each batch and compare
     every output tensor; returns {batch size: largest absolute difference}. Above the tolerance: a UserError."""
-    run, runner = onnx_runner(out) if fmt == "onnx" else pt2_runner(out)
+    run, runner = (onnx_runner(out) if fmt == "onnx" else pt2_runner(out) if fmt == "pt2"
+                   else weights_runner(model, out))
     differences, half = {}, False
     for x in batches:
         with torch.no_grad(), exact_float32():
@@ -253,6 +291,15 @@ def onnx_runner(out: Path) -> tuple[str, Callable[[torch.Tensor], list[torch.Ten
 def pt2_runner(out: Path) -> tuple[str, Callable[[torch.Tensor], list[torch.Tensor]]]:
     program = torch.export.load(out).module()
     return "torch.export.load", lambda x: tensors(program(x))
+
+
+def weights_runner(model: torch.nn.Module, out: Path) -> tuple[str, Callable[[torch.Tensor], list[torch.Tensor]]]:
+    """A copy of the model with every weight loaded from the file (strict: each one the model has, and no other)."""
+    from safetensors.torch import load_file
+
+    loaded = copy.deepcopy(model)
+    loaded.load_state_dict(load_file(str(out)))  # copied onto the model's device
+    return "the model loading the file (load_state_dict, strict)", lambda x: tensors(loaded(x))
 
 
 def tensors(output) -> list[torch.Tensor]:

@@ -1,8 +1,10 @@
-"""export.py end to end: the shipped models trained tiny, exported to ONNX and to torch.export programs through
-export.main, checked by export.py's own verification and again here with onnxruntime and torch.export.load; a
-model the exporter cannot take, missing ONNX packages, a file that does not verify, large weights as external data,
---input (the example batch from files, read as predict.py reads them, on a machine without the run's data), and the
-onnxruntime example of docs/export.md run as it is written."""
+"""export.py end to end: the shipped models trained tiny, exported to ONNX, to torch.export programs and to
+safetensors weights through export.main, checked by export.py's own verification and again here with onnxruntime,
+torch.export.load and safetensors, each file's metadata (preprocessing, class names, arch) read back as a serving
+user reads it; the EMA average as the safetensors weights; a model the exporter cannot take, missing ONNX packages, a
+file that does not verify, large weights as external data, --input (the example batch from files, read as predict.py
+reads them, on a machine without the run's data), and the onnxruntime example of docs/export.md run as it is
+written."""
 from __future__ import annotations
 
 import json
@@ -15,17 +17,20 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 import export
 import train
-from run import trained_model
+from run import build_model, trained_model
 from conftest import ROOT, tiny_config
 from data_loader.data_loaders import ImageFolderDataLoader
 from fake_data import write_cifar, write_image, write_image_folder, write_mnist
 from utils.checkpoint import find_checkpoint
 from utils.errors import UserError, run_cli
 from utils.registry import ARCHS
+from utils.weights import load_weights, read_weights
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -67,7 +72,8 @@ def resnet18(tmp: Path) -> Path:
                   "data_loader.args.batch_size=8")
 
 
-RUNS = {"digits": digits, "mnist": mnist, "image_folder": image_folder, "resnet18": resnet18}
+RUNS = {"digits": digits, "mnist": mnist, "image_folder": image_folder, "resnet18": resnet18,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +86,30 @@ def runs(tmp_path_factory):
             made[kind] = RUNS[kind](tmp_path_factory.mktemp(kind))
         return made[kind]
     return run
+
+
+def file_metadata(path: Path, fmt: str) -> dict[str, str]:
+    """The metadata an exported file carries, read as a serving user reads it (docs/export.md), apart from export.py."""
+    if fmt == "onnx":
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta() \
+            .custom_metadata_map
+    if fmt == "safetensors":
+        with safe_open(str(path), "np") as f:
+            return f.metadata()
+    extra = {"preprocessing": ""}
+    torch.export.load(path, extra_files=extra)  # fills in every extra file the archive holds
+    return extra
+
+
+IMAGE = {"input": "image", "scale": 1 / 255, "dtype": "float32", "layout": "NCHW"}
+PREPROCESSING = {  # what each run's loader says of its inputs
+    "digits": {"input": "array", "dtype": "float32"},
+    "mnist": {**IMAGE, "mode": "L", "mean": [0.1307], "std": [0.3081]},
+    "image_folder": {**IMAGE, "mode": "RGB", "resize": 72, "interpolation": "bilinear", "center_crop": [64, 64],
+                     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "resnet18": {**IMAGE, "mode": "RGB", "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]},
+}
+CLASSES = {"digits": None, "mnist": 10, "image_folder": ["a", "b", "c"], "resnet18": 10}
 
 
 def batch_dimension(path: Path, fmt: str, shape: tuple[int, ...]) -> str | int:
@@ -103,6 +133,7 @@ CASES = [  # (run, format, --dynamic-batch)
     pytest.param("mnist", "onnx", True, marks=SLOW), pytest.param("mnist", "pt2", False),
     pytest.param("image_folder", "onnx", False, marks=SLOW), pytest.param("image_folder", "pt2", True, marks=SLOW),
     pytest.param("resnet18", "onnx", True, marks=SLOW), pytest.param("resnet18", "pt2", False, marks=SLOW),
+    pytest.param("digits", "safetensors", False), pytest.param("image_folder", "safetensors", False, marks=SLOW),
 ]
 
 
@@ -122,8 +153,18 @@ def test_a_shipped_model_exports_and_verifies(runs, kind, fmt, dynamic, capsys):
 
     _, checkpoint = find_checkpoint(run)
     config, _ = trained_model(checkpoint, torch.device("cpu"))
-    shape = tuple(export.example_inputs(config, 2).shape)
-    assert batch_dimension(path, fmt, shape) == ("dynamic" if dynamic else 2)
+    x, _ = export.example_inputs(config, 2)
+    metadata = file_metadata(path, fmt)
+    assert metadata == results["metadata"]
+    assert json.loads(metadata["preprocessing"]) == pytest.approx(PREPROCESSING[kind])
+    classes = json.loads(metadata.get("classes", "null"))
+    assert classes == CLASSES[kind] or len(classes) == CLASSES[kind]
+    assert json.loads(metadata["arch"]) == {"type": config["arch"]["type"], "args": config["arch"]["args"]}
+    assert json.loads(metadata["input_shape"]) == list(x.shape[1:]) and metadata["weights"] == "model"
+    assert metadata["format_version"] == "1" and metadata["epoch"] == "1"
+    assert "Its metadata: preprocessing (" in out and "weights: the model's (the run kept no EMA)" in out
+    if fmt != "safetensors":
+        assert batch_dimension(path, fmt, tuple(x.shape)) == ("dynamic" if dynamic else 2)
 
 
 def test_the_example_batch_of_an_input_is_its_first_inputs_read_as_predict_reads_them(runs, tmp_path, capsys):
@@ -131,8 +172,8 @@ def test_the_example_batch_of_an_input_is_its_first_inputs_read_as_predict_reads
     config, _ = trained_model(checkpoint, torch.device("cpu"))
     x = np.arange(3 * 64, dtype=np.uint8).reshape(3, 1, 8, 8)
     np.save(tmp_path / "x.npy", x)
-    assert torch.equal(export.example_inputs(config, 2, str(tmp_path / "x.npy")), torch.from_numpy(x[:2]).float())
-    assert torch.equal(export.example_inputs(config, 4, str(tmp_path / "x.npy")),
+    assert torch.equal(export.example_inputs(config, 2, str(tmp_path / "x.npy"))[0], torch.from_numpy(x[:2]).float())
+    assert torch.equal(export.example_inputs(config, 4, str(tmp_path / "x.npy"))[0],
                        torch.from_numpy(x[[0, 1, 2, 0]]).float())  # repeated when there are fewer
     (tmp_path / "pictures").mkdir()
     argv = ["-r", str(runs("digits")), "--format", "pt2", "--out", str(tmp_path / "m.pt2")]
@@ -162,7 +203,8 @@ def test_input_takes_the_example_batch_from_files_on_a_machine_without_the_runs_
     assert results["differences"][2] < 1e-4 and "No test split" not in out and "Skipping" in out
 
     config, _ = trained_model(checkpoint, torch.device("cpu"))
-    example = export.example_inputs(config, 3, str(tmp_path / "new"))
+    example, classes = export.example_inputs(config, 3, str(tmp_path / "new"))
+    assert classes == ["a", "b", "c"]  # the run's, from its checkpoint's config
     source = ImageFolderDataLoader.inference_source(str(tmp_path / "new"), args)
     (batch,) = source.batches(8, 0)
     assert batch.indices == [1, 2] and torch.equal(example, batch.inputs[[0, 1, 0]])  # read ones, repeated to 3
@@ -227,7 +269,7 @@ def test_without_the_onnx_packages_onnx_says_what_to_install_and_pt2_still_works
 def test_a_file_that_does_not_match_pytorch_fails_and_stays(runs, tmp_path):
     _, checkpoint = find_checkpoint(runs("digits"))
     config, model = trained_model(checkpoint, torch.device("cpu"))
-    x = export.example_inputs(config, 2)
+    x, _ = export.example_inputs(config, 2)
     export.export_model(model, x, "pt2", tmp_path / "model.pt2")
     with torch.no_grad():
         model.features[0].bias += 0.5  # the model has changed since the export
@@ -273,3 +315,30 @@ def test_the_onnxruntime_example_of_docs_export_runs_on_an_exported_file(runs, t
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"\[\d\]\n", result.stdout)  # one predicted digit
+
+
+def test_safetensors_holds_the_ema_average_that_loads_back_strict_and_starts_a_new_run(runs, tmp_path, capsys):
+    _, checkpoint = find_checkpoint(runs("digits"))
+    average = {k: t + 0.5 if t.is_floating_point() else t for k, t in checkpoint["state_dict"].items()}
+    checkpoint["ema"] = {"state_dict": average, "updates": 10}  # as a run with trainer.ema writes it
+    torch.save(checkpoint, tmp_path / "ema.pth")
+    run = tmp_path / "ema.pth"
+    results = export.main(["-r", str(run), "--format", "safetensors", "--out", str(tmp_path / "w.safetensors")])
+    assert "weights: the EMA average (trainer.ema)" in capsys.readouterr().out
+    weights = load_file(str(tmp_path / "w.safetensors"))
+    average, raw = checkpoint["ema"]["state_dict"], checkpoint["state_dict"]
+    assert weights.keys() == average.keys() == raw.keys()
+    assert all(torch.equal(weights[k], average[k]) for k in weights)  # the average, not the trained weights
+    assert not all(torch.equal(weights[k], raw[k]) for k in weights)
+    assert file_metadata(tmp_path / "w.safetensors", "safetensors") == results["metadata"]
+    assert results["metadata"]["weights"] == "ema"
+
+    config, _ = trained_model(checkpoint, torch.device("cpu"))
+    build_model(config).load_state_dict(weights, strict=True)
+    state, source = read_weights(tmp_path / "w.safetensors", config["arch"]["type"])  # arch.weights, --init-from
+    model = build_model(config)
+    load_weights(model, state, source, strict=True)
+    assert all(torch.equal(t, average[k]) for k, t in model.state_dict().items())
+    assert run_cli(export.main, ["-r", str(run), "--format", "safetensors", "--dynamic-batch"]) == 2
+    assert "--dynamic-batch applies to --format onnx and pt2" in capsys.readouterr().err
+
