@@ -212,11 +212,13 @@ def test_the_walkthrough_trains_tests_predicts_and_exports_as_the_readme_says(a_
     scores = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 64, 64), np.float32)})[0]
     assert scores.shape == (1, len(CLASSES))  # --dynamic-batch: a batch of one works
 
-    # docs/export.md's script prepares the new images without this project and predicts what predict.py did.
+    # docs/export.md's script prepares the new images from the file's metadata alone and predicts what predict.py did.
     example = re.search(r"<!-- image example[^>]*-->\n```python\n(.*?)```", (DOCS / "export.md").read_text(), re.S)
-    done = subprocess.run([sys.executable, "-c", example.group(1)], capture_output=True, text=True, timeout=120)
+    new = [f"data/pets/new/{row['file']}" for row in rows]
+    done = subprocess.run([sys.executable, "-c", example.group(1), str(run / "model.onnx"), *new],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     printed = [line.split() for line in done.stdout.splitlines()]
-    assert [name for name, _, _ in printed] == [row["file"] for row in rows]
+    assert [name for name, _, _ in printed] == new
     assert [cls for _, cls, _ in printed] == [row["class"] for row in rows]
     assert [float(p) for _, _, p in printed] == pytest.approx([float(row["probability"]) for row in rows], abs=1e-4)

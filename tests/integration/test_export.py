@@ -3,8 +3,8 @@ safetensors weights through export.main, checked by export.py's own verification
 torch.export.load and safetensors, each file's metadata (preprocessing, class names, arch) read back as a serving
 user reads it; the EMA average as the safetensors weights; a model the exporter cannot take, missing ONNX packages, a
 file that does not verify, large weights as external data, --input (the example batch from files, read as predict.py
-reads them, on a machine without the run's data), and the onnxruntime example of docs/export.md run as it is
-written."""
+reads them, on a machine without the run's data), and the examples of docs/export.md run as they are written, the
+image script against predict.py."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import export
+import predict
 import train
 from run import build_model, trained_model
 from conftest import ROOT, tiny_config
@@ -72,8 +73,19 @@ def resnet18(tmp: Path) -> Path:
                   "data_loader.args.batch_size=8")
 
 
+def grey_folder(tmp: Path) -> Path:
+    """configs/image_folder.json's loader in grey (mode L) with a [height, width] Resize and no crop, a small CNN."""
+    write_image_folder(tmp / "train", {"a": 5, "b": 5}, size=(20, 16))
+    resize = json.dumps([{"type": "Resize", "args": {"size": [20, 18]}}])
+    return _train(ROOT / "configs/image_folder.json", tmp / "saved", f"data_loader.args.data_dir={tmp / 'train'}",
+                  "data_loader.args.test_dir=null", "data_loader.args.num_workers=0", "data_loader.args.batch_size=4",
+                  "+data_loader.args.mode=L", f"data_loader.args.transforms={resize}",
+                  f"data_loader.args.eval_transforms={resize}", "arch.args.input=1", "arch.args.num_classes=2",
+                  "arch.args.blocks=(cnf8 m) d", "metrics=[\"accuracy\"]", "lr_scheduler=null")
+
+
 RUNS = {"digits": digits, "mnist": mnist, "image_folder": image_folder, "resnet18": resnet18,
-    }
+        "grey_folder": grey_folder}
 
 
 @pytest.fixture(scope="module")
@@ -342,3 +354,45 @@ def test_safetensors_holds_the_ema_average_that_loads_back_strict_and_starts_a_n
     assert run_cli(export.main, ["-r", str(run), "--format", "safetensors", "--dynamic-batch"]) == 2
     assert "--dynamic-batch applies to --format onnx and pt2" in capsys.readouterr().err
 
+
+IMAGE_SCRIPT = re.compile(r"<!-- image example[^>]*-->\n```python\n(.*?)```", re.S)
+
+
+@SLOW
+def test_the_docs_image_script_prepares_a_users_file_from_the_onnx_metadata_as_predict_does(runs, tmp_path):
+    """A grey run resized to [height, width]: docs/export.md's script, with the ONNX file alone, agrees with
+    predict.py on the user's own image files; the safetensors file carries the same metadata, and its weights with
+    its arch give predict.py's probabilities."""
+    run = runs("grey_folder")
+    export.main(["-r", str(run), "--format", "onnx", "--dynamic-batch"])
+    export.main(["-r", str(run), "--format", "safetensors"])
+    metadata = file_metadata(run / "model.onnx", "onnx")
+    assert metadata == file_metadata(run / "model.safetensors", "safetensors")
+    assert json.loads(metadata["preprocessing"]) == pytest.approx({**IMAGE, "mode": "L", "resize": [20, 18],
+                                                                   "interpolation": "bilinear", "mean": [0.449],
+                                                                   "std": [0.226]})
+    files = [tmp_path / "new" / "photo.jpg", tmp_path / "new" / "wide.png"]
+    write_image(files[0], size=(33, 21), seed=7)  # RGB: the script, as the loader, reads it grey
+    write_image(files[1], size=(40, 12), seed=8, mode="L")
+    assert run_cli(predict.main, ["-r", str(run), "--input", str(tmp_path / "new"), "--out",
+                                  str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+
+    code = IMAGE_SCRIPT.search((ROOT / "docs" / "export.md").read_text()).group(1)
+    done = subprocess.run([sys.executable, "-c", code, str(run / "model.onnx"), *map(str, files)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # not in the project: it imports none of it
+    assert done.returncode == 0, done.stderr
+    printed = [line.split() for line in done.stdout.splitlines()]
+    assert [Path(file).name for file, _, _ in printed] == [row["file"] for row in rows] == ["photo.jpg", "wide.png"]
+    assert [name for _, name, _ in printed] == [row["class"] for row in rows]
+    assert [float(p) for _, _, p in printed] == pytest.approx([row["probability"] for row in rows], abs=1e-4)
+
+    arch = json.loads(metadata["arch"])
+    model = ARCHS.get(arch["type"], "arch.type")(**arch["args"]).eval()
+    model.load_state_dict(load_file(str(run / "model.safetensors")), strict=True)
+    _, checkpoint = find_checkpoint(run)
+    source = ImageFolderDataLoader.inference_source(str(tmp_path / "new"), checkpoint["config"]["data_loader"]["args"])
+    (batch,) = source.batches(8, 0)
+    with torch.no_grad():
+        probabilities = model(batch.inputs).softmax(1).max(1).values.tolist()
+    assert probabilities == pytest.approx([row["probability"] for row in rows], abs=1e-5)
