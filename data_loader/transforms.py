@@ -119,7 +119,6 @@ def normalisation(mean: Sequence[float] | None, std: Sequence[float] | None, def
     return values[0], values[1]
 
 
-
 def describe_pipeline(pipeline, mode: str) -> dict:
     """What image_pipeline's pipeline does to an image read in mode, as JSON values a serving script can follow
     without torchvision (docs/export.md): {"input": "image", "mode", "resize" (the shorter side, or [height, width])
