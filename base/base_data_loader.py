@@ -5,6 +5,7 @@ import hashlib
 import numbers
 import random
 import struct
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
@@ -121,6 +122,11 @@ class EpochDataLoader(DataLoader):
             self._keyed = loader
         return loader
 
+    def close(self) -> None:
+        """End the persistent workers now (a later pass starts new ones): at the end of training, rather than at a
+        garbage collection, which waits seconds for each."""
+        self._keyed = None
+
     def _slices(self) -> Iterator[list[torch.Tensor]]:
         """Batches gathered from the dataset's tensors, in the sampler's order (what collate would give); nothing
         random is drawn."""
@@ -153,20 +159,24 @@ class EpochDataLoader(DataLoader):
 
 
 class KeyedBatches(Sampler[list]):
-    """A loader's batches of indices (its sampler's, when it has no batch_sampler) as (epoch, index) keys, the epoch
-    read as each pass starts (persistent workers are handed the keys of every epoch)."""
+    """A loader's batches of indices (its sampler's indices, when it has no batch_sampler) as (epoch, index) keys, the
+    epoch read as each pass starts (persistent workers are handed the keys of every epoch). It holds the loader weakly:
+    the loader holds it (through its persistent workers' DataLoader), and a cycle would keep the workers alive until
+    a garbage collection."""
 
     def __init__(self, loader: EpochDataLoader):
-        self.loader = loader
+        self.loader = weakref.ref(loader)
 
     def __iter__(self) -> Iterator:
-        epoch, batches = self.loader.epoch, self.loader.batch_sampler
+        loader = self.loader()
+        epoch, batches = loader.epoch, loader.batch_sampler
         if batches is None:
-            return ((epoch, index) for index in self.loader.sampler)
+            return ((epoch, index) for index in loader.sampler)
         return ([(epoch, index) for index in batch] for batch in batches)
 
     def __len__(self) -> int:
-        return len(self.loader.batch_sampler if self.loader.batch_sampler is not None else self.loader.sampler)
+        loader = self.loader()
+        return len(loader.batch_sampler if loader.batch_sampler is not None else loader.sampler)
 
 
 class KeyedSamples(Dataset):

@@ -194,7 +194,8 @@ class RandomDataset(torch.utils.data.Dataset):
     def __init__(self, n: int = 24):
         from data_loader.transforms import image_pipeline
 
-        self.images = torch.randint(0, 256, (n, 3, 10, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (n, 3, 10, 10), dtype=torch.uint8, generator=generator)
         self.transform = image_pipeline([{"type": "RandomCrop", "args": {"size": 6}}, "RandomHorizontalFlip",
                                          {"type": "RandomErasing", "args": {"p": 0.5}}], [0.5], [0.2], "transforms")
 
