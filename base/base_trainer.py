@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from base.base_data_loader import EpochDataLoader
 from logger.reporter import RunInfo, make_reporter
 from utils.checkpoint import (MODEL, MONITOR, OPTIMIZER, RNG, SCHEDULER, TRAIN_STATE, Checkpointer, ModelWeights,
                               RandomState, RunDirs, Stateful, gather, restore, unwrap)
@@ -128,6 +129,9 @@ class BaseTrainer:
                         break
             finally:
                 self.outputs.reporter.close()
+                for loader in (self.data_loader, self.valid_data_loader):
+                    if isinstance(loader, EpochDataLoader):
+                        loader.close()  # persistent workers end with training
 
     def _end_epoch(self, epoch: int, values: dict, started: float) -> bool:
         """Log, report and checkpoint a trained epoch; False when early stopping ends training. A stop signal raises

@@ -88,8 +88,8 @@ class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
     """A torchvision dataset under data_dir in torchvision's layout, held in memory as uint8 tensors.
 
     Without transforms, the images are converted and normalised once and batches are sliced from one
-    tensor; with transforms, each sample goes through them (use num_workers). Validation and test samples
-    go through eval_transforms. mean/std default to the dataset's own statistics.
+    tensor; with transforms, each sample goes through them (use num_workers; persistent_workers keeps them between
+    epochs). Validation and test samples go through eval_transforms. mean/std default to the dataset's own statistics.
     """
 
     dataset_name: str  # the torchvision.datasets class
@@ -109,6 +109,7 @@ class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         pin_memory: bool = False,
+        persistent_workers: bool = False,
     ):
         self.data_dir = data_dir
         images, targets = self._read(data_dir, training, download)
@@ -120,7 +121,7 @@ class _TorchvisionDataLoader(_TakesTransforms, BaseDataLoader):
             eval_dataset = in_memory_images(images, targets, eval_transforms, mean, std,
                                             "data_loader.args.eval_transforms")
         super().__init__(self.dataset, batch_size, shuffle, validation_split, num_workers, pin_memory=pin_memory,
-                         eval_dataset=eval_dataset)
+                         persistent_workers=persistent_workers, eval_dataset=eval_dataset)
 
     @classmethod
     def _statistics(cls, mean: list[float] | None, std: list[float] | None) -> tuple[list[float], list[float]]:
@@ -239,8 +240,8 @@ class Cifar100DataLoader(_TorchvisionDataLoader):
 
 
 class _ImageFilesDataLoader(_TakesTransforms, BaseDataLoader):
-    """Image files read as they are needed (use num_workers), through transforms when training and
-    eval_transforms for validation and test; mean/std default to ImageNet's."""
+    """Image files read as they are needed (use num_workers; persistent_workers keeps them between epochs), through
+    transforms when training and eval_transforms for validation and test; mean/std default to ImageNet's."""
 
     @staticmethod
     def _statistics(mode: str, mean: list[float] | None, std: list[float] | None) -> tuple[list[float], list[float]]:
@@ -310,6 +311,7 @@ class ImageCsvDataLoader(_ImageFilesDataLoader):
         std: list[float] | None = None,
         mode: str = "RGB",
         pin_memory: bool = False,
+        persistent_workers: bool = False,
     ):
         key = "annotations_file" if training else "test_annotations_file"
         if not training:
@@ -317,7 +319,7 @@ class ImageCsvDataLoader(_ImageFilesDataLoader):
         samples, self.classes = read_annotations(annotations_file, img_dir, header, classes, key)
         self._start(ImageFileDataset(samples, transform=None, mode=mode), training, transforms, eval_transforms,
                     mean, std, mode, batch_size=batch_size, shuffle=shuffle, validation_split=validation_split,
-                    num_workers=num_workers, pin_memory=pin_memory)
+                    num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers)
 
     @classmethod
     def _csv_dirs(cls, args: dict) -> list[str]:
@@ -345,6 +347,7 @@ class ImageFolderDataLoader(_ImageFilesDataLoader):
         std: list[float] | None = None,
         mode: str = "RGB",
         pin_memory: bool = False,
+        persistent_workers: bool = False,
     ):
         key = "data_dir" if training else "test_dir"
         if not training:
@@ -355,4 +358,4 @@ class ImageFolderDataLoader(_ImageFilesDataLoader):
         self.classes = dataset.classes
         self._start(dataset, training, transforms, eval_transforms, mean, std, mode, batch_size=batch_size,
                     shuffle=shuffle, validation_split=validation_split, num_workers=num_workers,
-                    pin_memory=pin_memory)
+                    pin_memory=pin_memory, persistent_workers=persistent_workers)

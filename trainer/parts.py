@@ -229,8 +229,12 @@ class TrainMetrics(Part):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if self.dist.is_main:  # the saved sums and states are every rank's: rank 0 carries them
-            self.tracker.load_state_dict(state)
+        """Each rank goes on with its own sums when the checkpoint holds those of as many ranks; otherwise the main
+        rank carries everyone's. The stateful metrics' states are every rank's: the main rank carries them."""
+        own = self.tracker.holds_each_rank(state, self.dist.world_size)
+        if own or self.dist.is_main:
+            self.tracker.load_state_dict(state, self.dist.rank if own else None)
+        if self.dist.is_main:
             self.epoch_metrics.load_state_dict(state.get("stateful", {}))
         else:
             self.epoch_metrics.reset()

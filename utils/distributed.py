@@ -119,6 +119,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_stack(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's tensor, stacked in rank order (tensor[None] in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor[None]
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    return torch.stack(parts)
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is true on any (one host sync; use at sync points only)."""
     if not (dist.is_available() and dist.is_initialized()):

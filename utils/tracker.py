@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from utils.distributed import all_reduce_sum
+from utils.distributed import all_gather_stack, all_reduce_sum
 from utils.errors import UserError
 
 
@@ -52,16 +52,32 @@ class MetricTracker:
         return dict(zip(keys, (sums / counts).tolist()))
 
     def state_dict(self, across_ranks: bool = False) -> dict:
-        """The partial sums (for a checkpoint taken in the middle of an epoch), summed over ranks if asked."""
+        """The partial sums (for a checkpoint taken in the middle of an epoch), summed over ranks if asked; then also
+        each rank's own ("by_rank": a resume with as many processes goes on with each one's, so that every later sum
+        is added in the same order as in a run that did not stop)."""
         if not across_ranks or not self._sums:  # a snapshot: the sums are updated in place
             sums = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._sums.items()}
             return {"sums": sums, "counts": dict(self._counts)}
         keys = list(self._sums)
-        sums = all_reduce_sum(torch.stack([torch.as_tensor(self._sums[k], dtype=torch.float32) for k in keys]))
-        counts = all_reduce_sum(torch.tensor([self._counts[k] for k in keys], dtype=torch.float64))
-        return {"sums": dict(zip(keys, sums)), "counts": {k: int(c) for k, c in zip(keys, counts.tolist())}}
+        own_sums = torch.stack([torch.as_tensor(self._sums[k], dtype=torch.float32) for k in keys])
+        own_counts = torch.tensor([self._counts[k] for k in keys], dtype=torch.float64, device=own_sums.device)
+        by_rank = {"sums": all_gather_stack(own_sums), "counts": all_gather_stack(own_counts)}
+        sums, counts = all_reduce_sum(own_sums.clone()), all_reduce_sum(own_counts.clone())
+        return {"sums": dict(zip(keys, sums)), "counts": {k: int(c) for k, c in zip(keys, counts.tolist())},
+                "by_rank": by_rank}
 
-    def load_state_dict(self, state: dict) -> None:
+    @staticmethod
+    def holds_each_rank(state: dict, world_size: int) -> bool:
+        """Whether state holds the sums of each of world_size ranks."""
+        return world_size > 1 and len(state.get("by_rank", {}).get("sums", ())) == world_size
+
+    def load_state_dict(self, state: dict, rank: int | None = None) -> None:
+        """The partial sums: all of them, or rank's own (holds_each_rank)."""
+        if rank is not None:
+            keys, by_rank = list(state["sums"]), state["by_rank"]
+            self._sums = {k: v.clone() for k, v in zip(keys, by_rank["sums"][rank])}
+            self._counts = {k: int(c) for k, c in zip(keys, by_rank["counts"][rank].tolist())}
+            return
         self._sums = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state["sums"].items()}
         self._counts = dict(state["counts"])
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,11 +29,39 @@ from utils.checkpoint import find_checkpoint
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_logging")]
 
 
-def deterministic_config(tmp_path: Path, batch_size: int, **trainer) -> Path:
+@pytest.fixture(scope="module")
+def digit_images(tmp_path_factory) -> Path:
+    """The digits as 8x8 grey PNG files in the ImageFolder layout: train/<digit>/ (DigitsDataLoader's 1,437 training
+    samples) and test/<digit>/ (its 360 test samples)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    root = tmp_path_factory.mktemp("digits")
+    x, y = load_digits(return_X_y=True)
+    splits = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)  # DigitsDataLoader's split
+    for split, images, labels in (("train", splits[0], splits[2]), ("test", splits[1], splits[3])):
+        for i, (image, label) in enumerate(zip(images, labels)):
+            (root / split / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image * 15).reshape(8, 8).astype(np.uint8)).save(root / split / str(label) / f"{i}.png")
+    return root
+
+
+def deterministic_config(tmp_path: Path, batch_size: int, images: Path | None = None, workers: int = 2,
+                         **trainer) -> Path:
     """Digits with 1,280 training samples (10 batches of 128), no dropout or batch norm: a run whose numbers
-    do not depend on how its batches are split between processes."""
+    do not depend on how its batches are split between processes. With images (digit_images): read from those files
+    and augmented at random (a sample's draws depend on the seed, the epoch and its index alone, so the ranks' samples
+    are augmented as one process's are), in `workers` persistent workers per process (their number changes no
+    number)."""
     config = tiny_config(tmp_path / "saved", **trainer)
     config["arch"]["args"] = {"channels": 4, "dropout": 0.0, "batchnorm": False}
+    if images is not None:
+        config["data_loader"] = {"type": "ImageFolderDataLoader", "args": {
+            "data_dir": str(images / "train"), "test_dir": str(images / "test"), "mode": "L", "mean": [0.3],
+            "std": [0.4], "num_workers": workers, "persistent_workers": workers > 0,
+            "transforms": [{"type": "RandomCrop", "args": {"size": 8, "padding": 1}},
+                           {"type": "RandomErasing", "args": {"p": 0.3, "scale": [0.02, 0.1]}}]}}
     config["data_loader"]["args"].update(batch_size=batch_size, validation_split=157, shuffle=True)
     config["metrics"] = ["accuracy", {"type": "MulticlassF1Score", "args": {"num_classes": 10, "average": "macro"},
                                       "name": "f1"}]  # torchmetrics: exact over the epoch, states synced in compute()
@@ -62,13 +91,13 @@ FILES = ["checkpoint-epoch3.pth", "checkpoint-step15.pth", "checkpoint-step30.pt
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(tmp_path_factory, digit_images):
     """Two processes with 64 samples each per step (run "ddp"), and one process with 128 per step (run "single"),
-    on the same data with the same SHARED settings."""
+    on the same data (image files, augmented, workers) with the same SHARED settings."""
     tmp_path = tmp_path_factory.mktemp("ddp")
-    result = torchrun("-c", str(deterministic_config(tmp_path, 64, **SHARED)), "--run-id", "ddp")
+    result = torchrun("-c", str(deterministic_config(tmp_path, 64, digit_images, **SHARED)), "--run-id", "ddp")
     assert result.returncode == 0, result.stderr[-3000:]
-    train.main(["-c", str(deterministic_config(tmp_path, 128, **SHARED)), "--run-id", "single"])
+    train.main(["-c", str(deterministic_config(tmp_path, 128, digit_images, **SHARED)), "--run-id", "single"])
     return tmp_path / "saved"
 
 
@@ -139,14 +168,21 @@ def test_ddp_checkpoint_evaluates_in_one_process(shared):
 
 
 def test_a_mid_epoch_checkpoint_under_torchrun_resumes_to_the_numbers_of_a_straight_run(shared, tmp_path):
-    # resumed from step 15 of a copy of the shared run, and on past its last epoch (trainer.epochs=4): every record
-    # of the straight run again, the loss sums and F1 states of both ranks at step 15 in them, then epoch 4's
+    # resumed from step 15 of a copy of the shared run (augmented samples, persistent workers), and on past its last
+    # epoch (trainer.epochs=4): every record of the straight run again, bit for bit, the loss sums and F1 states of
+    # both ranks at step 15 in them, and its state at step 30 (epoch 3's end); then epoch 4's
     ckpt_dir, log_dir = copy_run(shared, "ddp", tmp_path)
+    (ckpt_dir / "checkpoint-step30.pth").unlink()
     result = torchrun("-r", str(ckpt_dir / "checkpoint-step15.pth"), "trainer.epochs=4")
     assert result.returncode == 0, result.stderr[-3000:]
-    straight, again = read_metrics(run_dir(shared, "ddp")[1]), read_metrics(log_dir)
+    straight, again = read_metrics(run_dir(shared, "ddp")[1], timing=False), read_metrics(log_dir, timing=False)
     assert [(r["epoch"], r["step"]) for r in again[len(STEPS):]] == [(4, 32), (4, 36), (4, 40)]
-    assert_same_rows(again[:len(STEPS)], straight, rel=1e-5, abs=1e-7)
+    assert again[:len(STEPS)] == straight
+    a, b = (torch.load(d / "checkpoint-step30.pth", weights_only=True) for d in (run_dir(shared, "ddp")[0], ckpt_dir))
+    for weights_a, weights_b in ((a["state_dict"], b["state_dict"]), (a["ema"]["state_dict"], b["ema"]["state_dict"])):
+        assert all(torch.equal(value, weights_b[key]) for key, value in weights_a.items())
+    assert all(torch.equal(value, b["optimizer"]["state"][i][name])
+               for i, state in a["optimizer"]["state"].items() for name, value in state.items())
 
 
 def test_a_single_process_checkpoint_resumes_under_torchrun(shared, tmp_path):
@@ -157,10 +193,12 @@ def test_a_single_process_checkpoint_resumes_under_torchrun(shared, tmp_path):
         *((1 + (s - 1) // 10, s) for s in STEPS), (4, 32), (4, 36), (4, 40)]
 
 
-def test_a_time_limit_stops_every_rank_at_one_sync_point_and_a_resume_finishes_the_run(shared, tmp_path):
+def test_a_time_limit_stops_every_rank_at_one_sync_point_and_a_resume_finishes_the_run(shared, tmp_path,
+                                                                                      digit_images):
     """trainer.max_time stopping every rank at one sync point, then a resume finishing the run: the shared run's
     records."""
-    limited = torchrun("-c", str(deterministic_config(tmp_path, 64, **SHARED)), "--run-id", "limited",
+    # no workers: the shared run's numbers all the same
+    limited = torchrun("-c", str(deterministic_config(tmp_path, 64, digit_images, 0, **SHARED)), "--run-id", "limited",
                        "trainer.max_time=1e-6")
     assert limited.returncode == 0, limited.stderr[-3000:]
     limited_dir, limited_log = run_dir(tmp_path / "saved", "limited")
@@ -234,9 +272,10 @@ def two_nodes(copies: list[Path], *args: str) -> list[subprocess.CompletedProces
     return results
 
 
-def test_two_machines_without_a_shared_disk_resume_from_the_one_that_holds_the_run(shared, tmp_path, monkeypatch):
+def test_two_machines_without_a_shared_disk_resume_from_the_one_that_holds_the_run(shared, tmp_path, monkeypatch,
+                                                                                   digit_images):
     a, b = project_copy(tmp_path / "machine-a"), project_copy(tmp_path / "machine-b")
-    config = json.loads(deterministic_config(tmp_path, 64, **SHARED).read_text())
+    config = json.loads(deterministic_config(tmp_path, 64, digit_images, 0, **SHARED).read_text())
     # relative: each machine's own disk; a timeout that is not the default restarts the process group once;
     # one epoch, then two resumes of one epoch each: the shared run's three
     config["trainer"].update(save_dir="saved/", dist_timeout=600, verbosity=1, epochs=1)

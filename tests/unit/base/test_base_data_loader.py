@@ -2,12 +2,14 @@
 sharding across ranks, in-memory batching, the workers' seeds)."""
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from base.base_data_loader import BaseDataLoader, EpochSampler
+from base.base_data_loader import BaseDataLoader, EpochDataLoader, EpochSampler
 from utils.errors import UserError
 
 
@@ -183,38 +185,79 @@ def test_in_memory_batches_never_call_getitem():
     assert sum(len(b[0]) for b in loader) == loader.n_samples
 
 
-# ---- reproducible loading with workers ----
+# ---- a sample's random draws: a function of (seed, epoch, index) ----
 
 class RandomDataset(torch.utils.data.Dataset):
-    """Each sample: a draw from the worker's torch RNG, the worker's id, and a draw from numpy's RNG."""
+    """Sample i: i, a fixed image of it through random crop, flip and erasing (torchvision v2), and a draw each from
+    torch, random and numpy."""
+
+    def __init__(self, n: int = 24):
+        from data_loader.transforms import image_pipeline
+
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (n, 3, 10, 10), dtype=torch.uint8, generator=generator)
+        self.transform = image_pipeline([{"type": "RandomCrop", "args": {"size": 6}}, "RandomHorizontalFlip",
+                                         {"type": "RandomErasing", "args": {"p": 0.5}}], [0.5], [0.2], "transforms")
 
     def __len__(self) -> int:
-        return 16
+        return len(self.images)
 
     def __getitem__(self, index: int):
-        info = torch.utils.data.get_worker_info()
-        return torch.rand(()), info.id if info else -1, float(np.random.rand())
+        return index, self.transform(self.images[index]), torch.rand(()), random.random(), float(np.random.rand())
 
 
-def draws(loader, epoch: int) -> tuple[list, list, list]:
+def by_index(loader, epoch: int, skip: int = 0) -> dict[int, tuple]:
+    """{index: what the loader served for it} over one pass of epoch, after skipping `skip` samples."""
     loader.set_epoch(epoch)
-    out = [torch.cat([torch.as_tensor(v).view(-1) for v in column]) for column in zip(*loader)]
-    return out[0].tolist(), out[1].tolist(), out[2].tolist()
+    loader.sampler.skip(skip)
+    return {int(i): (image, float(t), float(r), float(n)) for batch in loader for i, image, t, r, n in zip(*batch)}
 
 
-def test_worker_seeds_follow_seed_rank_worker_and_epoch():
-    def loader(seed=7):
-        return BaseDataLoader(RandomDataset(), batch_size=2, shuffle=True, validation_split=0, num_workers=2,
-                              seed=seed)
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[i][0], b[i][0]) and a[i][1:] == b[i][1:] for i in a)
 
-    first, again = draws(loader(), 0), draws(loader(), 0)
-    assert first == again  # same seed, same epoch: the same numbers, numpy's included
-    torch_draws, workers, numpy_draws = first
-    assert set(workers) == {0, 1}
-    by_worker = {w: [d for d, wk in zip(torch_draws, workers) if wk == w] for w in (0, 1)}
-    assert not set(by_worker[0]) & set(by_worker[1])  # workers differ
-    assert draws(loader(), 1)[0] != torch_draws and draws(loader(), 1)[2] != numpy_draws  # epochs differ
-    assert draws(loader(seed=8), 0)[0] != torch_draws  # seeds differ
-    other_rank = loader()
-    other_rank.shard(1, 2)
-    assert not set(draws(other_rank, 0)[0]) & set(torch_draws)  # ranks differ
+
+def test_a_samples_random_draws_depend_only_on_seed_epoch_and_index():
+    """Workers or none, persistent or not, from an epoch's start or after a skip (a mid-epoch resume), on a rank of
+    two: each sample gets the same augmented image and the same draws."""
+    def loader(workers=0, seed=7, **kwargs):
+        return BaseDataLoader(RandomDataset(), 4, True, 0, workers, seed=seed, **kwargs)
+
+    plain = loader()
+    reference = {epoch: by_index(plain, epoch) for epoch in (1, 2)}
+    assert len(reference[1]) == 24
+    for workers, persistent in ((2, False), (2, True)):
+        served = loader(workers, persistent_workers=persistent)
+        assert same(by_index(served, 1), reference[1])
+        assert same(by_index(served, 2, skip=8), {i: v for i, v in reference[2].items()
+                                                   if i in list(served.sampler.epoch_order().tolist())[8:]})
+    resumed = loader()
+    assert same(by_index(resumed, 2, skip=12), {i: v for i, v in reference[2].items() if i in by_index(resumed, 2, 12)})
+    rank = loader(2)
+    rank.shard(1, 2)  # under torchrun a sample gets what it gets in one process
+    half = by_index(rank, 1)
+    assert len(half) == 12 and same(half, {i: reference[1][i] for i in half})
+    assert not any(torch.equal(reference[1][i][0], reference[2][i][0]) and reference[1][i][1] == reference[2][i][1]
+                   for i in reference[1])  # epochs differ
+    other_seed = by_index(loader(seed=8), 1)
+    assert not any(other_seed[i][1:] == reference[1][i][1:] for i in other_seed)  # seeds differ
+    assert len({v[1] for v in reference[1].values()}) == 24  # samples differ
+
+
+def test_loading_in_this_process_leaves_the_global_random_states_as_they_were():
+    """num_workers 0: the model's random numbers (dropout) do not depend on what the samples drew."""
+    loader = BaseDataLoader(RandomDataset(), 4, True, 0, 0, seed=7)
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    by_index(loader, 1)
+    after = torch.rand(()), random.random(), np.random.rand()
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    assert after == (torch.rand(()), random.random(), np.random.rand())
+
+
+def test_an_epoch_data_loader_without_batches_keys_each_sample_alike():
+    """batch_size None (no collation, a sampler of its own): each sample gets what it gets in batches."""
+    sampler = EpochSampler(range(6), shuffle=True, seed=7)
+    single = EpochDataLoader(RandomDataset(6), seed=7, batch_size=None, sampler=sampler)
+    single.set_epoch(1)
+    served = {int(s[0]): s[2].item() for s in single}
+    assert served == {i: v[1] for i, v in by_index(BaseDataLoader(RandomDataset(6), 2, True, 0, 0, seed=7), 1).items()}

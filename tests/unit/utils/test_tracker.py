@@ -12,6 +12,7 @@ from tiny_trainers import PoisonedDigits, build, make_trainer, poisoned, resumed
 from trainer import evaluate
 from utils.checkpoint import find_checkpoint
 from utils.errors import UserError
+from utils.tracker import MetricTracker
 
 
 def test_epoch_metrics_are_sample_weighted():
@@ -57,3 +58,23 @@ def test_nonfinite_loss_after_a_checkpoint_leaves_that_checkpoint_newest(tmp_pat
     with pytest.raises(UserError, match=r"epoch 2, .*newest valid checkpoint is .*checkpoint-epoch1.pth"):
         trainer.train()
     assert find_checkpoint(tmp_path)[0].name == "checkpoint-epoch1.pth"
+
+
+def test_a_checkpoint_of_several_ranks_gives_each_rank_its_own_sums_back():
+    """A DDP step checkpoint holds each rank's partial sums beside their total (by_rank): a resume with as many ranks
+    goes on with its own, so that later sums are added in the same order; otherwise the main rank takes the total."""
+    ranks = [MetricTracker(), MetricTracker()]
+    for rank, (loss, n) in zip(ranks, ((torch.tensor(0.5), 3), (torch.tensor(0.25), 5))):
+        rank.update("loss", loss, n)
+    own = [r.state_dict() for r in ranks]
+    state = {"sums": {"loss": own[0]["sums"]["loss"] + own[1]["sums"]["loss"]}, "counts": {"loss": 8},
+             "by_rank": {"sums": torch.stack([o["sums"]["loss"].reshape(1) for o in own]),
+                         "counts": torch.tensor([[3.0], [5.0]], dtype=torch.float64)}}
+    assert MetricTracker.holds_each_rank(state, 2) and not MetricTracker.holds_each_rank(state, 1)
+    assert not MetricTracker.holds_each_rank({"sums": {}, "counts": {}}, 2)
+    again = MetricTracker()
+    again.load_state_dict(state, rank=1)
+    assert again.running("loss").item() == 0.25 and again.state_dict()["counts"] == {"loss": 5}
+    total = MetricTracker()
+    total.load_state_dict(state)
+    assert total.running("loss").item() == pytest.approx(2.75 / 8)
