@@ -251,23 +251,28 @@ class Checkpointer:
     """Decides which checkpoint files to write, writes them safely, and keeps the newest keep_last.
     Without a directory it writes nothing (dry runs, test.py, ranks other than 0).
 
-    Every epoch's state is written, so that a crash loses at most the epoch under way; save_period decides which
-    checkpoint-epoch<N>.pth files stay: the others are replaced by the next epoch's. With save_top_k, the k best
-    epoch files by the monitored value (stored in each checkpoint; ties keep the older) and the newest stay instead,
-    whatever save_period says. keep_last applies as well: a file stays only if every rule given keeps it."""
+    Every epoch's state is written, so that a crash loses at most the epoch under way. With none of save_period,
+    keep_last and save_top_k given, only the newest checkpoint file stays (keep_last 1), beside model_best.pth: disk
+    stays bounded. save_period decides which checkpoint-epoch<N>.pth files stay: the others are replaced by the next
+    epoch's. With save_top_k, the k best epoch files by the monitored value (stored in each checkpoint; ties keep the
+    older) and the newest stay instead, whatever save_period says. keep_last applies as well: a file stays only if
+    every rule given keeps it. A file is deleted only once the state that replaces it is complete on disk."""
 
-    def __init__(self, directory: Path | None, save_period: int = 1, keep_last: int | None = None,
+    def __init__(self, directory: Path | None, save_period: int | None = None, keep_last: int | None = None,
                  save_top_k: int | None = None, monitor: str = "off"):
         """monitor: trainer.monitor ('max val_accuracy', 'min val_loss' or 'off'), which save_top_k ranks by."""
         self.directory = None if directory is None else Path(directory)
-        self.save_period = save_period
+        if save_period is None and keep_last is None and save_top_k is None:
+            keep_last = 1  # the default: the newest state to resume from (and model_best.pth), nothing more
+        self.save_period = save_period or 1  # null: every epoch file is kept by the period, keep_last decides
         self.keep_last = keep_last
         self.save_top_k = save_top_k
         self.mode, self.key = parse_monitor(monitor)
         if save_top_k is not None and self.mode is None:
             raise UserError(SAVE_TOP_K_NEEDS_MONITOR)
         pointer = self.directory / LATEST if self.directory is not None else None
-        self.latest: Path | None = self.directory / pointer.read_text().strip() if pointer and pointer.is_file() else None
+        self.latest: Path | None = (self.directory / pointer.read_text().strip() if pointer and pointer.is_file()
+                                    else None)
         # An epoch's file that is not to be kept, deleted once the next one is in place (on resume: the newest
         # file, when save_period would not have kept it). save_top_k, when set, decides instead.
         self._replaceable = self.latest if self.latest is not None and not self._kept(self.latest.name) else None

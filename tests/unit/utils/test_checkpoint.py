@@ -21,8 +21,37 @@ def test_save_every_steps_and_keep_last(tmp_path):
     assert (tmp_path / "latest").read_text().strip() == "checkpoint-epoch3.pth"
 
 
-def test_keep_last_default_keeps_every_checkpoint(tmp_path):
-    build(tmp_path, save_every_steps=2).train()
+def test_by_default_only_the_newest_checkpoint_and_model_best_stay(tmp_path):
+    build(tmp_path, save_every_steps=2).train()  # save_period, keep_last and save_top_k all null
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", "model_best.pth"]
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert (tmp_path / "latest").read_text().strip() == "checkpoint-epoch3.pth"
+
+
+def test_by_default_the_previous_checkpoint_is_deleted_only_once_the_next_is_complete(tmp_path, monkeypatch):
+    checkpointer = Checkpointer(tmp_path)  # the defaults: save_period, keep_last and save_top_k null
+    real_unlink, unlinked = Path.unlink, []
+
+    def unlink(path, missing_ok=False):
+        newest = tmp_path / (tmp_path / "latest").read_text().strip()
+        assert newest != path and torch.load(newest, weights_only=True)["epoch"] == int(newest.stem.removeprefix("checkpoint-epoch"))
+        unlinked.append(path.name)
+        real_unlink(path, missing_ok=missing_ok)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    for epoch in (1, 2, 3):
+        checkpointer.save({"epoch": epoch}, epoch, is_best=epoch == 1, is_last=epoch == 3)
+    assert unlinked == ["checkpoint-epoch1.pth", "checkpoint-epoch2.pth"]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", BEST]
+
+
+def test_keep_last_alone_keeps_the_newest_n(tmp_path):
+    build(tmp_path, epochs=4, keep_last=2).train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pth")) == ["checkpoint-epoch3.pth",
+                                                                         "checkpoint-epoch4.pth"]
+
+
+def test_an_explicit_save_period_1_keeps_every_checkpoint(tmp_path):
+    build(tmp_path, save_every_steps=2, save_period=1).train()  # the original template's meaning: no keep_last
     assert len(list(tmp_path.glob("checkpoint-*.pth"))) == 3 + 7  # 3 epochs, steps 2, 4, ..., 14
 
 
@@ -48,7 +77,7 @@ def test_disk_full_is_a_clear_error_and_earlier_checkpoints_stay(tmp_path, monke
 
 
 def test_truncated_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, caplog):
-    build(tmp_path, epochs=2).train()
+    build(tmp_path, epochs=2, save_period=1).train()
     newest = tmp_path / "checkpoint-epoch2.pth"
     newest.write_bytes(newest.read_bytes()[:1000])
     (tmp_path / "model_best.pth").unlink()
