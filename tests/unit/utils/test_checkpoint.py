@@ -34,7 +34,8 @@ def test_by_default_the_previous_checkpoint_is_deleted_only_once_the_next_is_com
 
     def unlink(path, missing_ok=False):
         newest = tmp_path / (tmp_path / "latest").read_text().strip()
-        assert newest != path and torch.load(newest, weights_only=True)["epoch"] == int(newest.stem.removeprefix("checkpoint-epoch"))
+        epoch = int(newest.stem.removeprefix("checkpoint-epoch"))
+        assert newest != path and torch.load(newest, weights_only=True)["epoch"] == epoch  # complete
         unlinked.append(path.name)
         real_unlink(path, missing_ok=missing_ok)
     monkeypatch.setattr(Path, "unlink", unlink)
