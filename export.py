@@ -14,7 +14,10 @@ INSTALL = "pip install -r requirements-export.txt"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Export a checkpoint's model to ONNX or a torch.export program "
                                                  "and check the file's outputs against PyTorch's.")
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
+    parser.add_argument("-r", "--resume", required=True,
+                        help="checkpoint file, or run directory (its model_best.pth, else its newest)")
+    parser.add_argument("--last", action="store_true",
+                        help="with a run directory: the newest checkpoint rather than model_best.pth")
     parser.add_argument("--format", required=True, choices=sorted(FILE_NAMES),
                         help="onnx (the dynamo-based exporter; run it with onnxruntime) or pt2 (torch.export.save)")
     parser.add_argument("--out", help="the file to write (default: model.onnx or model.pt2 beside the checkpoint)")
@@ -55,7 +58,7 @@ from logger import get_logger, setup_logging  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
 from run import build_data, choose_device, first_inputs, open_inputs, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
-from utils.checkpoint import find_checkpoint  # noqa: E402
+from utils.checkpoint import EXPORT, checkpoint_to_use  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
 from utils.errors import UserError, exit_cli  # noqa: E402
 
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_args(args)
     if args.format == "onnx":
         require_onnx()  # before anything slow
-    path, checkpoint = find_checkpoint(args.resume)
+    path, checkpoint, why = checkpoint_to_use(args.resume, EXPORT, args.last)
+    print(f"Exporting {path} ({why})")
     device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     config, model = trained_model(checkpoint, device)
     samples = to_device(example_inputs(config, args.batch_size + 1, args.input), device)  # one more: the other size
