@@ -45,6 +45,47 @@ def test_by_default_the_previous_checkpoint_is_deleted_only_once_the_next_is_com
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", BEST]
 
 
+class Killed(BaseException):
+    """The process dying at that moment (kill -9): nothing after it runs, not even except clauses for Exception."""
+
+
+@pytest.mark.parametrize("moment", ["writing the new file", "after its rename, before latest",
+                                    "before the old file's deletion"])
+def test_by_default_a_kill_during_a_save_leaves_a_complete_state_to_resume(tmp_path, monkeypatch, moment):
+    import utils.checkpoint as checkpoint_module
+    trainer = build(tmp_path, epochs=3)
+    real_save, real_pointer, real_unlink = torch.save, checkpoint_module.write_text_atomic, Path.unlink
+
+    def save(obj, f, *args, **kwargs):
+        if obj["epoch"] == 2 and not isinstance(f, (str, Path)):
+            f.write(b"partial")
+            raise Killed
+        return real_save(obj, f, *args, **kwargs)
+
+    def pointer(path, text):
+        if text.startswith("checkpoint-epoch2"):
+            raise Killed
+        real_pointer(path, text)
+
+    def unlink(path, missing_ok=False):
+        if path.name == "checkpoint-epoch1.pth":
+            raise Killed
+        real_unlink(path, missing_ok=missing_ok)
+    patch = {"writing the new file": (torch, "save", save),
+             "after its rename, before latest": (checkpoint_module, "write_text_atomic", pointer),
+             "before the old file's deletion": (Path, "unlink", unlink)}[moment]
+    monkeypatch.setattr(*patch)
+    with pytest.raises(Killed):
+        trainer.train()
+    monkeypatch.undo()
+    path, state = find_checkpoint(tmp_path)
+    assert state["epoch"] == (1 if moment != "before the old file's deletion" else 2) and path.name != BEST
+    resumed = build(tmp_path, epochs=3)
+    resumed.load_state_dict(state)
+    resumed.train()
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", BEST]
+
+
 def test_keep_last_alone_keeps_the_newest_n(tmp_path):
     build(tmp_path, epochs=4, keep_last=2).train()
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pth")) == ["checkpoint-epoch3.pth",
