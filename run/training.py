@@ -58,9 +58,10 @@ def finished(checkpoint: dict, config: ConfigParser) -> str | None:
     monitor = Monitor(config["trainer"]["monitor"], config["trainer"]["early_stop"])
     monitor.load_state_dict(checkpoint.get(MONITOR) or {})
     if monitor.should_stop:
+        counted = "validation" if config["trainer"]["val_every_steps"] else "epoch"
         return (f"Run {run_dir} stopped early at epoch {done}: {monitor.key} did not improve for {monitor.wait} "
-                f"{'validations' if config['trainer']['val_every_steps'] else 'epochs'} (trainer.early_stop="
-                f"{monitor.patience}); nothing to train. To train longer: {command} trainer.early_stop=0")
+                f"{counted}{'s' if monitor.wait != 1 else ''} (trainer.early_stop={monitor.patience}); nothing to "
+                f"train. To train longer: {command} trainer.early_stop=0")
     return None
 
 

@@ -142,7 +142,7 @@ def test_resuming_an_early_stopped_run_says_so(tmp_path, capsys):
     before = files_and_times(ckpt_dir, log_dir)
     capsys.readouterr()
     assert run_cli(train.main, ["-r", str(ckpt_dir)]) == 0
-    assert capsys.readouterr().out == (f"Run {ckpt_dir} stopped early at epoch 2: lr did not improve for 1 epochs "
+    assert capsys.readouterr().out == (f"Run {ckpt_dir} stopped early at epoch 2: lr did not improve for 1 epoch "
                                        f"(trainer.early_stop=1); nothing to train. To train longer: python train.py "
                                        f"-r {ckpt_dir} trainer.early_stop=0\n")
     assert files_and_times(ckpt_dir, log_dir) == before
