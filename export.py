@@ -18,7 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "weights alone (safetensors), with the run's preprocessing and class "
                                                  "names in the file's metadata, and check the file's outputs against "
                                                  "PyTorch's.")
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
+    parser.add_argument("-r", "--resume", required=True,
+                        help="checkpoint file, or run directory (its model_best.pth, else its newest)")
+    parser.add_argument("--last", action="store_true",
+                        help="with a run directory: the newest checkpoint rather than model_best.pth")
     parser.add_argument("--format", required=True, choices=sorted(FILE_NAMES),
                         help="onnx (the dynamo-based exporter; run it with onnxruntime), pt2 (torch.export.save) or "
                              "safetensors (the weights to predict with, the EMA average where the run kept one)")
@@ -63,7 +66,7 @@ from logger import get_logger, setup_logging  # noqa: E402
 from parse_config import ConfigParser  # noqa: E402
 from run import artifact_metadata, build_data, choose_device, first_inputs, open_inputs, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
-from utils.checkpoint import find_checkpoint  # noqa: E402
+from utils.checkpoint import EXPORT, checkpoint_to_use  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
 from utils.errors import UserError, exit_cli  # noqa: E402
 
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_args(args)
     if args.format == "onnx":
         require_onnx()  # before anything slow
-    path, checkpoint = find_checkpoint(args.resume)
+    path, checkpoint, why = checkpoint_to_use(args.resume, EXPORT, args.last)
+    print(f"Exporting {path} ({why})")
     device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     config, model = trained_model(checkpoint, device)
     samples, classes = example_inputs(config, args.batch_size + 1, args.input)  # one more: the other batch size

@@ -11,7 +11,10 @@ DEFAULT_TOP_K = 5
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Predict with a checkpoint's model on new images or arrays.")
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
+    parser.add_argument("-r", "--resume", required=True,
+                        help="checkpoint file, or run directory (its model_best.pth, else its newest)")
+    parser.add_argument("--last", action="store_true",
+                        help="with a run directory: the newest checkpoint rather than model_best.pth")
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="a file or folder that the run's data loader reads (the shipped ones: a folder of images "
                              "and its subfolders, a CSV of image files with a label column optional, a "
@@ -46,7 +49,7 @@ from tqdm import tqdm  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from run import Inputs, choose_device, open_inputs, trained_model  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
-from utils.checkpoint import find_checkpoint  # noqa: E402
+from utils.checkpoint import PREDICT, checkpoint_to_use  # noqa: E402
 from utils.errors import UserError, exit_cli, first_line, project_location, raised_by_a_library  # noqa: E402
 
 
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     select_devices(args.device)
     setup_logging(None)
     check_flags(args)
-    path, checkpoint = find_checkpoint(args.resume)
+    path, checkpoint, why = checkpoint_to_use(args.resume, PREDICT, args.last)
+    print(f"Predicting with {path} ({why})")
     device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     config, model = trained_model(checkpoint, device)
     inputs = open_inputs(config, args.input, args.batch_size, args.num_workers)

@@ -9,7 +9,10 @@ from utils.cli import select_devices
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the test split.")
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint file, or run directory (its newest)")
+    parser.add_argument("-r", "--resume", required=True,
+                        help="checkpoint file, or run directory (its model_best.pth, else its newest)")
+    parser.add_argument("--last", action="store_true",
+                        help="with a run directory: the newest checkpoint rather than model_best.pth")
     parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES), or cpu")
     parser.add_argument("--out", help="where to write the results as JSON "
                                       "(default: test_results.json beside the checkpoint)")
@@ -27,7 +30,7 @@ from logger.reporter import compact  # noqa: E402
 from run import build_evaluator, choose_device  # noqa: E402
 from trainer.trainer import to_device  # noqa: E402
 from utils.class_report import format_table, report_metrics, take_report  # noqa: E402
-from utils.checkpoint import find_checkpoint  # noqa: E402
+from utils.checkpoint import EVALUATE, checkpoint_to_use  # noqa: E402
 from utils.errors import UserError, exit_cli  # noqa: E402
 from utils.util import write_json  # noqa: E402
 
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     select_devices(args.device)
     setup_logging(None)
-    path, checkpoint = find_checkpoint(args.resume)
+    path, checkpoint, why = checkpoint_to_use(args.resume, EVALUATE, args.last)
+    print(f"Evaluating {path} ({why})")
     device, _ = choose_device(checkpoint["config"].get("n_gpu", 1), args.device, one=True)
     _, trainer = build_evaluator(checkpoint, device)  # with the weights to predict with (EMA's, if the run kept them)
     configured = trainer.metric_ftns

@@ -54,7 +54,8 @@ from base import BaseTrainer  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from logger.reporter import compact  # noqa: E402
 from model.summary import layer_table  # noqa: E402
-from run import DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, load_config, open_run, resume  # noqa: E402
+from run import (DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, finished, load_config, open_run,  # noqa: E402
+                 resume)
 from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.checkpoint import RunDirs, unwrap  # noqa: E402
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         finder = finder_options(args, sys.argv[1:] if argv is None else argv, dist)  # None without --find-lr
         config, checkpoint, dist = load_config(args, OPTIONS, dist)
+        done = finished(checkpoint, config) if checkpoint is not None and not args.dry_run else None
+        if done:  # status 0: a job that requeues itself re-runs its command after the run has ended
+            if dist.is_main:
+                print(done)
+            return
         if args.fast_dev_run:
             config["trainer"].update(FAST_DEV_RUN)  # one epoch of one training batch and one validation batch
         trainer, dist = assemble(config, args.device, dist)  # seeded, built, its first batch checked

@@ -55,9 +55,9 @@ class TrainerSettings:
     type: str = setting("Trainer", "trainer class: Trainer, or your own BaseTrainer subclass in trainer/trainer.py")
     epochs: int = setting(meaning="number of epochs to train (the last epoch number when resuming)", minimum=1)
     save_dir: str = setting("saved/", "root of run outputs: models/ and log/ go under it")
-    save_period: int = setting(1, "keep checkpoint-epoch<N>.pth every N epochs (and always the last one); the epochs "
-                                  "between are each on disk until the next",
-                               minimum=1)
+    save_period: int | None = setting(None, "keep checkpoint-epoch<N>.pth every N epochs, as in the original "
+                                            "template (and always the last one); null = only as keep_last and "
+                                            "save_top_k say (by default: the newest alone)", minimum=1)
     verbosity: int = setting(2, "console output: 0 warnings only and no progress bars, 1 info, 2 debug "
                                 "(info.log always gets info)", choices=(0, 1, 2))
     monitor: str = setting("off", "'min <key>' or 'max <key>' (e.g. 'min val_loss') for model_best.pth and early "
@@ -73,7 +73,8 @@ class TrainerSettings:
     save_every_steps: int | None = setting(None, "also write checkpoint-step<N>.pth every N optimizer steps, "
                                                  "mid-epoch; null = never", minimum=1)
     keep_last: int | None = setting(None, "keep only the newest N checkpoint-*.pth files (model_best.pth is kept); "
-                                          "null = keep all", minimum=1)
+                                          "null = 1 when save_period and save_top_k are null too, else no limit",
+                              minimum=1)
     compile: bool | dict = setting(False, "torch.compile the model: true, or an object of torch.compile arguments "
                                           "(e.g. {\"mode\": \"max-autotune\"})")
     channels_last: bool = setting(False, "use the channels_last memory format for the model and 4-D inputs "
@@ -111,7 +112,8 @@ class TrainerSettings:
     overfit_batches: int = setting(0, "train and validate on the same first N training batches, unshuffled (to see "
                                       "that the model can drive the loss near zero); 0 = off", minimum=0)
     save_top_k: int | None = setting(None, "keep the k best checkpoint-epoch<N>.pth by trainer.monitor (and the "
-                                           "newest, to resume from); null = as save_period says", minimum=1)
+                                           "newest, to resume from); null = as save_period and keep_last say",
+                                     minimum=1)
     max_time: str | int | float | None = setting(None, "stop at the first step past this wall time (\"DD:HH:MM:SS\", "
                                                        "\"HH:MM:SS\" or seconds), save and exit 0 so a scheduled "
                                                        "job can resume with -r; null = no limit",

@@ -15,9 +15,10 @@ from run.build import build_trainer
 from run.devices import choose_device
 from trainer.checks import check_first_batch
 from utils import distributed
-from utils.checkpoint import RunDirs, find_checkpoint, unwrap
+from utils.checkpoint import MONITOR, RunDirs, find_checkpoint, unwrap
 from utils.distributed import SINGLE, Dist
 from utils.errors import UserError
+from utils.monitor import Monitor
 from utils.util import seed_everything
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSettings)}
@@ -39,6 +40,29 @@ def load_config(args: argparse.Namespace, options: Sequence = (),
     config = ConfigParser.from_args(args, options, resume=path,
                                     checkpoint_config=checkpoint["config"] if checkpoint else None)
     return config, checkpoint, dist
+
+
+def finished(checkpoint: dict, config: ConfigParser) -> str | None:
+    """With -r: the line to print instead of training when the run has nothing left to do (it trained its
+    trainer.epochs, or early stopping ended it), saying how to go on; None when training goes on. A trainer.epochs
+    below the epochs already trained is a UserError."""
+    run_dir, epochs, done = config.resume.parent, config["trainer"]["epochs"], checkpoint["epoch"]
+    mid_epoch = checkpoint.get("batch_in_epoch", 0) > 0
+    if done > epochs or done == epochs and mid_epoch:
+        raise UserError(f"trainer.epochs={epochs}, but run {run_dir} has already trained {done} epochs; give "
+                        f"trainer.epochs above {done} to train longer")
+    command = f"python train.py -r {run_dir}"
+    if done == epochs:
+        return (f"Run {run_dir} has finished its {epochs} epochs; nothing to train. To train longer: {command} "
+                f"trainer.epochs={2 * epochs}")
+    monitor = Monitor(config["trainer"]["monitor"], config["trainer"]["early_stop"])
+    monitor.load_state_dict(checkpoint.get(MONITOR) or {})
+    if monitor.should_stop:
+        counted = "validation" if config["trainer"]["val_every_steps"] else "epoch"
+        return (f"Run {run_dir} stopped early at epoch {done}: {monitor.key} did not improve for {monitor.wait} "
+                f"{counted}{'s' if monitor.wait != 1 else ''} (trainer.early_stop={monitor.patience}); nothing to "
+                f"train. To train longer: {command} trainer.early_stop=0")
+    return None
 
 
 def assemble(config: ConfigParser, device_flag: str | None = None, dist: Dist = SINGLE) -> tuple[BaseTrainer, Dist]:

@@ -172,12 +172,17 @@ def read_torch_file(path: Path, what: str, fix: str) -> Any:
         raise UserError(f"{what} {path} is truncated or corrupt ({str(e).splitlines()[0]}); {fix}") from None
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (weights_only, onto the CPU); every failure is a clear UserError."""
+# What a command does with a checkpoint, as its messages say it: train.py resumes, test.py evaluates, ...
+RESUME, EVALUATE, PREDICT, EXPORT = "resume from", "evaluate", "predict with", "export"
+
+
+def load_checkpoint(path: str | Path, use: str = RESUME, fix: str | None = None) -> dict:
+    """Read a checkpoint safely (weights_only, onto the CPU); every failure is a clear UserError. use: what the command
+    does with it (RESUME, EVALUATE, ...), for the messages; fix: what to do when the file is damaged."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; give a checkpoint file or a run directory to -r")
-    ckpt = read_torch_file(path, "checkpoint", "resume from an earlier checkpoint")
+    ckpt = read_torch_file(path, "checkpoint", fix or f"{use} an earlier checkpoint")
     missing = [k for k in ("state_dict", "config", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UserError(f"{path} is not a checkpoint of this template: it lacks {', '.join(missing)}")
@@ -193,26 +198,75 @@ def checkpoints_in(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
-def find_checkpoint(path: str | Path) -> tuple[Path, dict]:
+def find_checkpoint(path: str | Path, use: str = RESUME) -> tuple[Path, dict]:
     """Load a checkpoint file, or a run directory's newest valid state: its `latest` pointer first, then the
-    checkpoints and model_best.pth newest first; a truncated or corrupt file there is reported and skipped."""
+    checkpoints and model_best.pth newest first; a truncated or corrupt file there is reported and skipped.
+    use: what the command does with it (RESUME, EVALUATE, ...), for the messages."""
     path = Path(path)
     if not path.is_dir():
-        return path, load_checkpoint(path)
-    pointer = path / LATEST
-    named = [path / pointer.read_text().strip()] if pointer.is_file() else []
-    others = checkpoints_in(path) + ([path / BEST] if (path / BEST).is_file() else [])
-    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    candidates = list(dict.fromkeys(p for p in named + others if p.is_file()))
+        return path, load_checkpoint(path, use)
+    candidates = _newest_first(path)
     if not candidates:
-        raise UserError(f"run directory {path} holds no checkpoint-*.pth or {BEST}; nothing to resume")
+        raise UserError(f"run directory {path} holds no checkpoint-*.pth or {BEST}; nothing to {use}")
     for candidate in candidates:
         try:
-            return candidate, load_checkpoint(candidate)
+            return candidate, load_checkpoint(candidate, use)
         except UserError as e:
             logging.getLogger("train").warning("Skipping %s", e)
     raise UserError(f"run directory {path}: none of its {len(candidates)} checkpoints can be read; see the "
                     f"warnings above")
+
+
+def _newest_first(run_dir: Path) -> list[Path]:
+    """The checkpoint files of a run directory, newest first: the one `latest` names, then by modification time."""
+    pointer = run_dir / LATEST
+    named = [run_dir / pointer.read_text().strip()] if pointer.is_file() else []
+    others = checkpoints_in(run_dir) + ([run_dir / BEST] if (run_dir / BEST).is_file() else [])
+    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return list(dict.fromkeys(p for p in named + others if p.is_file()))
+
+
+def checkpoint_to_use(path: str | Path, use: str, last: bool = False) -> tuple[Path, dict, str]:
+    """The checkpoint test.py, predict.py and export.py use (use: EVALUATE, PREDICT or EXPORT): a file as given; in a
+    run directory its model_best.pth when it has one, else (or with last: --last) its newest valid state. Returns
+    (path, checkpoint, why: the words that say why this file, for the line the command prints)."""
+    path = Path(path)
+    if not path.is_dir():
+        if last:
+            raise UserError(f"--last picks the newest checkpoint of a run directory, but -r {path} is a file; give "
+                            f"the run directory, or leave out --last")
+        checkpoint = load_checkpoint(path, use)
+        return path, checkpoint, f"{_state_of(checkpoint)}: the file given"
+    best = path / BEST
+    if best.is_file() and not last:
+        checkpoint = load_checkpoint(best, use, fix=f"{use} the newest checkpoint instead with --last, or give a "
+                                                    f"checkpoint file to -r")
+        newest = _newest_first(path)[0]
+        also = f"; --last for the newest, {newest.name}" if newest != best else ""
+        return best, checkpoint, f"{_state_of(checkpoint)}: the run's best{_monitored(checkpoint)}{also}"
+    chosen, checkpoint = find_checkpoint(path, use)
+    if last:
+        return chosen, checkpoint, f"{_state_of(checkpoint)}: the newest, as --last asks"
+    monitor = (checkpoint["config"].get("trainer") or {}).get("monitor", "off")
+    return chosen, checkpoint, (f"{_state_of(checkpoint)}: the newest; the run has no {BEST}"
+                                f"{' (trainer.monitor was off)' if monitor == 'off' else ''}")
+
+
+def _state_of(checkpoint: dict) -> str:
+    """'epoch 7', or 'epoch 7 and 12 batches (step 96)' for a state in the middle of an epoch."""
+    batches = checkpoint.get("batch_in_epoch", 0)
+    more = f" and {batches} batches (step {checkpoint.get('global_step')})" if batches else ""
+    return f"epoch {checkpoint['epoch']}{more}"
+
+
+def _monitored(checkpoint: dict) -> str:
+    """' by max val_accuracy (0.97)': what model_best.pth is the best by, as far as the checkpoint says."""
+    state = checkpoint.get(MONITOR)
+    if not isinstance(state, dict) or state.get("mode") is None:
+        return ""
+    best = state.get("best")
+    value = f" ({best:.6g})" if isinstance(best, (int, float)) and math.isfinite(best) else ""
+    return f" by {state['mode']} {state['key']}{value}"
 
 
 def run_dirs_of(checkpoint: Path) -> RunDirs:
@@ -251,23 +305,28 @@ class Checkpointer:
     """Decides which checkpoint files to write, writes them safely, and keeps the newest keep_last.
     Without a directory it writes nothing (dry runs, test.py, ranks other than 0).
 
-    Every epoch's state is written, so that a crash loses at most the epoch under way; save_period decides which
-    checkpoint-epoch<N>.pth files stay: the others are replaced by the next epoch's. With save_top_k, the k best
-    epoch files by the monitored value (stored in each checkpoint; ties keep the older) and the newest stay instead,
-    whatever save_period says. keep_last applies as well: a file stays only if every rule given keeps it."""
+    Every epoch's state is written, so that a crash loses at most the epoch under way. With none of save_period,
+    keep_last and save_top_k given, only the newest checkpoint file stays (keep_last 1), beside model_best.pth: disk
+    stays bounded. save_period decides which checkpoint-epoch<N>.pth files stay: the others are replaced by the next
+    epoch's. With save_top_k, the k best epoch files by the monitored value (stored in each checkpoint; ties keep the
+    older) and the newest stay instead, whatever save_period says. keep_last applies as well: a file stays only if
+    every rule given keeps it. A file is deleted only once the state that replaces it is complete on disk."""
 
-    def __init__(self, directory: Path | None, save_period: int = 1, keep_last: int | None = None,
+    def __init__(self, directory: Path | None, save_period: int | None = None, keep_last: int | None = None,
                  save_top_k: int | None = None, monitor: str = "off"):
         """monitor: trainer.monitor ('max val_accuracy', 'min val_loss' or 'off'), which save_top_k ranks by."""
         self.directory = None if directory is None else Path(directory)
-        self.save_period = save_period
+        if save_period is None and keep_last is None and save_top_k is None:
+            keep_last = 1  # the default: the newest state to resume from (and model_best.pth), nothing more
+        self.save_period = save_period or 1  # null: every epoch file is kept by the period, keep_last decides
         self.keep_last = keep_last
         self.save_top_k = save_top_k
         self.mode, self.key = parse_monitor(monitor)
         if save_top_k is not None and self.mode is None:
             raise UserError(SAVE_TOP_K_NEEDS_MONITOR)
         pointer = self.directory / LATEST if self.directory is not None else None
-        self.latest: Path | None = self.directory / pointer.read_text().strip() if pointer and pointer.is_file() else None
+        self.latest: Path | None = (self.directory / pointer.read_text().strip() if pointer and pointer.is_file()
+                                    else None)
         # An epoch's file that is not to be kept, deleted once the next one is in place (on resume: the newest
         # file, when save_period would not have kept it). save_top_k, when set, decides instead.
         self._replaceable = self.latest if self.latest is not None and not self._kept(self.latest.name) else None

@@ -154,9 +154,10 @@ def test_kill_9_at_a_random_moment_then_resume_from_the_run_directory(tmp_path, 
     assert read_metrics(log_dir, timing=False) == straight.rows
 
 
-# The shipped config's checkpoint settings (save_period 10, no save_every_steps), 8 of its 30 epochs: no
-# checkpoint-epoch<N>.pth is ever kept, yet every epoch's state is on disk. KILL_ROUNDS=50 runs the check of
-# fifty random moments; KILL_EPOCHS=30 the whole default run.
+# The shipped config's checkpoint settings (the default: the newest checkpoint alone, each deleted once the next is
+# complete; no save_every_steps), 8 of its 30 epochs: every epoch's state is on disk until the next one's is, so a
+# kill at any moment, during a save too, leaves one to resume from. KILL_ROUNDS=50 runs the check of fifty random
+# moments; KILL_EPOCHS=30 the whole default run.
 KILL_ROUNDS, KILL_EPOCHS = int(os.environ.get("KILL_ROUNDS", 1)), int(os.environ.get("KILL_EPOCHS", 8))
 
 

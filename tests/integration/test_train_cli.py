@@ -133,8 +133,10 @@ def test_test_script_evaluates_the_test_split_without_a_new_run_directory(tiny_r
     assert sorted(p for p in save.rglob("*")) == sorted(before + [ckpt_dir / "test_results.json"])
     assert "accuracy" in capsys.readouterr().out
     out = tmp_path / "elsewhere.json"
-    again = test_script.main(["-r", str(ckpt_dir), "--out", str(out)])  # a run directory: its newest checkpoint
-    assert json.loads(out.read_text())["epoch"] == 2 and again["checkpoint"].endswith("checkpoint-epoch2.pth")
+    again = test_script.main(["-r", str(ckpt_dir), "--out", str(out)])  # a run directory: its model_best.pth
+    assert again["checkpoint"] == str(ckpt_dir / "model_best.pth") and again["accuracy"] == results["accuracy"]
+    newest = test_script.main(["-r", str(ckpt_dir), "--last", "--out", str(out)])
+    assert json.loads(out.read_text())["epoch"] == 2 and newest["checkpoint"].endswith("checkpoint-epoch2.pth")
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_ema_mistakes_name_their_key(tiny, ema, problems):
 
 @pytest.mark.parametrize("key, value, problem", [
     ("epochs", 0, "trainer.epochs must be at least 1, got 0"),
-    ("save_period", 0, "trainer.save_period must be at least 1, got 0"),
+    ("save_period", 0, "trainer.save_period must be at least 1 or null, got 0"),
     ("len_epoch", 0, "trainer.len_epoch must be at least 1 or null, got 0"),
     ("keep_last", -1, "trainer.keep_last must be at least 1 or null, got -1"),
     ("accumulate_steps", 0, "trainer.accumulate_steps must be at least 1, got 0"),

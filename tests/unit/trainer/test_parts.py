@@ -52,7 +52,7 @@ class Counting(Part):
 
 
 def test_a_new_part_is_one_entry_its_hooks_see_the_loop_and_its_state_is_checkpointed(tmp_path):
-    trainer = build(tmp_path, epochs=2, accumulate_steps=2, log_step=2)
+    trainer = build(tmp_path, epochs=2, accumulate_steps=2, log_step=2, save_period=1)
     counting = Counting()
     trainer.parts.append(counting)
     trainer.train()

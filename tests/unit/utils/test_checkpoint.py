@@ -21,8 +21,79 @@ def test_save_every_steps_and_keep_last(tmp_path):
     assert (tmp_path / "latest").read_text().strip() == "checkpoint-epoch3.pth"
 
 
-def test_keep_last_default_keeps_every_checkpoint(tmp_path):
-    build(tmp_path, save_every_steps=2).train()
+def test_by_default_only_the_newest_checkpoint_and_model_best_stay(tmp_path):
+    build(tmp_path, save_every_steps=2).train()  # save_period, keep_last and save_top_k all null
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", "model_best.pth"]
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert (tmp_path / "latest").read_text().strip() == "checkpoint-epoch3.pth"
+
+
+def test_by_default_the_previous_checkpoint_is_deleted_only_once_the_next_is_complete(tmp_path, monkeypatch):
+    checkpointer = Checkpointer(tmp_path)  # the defaults: save_period, keep_last and save_top_k null
+    real_unlink, unlinked = Path.unlink, []
+
+    def unlink(path, missing_ok=False):
+        newest = tmp_path / (tmp_path / "latest").read_text().strip()
+        epoch = int(newest.stem.removeprefix("checkpoint-epoch"))
+        assert newest != path and torch.load(newest, weights_only=True)["epoch"] == epoch  # complete
+        unlinked.append(path.name)
+        real_unlink(path, missing_ok=missing_ok)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    for epoch in (1, 2, 3):
+        checkpointer.save({"epoch": epoch}, epoch, is_best=epoch == 1, is_last=epoch == 3)
+    assert unlinked == ["checkpoint-epoch1.pth", "checkpoint-epoch2.pth"]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", BEST]
+
+
+class Killed(BaseException):
+    """The process dying at that moment (kill -9): nothing after it runs, not even except clauses for Exception."""
+
+
+@pytest.mark.parametrize("moment", ["writing the new file", "after its rename, before latest",
+                                    "before the old file's deletion"])
+def test_by_default_a_kill_during_a_save_leaves_a_complete_state_to_resume(tmp_path, monkeypatch, moment):
+    import utils.checkpoint as checkpoint_module
+    trainer = build(tmp_path, epochs=3)
+    real_save, real_pointer, real_unlink = torch.save, checkpoint_module.write_text_atomic, Path.unlink
+
+    def save(obj, f, *args, **kwargs):
+        if obj["epoch"] == 2 and not isinstance(f, (str, Path)):
+            f.write(b"partial")
+            raise Killed
+        return real_save(obj, f, *args, **kwargs)
+
+    def pointer(path, text):
+        if text.startswith("checkpoint-epoch2"):
+            raise Killed
+        real_pointer(path, text)
+
+    def unlink(path, missing_ok=False):
+        if path.name == "checkpoint-epoch1.pth":
+            raise Killed
+        real_unlink(path, missing_ok=missing_ok)
+    patch = {"writing the new file": (torch, "save", save),
+             "after its rename, before latest": (checkpoint_module, "write_text_atomic", pointer),
+             "before the old file's deletion": (Path, "unlink", unlink)}[moment]
+    monkeypatch.setattr(*patch)
+    with pytest.raises(Killed):
+        trainer.train()
+    monkeypatch.undo()
+    path, state = find_checkpoint(tmp_path)
+    assert state["epoch"] == (1 if moment != "before the old file's deletion" else 2) and path.name != BEST
+    resumed = build(tmp_path, epochs=3)
+    resumed.load_state_dict(state)
+    resumed.train()
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", BEST]
+
+
+def test_keep_last_alone_keeps_the_newest_n(tmp_path):
+    build(tmp_path, epochs=4, keep_last=2).train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pth")) == ["checkpoint-epoch3.pth",
+                                                                         "checkpoint-epoch4.pth"]
+
+
+def test_an_explicit_save_period_1_keeps_every_checkpoint(tmp_path):
+    build(tmp_path, save_every_steps=2, save_period=1).train()  # the original template's meaning: no keep_last
     assert len(list(tmp_path.glob("checkpoint-*.pth"))) == 3 + 7  # 3 epochs, steps 2, 4, ..., 14
 
 
@@ -48,7 +119,7 @@ def test_disk_full_is_a_clear_error_and_earlier_checkpoints_stay(tmp_path, monke
 
 
 def test_truncated_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, caplog):
-    build(tmp_path, epochs=2).train()
+    build(tmp_path, epochs=2, save_period=1).train()
     newest = tmp_path / "checkpoint-epoch2.pth"
     newest.write_bytes(newest.read_bytes()[:1000])
     (tmp_path / "model_best.pth").unlink()
