@@ -54,7 +54,8 @@ from base import BaseTrainer  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from logger.reporter import compact  # noqa: E402
 from model.summary import layer_table  # noqa: E402
-from run import DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, load_config, open_run, resume  # noqa: E402
+from run import (DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, load_config, open_run,  # noqa: E402
+                 removed_if_it_fails_at_start, resume)
 from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.checkpoint import RunDirs, unwrap  # noqa: E402
@@ -94,9 +95,10 @@ def main(argv: list[str] | None = None) -> None:
             find_lr(trainer, finder, config["name"])
             return
         run = open_run(config, trainer, dist)
-        if checkpoint is not None:
-            resume(trainer, checkpoint, config)
-        train(trainer, run)
+        with removed_if_it_fails_at_start(run, trainer, new=checkpoint is None):  # a failed start leaves no directory
+            if checkpoint is not None:
+                resume(trainer, checkpoint, config)
+            train(trainer, run)
     finally:
         distributed.shutdown()
 

@@ -3,9 +3,11 @@ resuming from a checkpoint, and the fast dev run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
-from typing import Sequence
+import shutil
+from typing import Iterator, Sequence
 
 from base import BaseTrainer
 from logger import get_logger, setup_logging
@@ -64,6 +66,23 @@ def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
         trainer.outputs.open(run, trainer.settings)
     get_logger("train", verbosity).info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
     return run
+
+
+@contextlib.contextmanager
+def removed_if_it_fails_at_start(run: RunDirs, trainer: BaseTrainer, new: bool = True) -> Iterator[None]:
+    """Around a new run's training: when it fails (an error, not a planned stop, which saves) having completed at
+    most one step and written no checkpoint, its run directory holds only what the start wrote, and is removed; a
+    run that fails later, or a resumed one, keeps every file."""
+    try:
+        yield
+    except BaseException:
+        if new and trainer.dist.is_main and trainer.global_step <= 1 and not any(run.checkpoint_dir.rglob("*.pth")):
+            setup_logging(None)  # info.log closed before its folder goes
+            for path in (run.checkpoint_dir, run.log_dir):
+                shutil.rmtree(path, ignore_errors=True)
+            get_logger("train").warning("The run failed at its start; its run directory %s was removed.",
+                                        run.checkpoint_dir)
+        raise
 
 
 def resume(trainer: BaseTrainer, checkpoint: dict, config: ConfigParser) -> None:
