@@ -131,3 +131,35 @@ def test_a_run_that_fails_later_keeps_every_file(tmp_path, capsys, monkeypatch, 
     saved = [] if step == 3 else ["checkpoint-epoch1.pth", "model_best.pth"]
     assert sorted(p.name for p in ckpt_dir.glob("*.pth")) == saved
     json.loads((ckpt_dir / "config.json").read_text())
+
+
+# ---- unreadable training files: found at the start, all at once, or skipped and counted
+
+
+def test_unreadable_training_files_are_found_at_the_start_or_skipped_and_counted_in_the_log(tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    config = image_config(tmp_path)
+    images = {}
+    for image_format in ("PNG", "JPEG"):
+        buffer = io.BytesIO()
+        Image.effect_noise((24, 24), 64).convert("RGB").save(buffer, format=image_format)
+        images[image_format] = buffer.getvalue()
+    broken = {"a/empty.png": b"", "a/cut.png": images["PNG"][:-30], "b/cut.jpg": images["JPEG"][:-30],
+              "c/notes.jpg": b"a text file"}
+    for name, data in broken.items():
+        (tmp_path / "train" / name).write_bytes(data)
+    status, err, _ = start(tmp_path, capsys, config)
+    assert status == 2 and err == [f"error: data_loader.args.data_dir: 4 of the 20 image files cannot be read: "
+                                   "a/cut.png (truncated: no PNG end chunk (IEND)), a/empty.png (empty file), "
+                                   "b/cut.jpg (truncated: no JPEG end marker), c/notes.jpg (not an image); replace or remove "
+                                   "them, or set data_loader.args.skip_unreadable=true to train without them"]
+    assert not (tmp_path / "saved").exists()
+    config["data_loader"]["args"]["skip_unreadable"] = True
+    status, err, _ = start(tmp_path, capsys, config)
+    assert status == 0, err
+    _, log_dir = run_dir(tmp_path / "saved", "r")
+    assert "leaving out 4 of the 20 image files, which cannot be read" in (log_dir / "info.log").read_text()
+    assert [row["epoch"] for row in map(json.loads, (log_dir / "metrics.jsonl").read_text().splitlines())] == [1, 2]
