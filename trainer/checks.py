@@ -110,9 +110,16 @@ def metric_problems(metrics: dict[str, Any], output: Any, target: Any, arch: str
             problems.append(f"{where} counts {expected} classes but arch {arch} gives {classes} class scores; set "
                             f"metrics.{i}.args.num_classes to {classes}")
             continue
+        if isinstance(expected, int) and isinstance(target, torch.Tensor) and target.is_floating_point():
+            problems.append(f"{where} counts classes (num_classes {expected}), but the targets of the first batch are "
+                            f"{_describe(target)} values, not class indices; choose a metric for this task (e.g. "
+                            f"MeanSquaredError), or remove it")
+            continue
         try:
-            if is_stateful(metric):  # a torchmetrics Metric: a copy on the output's device, as the trainer updates
-                copy.deepcopy(metric).to(_device_of(output)).update(output, target)
+            if is_stateful(metric):  # a torchmetrics Metric: a copy on the output's device, updated and computed
+                epoch_metric = copy.deepcopy(metric).to(_device_of(output))
+                epoch_metric.update(output, target)
+                epoch_metric.compute()
             else:
                 metric(output, target)
         except LIBRARY_ERRORS as e:

@@ -132,6 +132,17 @@ def test_a_torchmetrics_metric_for_other_classes_is_one_line_naming_it_and_the_f
                                    "metrics.1.args.num_classes to 5"]
 
 
+def test_a_class_metric_on_targets_that_are_not_classes_is_named():
+    from torchmetrics.classification import MulticlassAccuracy
+
+    x = torch.randn(8, 5)
+    trainer = trainer_for(nn.Linear(5, 5), x, x.clone(), loss=nn.functional.mse_loss,
+                          metrics={"acc": MulticlassAccuracy(num_classes=5)})
+    with pytest.raises(UserError, match=r"^metrics.0 \(acc\) counts classes \(num_classes 5\), but the targets of the "
+                                        r"first batch are 4x5 float32 values, not class indices"):
+        check_first_batch(trainer)
+
+
 def test_a_metric_that_cannot_take_the_output_is_named_with_the_library_message():
     def first_column(output, target):
         return (output[:, 7] > 0).float().mean()  # an index the 3 classes do not have
