@@ -41,7 +41,8 @@ def test_split_problems(args: dict) -> list[str]:
     test_annotations_file, ...: keys test_*_dir/_file/_path/_root/_folder) that does not exist. A training run
     checks them at its start: test.py reads them only after the run. No test split at all is fine."""
     return [f"data_loader.args.{key}: no file or folder {value} (relative paths are from the working directory); "
-            f"test.py evaluates the run on it: fix the path, or leave {key} out for a run without a test split"
+            f"test.py evaluates the run on it: fix the path, or leave {key} out (or null) for a run without a test "
+            f"split"
             for key, value in args.items()
             if key.startswith("test_") and key.endswith(TEST_PATH_KEYS) and isinstance(value, str) and value
             and not os.path.exists(value)]

@@ -69,8 +69,6 @@ def check_first_batch(trainer: BaseTrainer) -> None:
     try:
         with torch.no_grad(), _autocast(trainer):
             result = step(data, target)
-            output = result[1] if isinstance(result, tuple) and len(result) == 2 else None
-            problems = metric_problems(getattr(trainer, "metric_ftns", None) or {}, output, target, arch)
     except _TargetsOutOfRange as e:
         raise UserError(f"arch {arch} and the data loader's first batch ({batch}) do not fit: {e}") from None
     except LIBRARY_ERRORS as e:
@@ -90,6 +88,9 @@ def check_first_batch(trainer: BaseTrainer) -> None:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+    output = result[1] if isinstance(result, tuple) and len(result) == 2 else None  # eval_step: (loss, output)
+    with torch.no_grad():  # as the trainer runs them: after the step, outside its autocast
+        problems = metric_problems(getattr(trainer, "metric_ftns", None) or {}, output, target, arch)
     if default_step and isinstance(output, torch.Tensor):
         problems += loss_problems(trainer.criterion, output, arch)
     if problems:

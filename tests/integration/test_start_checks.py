@@ -78,8 +78,9 @@ def test_a_missing_test_split_path_is_found_at_the_start_not_by_test_py(tmp_path
     for extra in (["--dry-run"], []):
         status, err, _ = start(tmp_path, capsys, config, *extra)
         assert status == 2 and err == [f"error: data_loader.args.test_dir: no file or folder {tmp_path / 'tset'} "
-                                       "(relative paths are from the working directory); test.py evaluates the run on "
-                                       "it: fix the path, or leave test_dir out for a run without a test split"]
+                                       "(relative paths are from the working directory); test.py evaluates the run "
+                                       "on it: fix the path, or leave test_dir out (or null) for a run without a test "
+                                       "split"]
     assert not (tmp_path / "saved").exists()
     del config["data_loader"]["args"]["test_dir"]  # no test split at all: fine
     assert start(tmp_path, capsys, config, "--dry-run")[0] == 0
@@ -154,8 +155,8 @@ def test_unreadable_training_files_are_found_at_the_start_or_skipped_and_counted
     status, err, _ = start(tmp_path, capsys, config)
     assert status == 2 and err == [f"error: data_loader.args.data_dir: 4 of the 20 image files cannot be read: "
                                    "a/cut.png (truncated: no PNG end chunk (IEND)), a/empty.png (empty file), "
-                                   "b/cut.jpg (truncated: no JPEG end marker), c/notes.jpg (not an image); replace or remove "
-                                   "them, or set data_loader.args.skip_unreadable=true to train without them"]
+                                   "b/cut.jpg (truncated: no JPEG end marker), c/notes.jpg (not an image); replace or "
+                                   "remove them, or set data_loader.args.skip_unreadable=true to train without them"]
     assert not (tmp_path / "saved").exists()
     config["data_loader"]["args"]["skip_unreadable"] = True
     status, err, _ = start(tmp_path, capsys, config)
