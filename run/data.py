@@ -14,9 +14,6 @@ from utils.registry import DATA_LOADERS
 def build_data(config: ConfigParser, training: bool = True, dist: Dist = SINGLE) -> tuple[Any, Any]:
     """(training loader, validation loader or None), or with training=False (test.py) (test-split loader, None)."""
     if training:
-        problems = test_split_problems(config["data_loader"]["args"])
-        if problems:  # found at the start, not by test.py after the run
-            raise UserError(problems)
         data_loader = config.init_obj("data_loader", DATA_LOADERS)
         record_classes(config, data_loader)
         loaders = (data_loader, data_loader.split_validation())

@@ -14,6 +14,7 @@ from logger import get_logger, setup_logging
 from logger.reporter import compact
 from parse_config import SCHEMA, ConfigParser, TrainerSettings, differing_keys
 from run.build import build_trainer
+from run.data import test_split_problems
 from run.devices import choose_device
 from trainer.checks import check_first_batch
 from utils import distributed
@@ -46,7 +47,11 @@ def load_config(args: argparse.Namespace, options: Sequence = (),
 def assemble(config: ConfigParser, device_flag: str | None = None, dist: Dist = SINGLE) -> tuple[BaseTrainer, Dist]:
     """The trainer of a training run and this rank: the process group restarted if the config names another backend
     or timeout, every random generator seeded, the parts built in dependency order on the device chosen (device_flag:
-    -d), and the first batch checked against the model (one clear error before anything is written)."""
+    -d), and the first batch checked against the model (one clear error before anything is written); the test split's
+    paths are checked first."""
+    problems = test_split_problems(config["data_loader"]["args"])
+    if problems:  # found at the start, not by test.py after the run
+        raise UserError(problems)
     settings = config.settings()
     dist = distributed.init(settings.dist_backend, settings.dist_timeout, main=dist.main)
     seed_everything(config["seed"])
