@@ -55,7 +55,7 @@ from logger import get_logger, setup_logging  # noqa: E402
 from logger.reporter import compact  # noqa: E402
 from model.summary import layer_table  # noqa: E402
 from run import (DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, finished, load_config, open_run,  # noqa: E402
-                 resume)
+                 removed_if_it_fails_at_start, resume)
 from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.checkpoint import RunDirs, unwrap  # noqa: E402
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and args.init_from:
         raise UserError("--init-from starts a new run from weights; -r continues a run: give one of them")
     if args.fast_dev_run and (args.resume or args.dry_run):
-        raise UserError(f"--fast-dev-run checks a config from scratch; leave out {'-r' if args.resume else '--dry-run'}")
+        extra = "-r" if args.resume else "--dry-run"
+        raise UserError(f"--fast-dev-run checks a config from scratch; leave out {extra}")
     # Under torchrun the process group starts before -r is read (only one machine may hold the run), with the
     # default backend and timeout; distributed.init restarts it if the config names others.
     dist = distributed.init(*DIST_DEFAULTS)
@@ -100,9 +101,10 @@ def main(argv: list[str] | None = None) -> None:
             find_lr(trainer, finder, config["name"])
             return
         run = open_run(config, trainer, dist)
-        if checkpoint is not None:
-            resume(trainer, checkpoint, config)
-        train(trainer, run)
+        with removed_if_it_fails_at_start(run, trainer, new=checkpoint is None):  # a failed start leaves no directory
+            if checkpoint is not None:
+                resume(trainer, checkpoint, config)
+            train(trainer, run)
     finally:
         distributed.shutdown()
 

@@ -14,6 +14,7 @@ from base.base_data_loader import BaseDataLoader, InferenceSource
 from data_loader.arrays import ARRAY_INPUTS, ArrayDataLoader, arrays_only
 from data_loader.datasets import (ImageFileDataset, collate_images, image_reader, in_memory_images,
                                   read_annotations, test_source)
+from data_loader.file_check import readable_samples
 from data_loader.inputs import image_files_source, read_pixels, with_defaults
 from data_loader.transforms import describe_pipeline, image_pipeline, normalisation, transform_problems
 from logger import get_logger
@@ -241,7 +242,11 @@ class Cifar100DataLoader(_TorchvisionDataLoader):
 
 class _ImageFilesDataLoader(_TakesTransforms, BaseDataLoader):
     """Image files read as they are needed (use num_workers; persistent_workers keeps them between epochs), through
-    transforms when training and eval_transforms for validation and test; mean/std default to ImageNet's."""
+    transforms when training and eval_transforms for validation and test; mean/std default to ImageNet's. Every file
+    is checked when the loader is built (data_loader/file_check.py: its header and end, not its pixels): an
+    unreadable one is an error naming them all, or with skip_unreadable left out with a warning."""
+
+    unreadable = 0  # the files left out as unreadable (skip_unreadable)
 
     @staticmethod
     def _statistics(mode: str, mean: list[float] | None, std: list[float] | None) -> tuple[list[float], list[float]]:
@@ -275,8 +280,16 @@ class _ImageFilesDataLoader(_TakesTransforms, BaseDataLoader):
         return []
 
     def _start(self, dataset: Dataset, training: bool, transforms: list | None, eval_transforms: list | None,
-               mean: list[float] | None, std: list[float] | None, mode: str, **loader_args) -> None:
+               mean: list[float] | None, std: list[float] | None, mode: str, *, files: tuple[str, str],
+               skip_unreadable: bool, **loader_args) -> None:
+        """files: (the config key of the images, their folder), for the check's messages."""
         mean, std = self._statistics(mode, mean, std)
+        kept = readable_samples(dataset.samples, skip_unreadable, *files)
+        self.unreadable = len(dataset.samples) - len(kept)
+        if self.unreadable:
+            dataset.samples = kept
+            if hasattr(dataset, "targets"):  # torchvision's ImageFolder keeps the labels and samples twice more
+                dataset.targets, dataset.imgs = [label for _, label in kept], kept
         spec, key = (transforms, "transforms") if training else (eval_transforms, "eval_transforms")
         dataset.transform = image_pipeline(spec, mean, std, f"data_loader.args.{key}")
         eval_dataset = copy.copy(dataset)
@@ -312,14 +325,18 @@ class ImageCsvDataLoader(_ImageFilesDataLoader):
         mode: str = "RGB",
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        skip_unreadable: bool = False,
     ):
+        """skip_unreadable: leave out (with a warning) image files that cannot be read, instead of stopping at the
+        start with their names."""
         key = "annotations_file" if training else "test_annotations_file"
         if not training:
             annotations_file = test_source(test_annotations_file, key, "a CSV of the test images (file name,label)")
         samples, self.classes = read_annotations(annotations_file, img_dir, header, classes, key)
         self._start(ImageFileDataset(samples, transform=None, mode=mode), training, transforms, eval_transforms,
                     mean, std, mode, batch_size=batch_size, shuffle=shuffle, validation_split=validation_split,
-                    num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers)
+                    num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers,
+                    skip_unreadable=skip_unreadable, files=(f"data_loader.args.{key}", img_dir))
 
     @classmethod
     def _csv_dirs(cls, args: dict) -> list[str]:
@@ -348,7 +365,10 @@ class ImageFolderDataLoader(_ImageFilesDataLoader):
         mode: str = "RGB",
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        skip_unreadable: bool = False,
     ):
+        """skip_unreadable: leave out (with a warning) image files that cannot be read, instead of stopping at the
+        start with their names."""
         key = "data_dir" if training else "test_dir"
         if not training:
             data_dir = test_source(test_dir, key, "a folder of test images in the same <class name>/<image> layout")
@@ -358,4 +378,5 @@ class ImageFolderDataLoader(_ImageFilesDataLoader):
         self.classes = dataset.classes
         self._start(dataset, training, transforms, eval_transforms, mean, std, mode, batch_size=batch_size,
                     shuffle=shuffle, validation_split=validation_split, num_workers=num_workers,
-                    pin_memory=pin_memory, persistent_workers=persistent_workers)
+                    pin_memory=pin_memory, persistent_workers=persistent_workers, skip_unreadable=skip_unreadable,
+                    files=(f"data_loader.args.{key}", data_dir))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 from parse_config import ConfigParser
@@ -27,6 +28,21 @@ def build_data(config: ConfigParser, training: bool = True, dist: Dist = SINGLE)
     if dist.enabled:
         shard(loaders, dist)
     return loaders
+
+
+TEST_PATH_KEYS = ("_dir", "_file", "_path", "_root", "_folder")  # data_loader.args test_<...><one of these>: a path
+
+
+def test_split_problems(args: dict) -> list[str]:
+    """One line for each file or folder of the test split named in data_loader.args (test_dir, test_file,
+    test_annotations_file, ...: keys test_*_dir/_file/_path/_root/_folder) that does not exist. A training run
+    checks them at its start: test.py reads them only after the run. No test split at all is fine."""
+    return [f"data_loader.args.{key}: no file or folder {value} (relative paths are from the working directory); "
+            f"test.py evaluates the run on it: fix the path, or leave {key} out (or null) for a run without a test "
+            f"split"
+            for key, value in args.items()
+            if key.startswith("test_") and key.endswith(TEST_PATH_KEYS) and isinstance(value, str) and value
+            and not os.path.exists(value)]
 
 
 def build_test_split(config: ConfigParser, **kwargs: Any) -> Any:

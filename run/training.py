@@ -3,15 +3,18 @@ resuming from a checkpoint, and the fast dev run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
-from typing import Sequence
+import shutil
+from typing import Iterator, Sequence
 
 from base import BaseTrainer
 from logger import get_logger, setup_logging
 from logger.reporter import compact
 from parse_config import SCHEMA, ConfigParser, TrainerSettings, differing_keys
 from run.build import build_trainer
+from run.data import test_split_problems
 from run.devices import choose_device
 from trainer.checks import check_first_batch
 from utils import distributed
@@ -68,7 +71,11 @@ def finished(checkpoint: dict, config: ConfigParser) -> str | None:
 def assemble(config: ConfigParser, device_flag: str | None = None, dist: Dist = SINGLE) -> tuple[BaseTrainer, Dist]:
     """The trainer of a training run and this rank: the process group restarted if the config names another backend
     or timeout, every random generator seeded, the parts built in dependency order on the device chosen (device_flag:
-    -d), and the first batch checked against the model (one clear error before anything is written)."""
+    -d), and the first batch checked against the model (one clear error before anything is written); the test split's
+    paths are checked first."""
+    problems = test_split_problems(config["data_loader"]["args"])
+    if problems:  # found at the start, not by test.py after the run
+        raise UserError(problems)
     settings = config.settings()
     dist = distributed.init(settings.dist_backend, settings.dist_timeout, main=dist.main)
     seed_everything(config["seed"])
@@ -88,6 +95,23 @@ def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
         trainer.outputs.open(run, trainer.settings)
     get_logger("train", verbosity).info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
     return run
+
+
+@contextlib.contextmanager
+def removed_if_it_fails_at_start(run: RunDirs, trainer: BaseTrainer, new: bool = True) -> Iterator[None]:
+    """Around a new run's training: when it fails (an error, not a planned stop, which saves) having completed at
+    most one step and written no checkpoint, its run directory holds only what the start wrote, and is removed; a
+    run that fails later, or a resumed one, keeps every file."""
+    try:
+        yield
+    except BaseException:
+        if new and trainer.dist.is_main and trainer.global_step <= 1 and not any(run.checkpoint_dir.rglob("*.pth")):
+            setup_logging(None)  # info.log closed before its folder goes
+            for path in (run.checkpoint_dir, run.log_dir):
+                shutil.rmtree(path, ignore_errors=True)
+            get_logger("train").warning("The run failed at its start; its run directory %s was removed.",
+                                        run.checkpoint_dir)
+        raise
 
 
 def resume(trainer: BaseTrainer, checkpoint: dict, config: ConfigParser) -> None:

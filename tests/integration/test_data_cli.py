@@ -52,6 +52,7 @@ def test_train_py_saves_the_class_names_and_test_py_uses_them(tmp_path, write_co
     write_image_csv(img_dir, tmp_path / "test.csv", ["dog", "dog", "dog"], first=100)
     config = tiny_config(tmp_path / "saved", epochs=1)
     config["arch"] = {"type": "CNN", "args": {"input": 3, "blocks": "cnf4 m d", "num_classes": 2}}
+    config["loss"] = "cross_entropy"  # the CNN gives logits (config.json's nll_loss takes log-probabilities)
     config["data_loader"] = {"type": "ImageCsvDataLoader", "args": {
         "annotations_file": str(tmp_path / "train.csv"), "img_dir": str(img_dir), "batch_size": 4,
         "validation_split": 4, "test_annotations_file": str(tmp_path / "test.csv")}}

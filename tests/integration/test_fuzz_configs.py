@@ -10,7 +10,7 @@ import os
 import tempfile
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import train
@@ -76,10 +76,37 @@ def mutate(config: dict, mutations) -> dict:
     return config
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.sampled_from(CONFIGS), st.lists(MUTATION, min_size=1, max_size=3))
-def test_a_mutated_shipped_config_builds_or_is_error_lines_never_a_traceback(source, mutations):
-    config = mutate(json.loads(source.read_text()), mutations)
+# Mistakes of meaning rather than of form (issue 26): a metric counting other classes than the model gives, the loss
+# swapped for one that takes another kind of output, a test split's path that does not exist, another channel count.
+MISTAKE = st.one_of(
+    st.tuples(st.just("metric_classes"), st.sampled_from([1, 2, 3, 5, 10, 11, 1000])),
+    st.tuples(st.just("loss"), st.sampled_from(["nll_loss", "cross_entropy", "NLLLoss", "CrossEntropyLoss",
+                                                "focal_loss", "mse_loss"])),
+    st.tuples(st.just("test_path"), st.sampled_from(["test_dir", "test_file", "test_annotations_file"])),
+    st.tuples(st.just("channels"), st.sampled_from([1, 2, 3, 4])),
+)
+
+
+def make_mistake(config: dict, mistake: tuple) -> dict:
+    config = copy.deepcopy(config)
+    kind, value = mistake
+    if kind == "metric_classes":
+        config.setdefault("metrics", []).append({"type": "MulticlassAccuracy", "args": {"num_classes": value}})
+    elif kind == "loss":
+        config["loss"] = value
+    elif kind == "test_path":
+        config["data_loader"]["args"][value] = "no/such/test/split"
+    else:  # the argument of the model's input channels, under the names models use
+        args = config["arch"]["args"]
+        key = next((k for k in ("input", "in_channels") if k in args), "in_channels" if "resnet" in
+                   config["arch"]["type"].lower() else "input")
+        args[key] = value
+    return config
+
+
+def check_dry_run(config: dict) -> None:
+    """train.py --dry-run on config in a temporary directory: it builds (0) or prints error lines (2), no traceback,
+    and writes nothing."""
     with tempfile.TemporaryDirectory() as tmp, _inside(tmp):
         if isinstance(config.get("trainer"), dict):
             config["trainer"]["save_dir"] = os.path.join(tmp, "saved")  # never the project's own saved/
@@ -93,3 +120,26 @@ def test_a_mutated_shipped_config_builds_or_is_error_lines_never_a_traceback(sou
     assert status in (0, 2), (status, lines)
     assert status == 0 or any(line.startswith("error: ") for line in lines), lines
     assert "Traceback" not in err.getvalue()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(CONFIGS), st.lists(MUTATION, min_size=1, max_size=3))
+def test_a_mutated_shipped_config_builds_or_is_error_lines_never_a_traceback(source, mutations):
+    check_dry_run(mutate(json.loads(source.read_text()), mutations))
+
+
+DIGITS = ROOT / "config.json"  # its data ships with scikit-learn: the mistakes reach the first batch
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(CONFIGS), st.lists(MISTAKE, min_size=1, max_size=2))
+@example(DIGITS, [("metric_classes", 3)])
+@example(DIGITS, [("loss", "cross_entropy"), ("metric_classes", 10)])
+@example(ROOT / "configs" / "cnn_blocks.json", [("loss", "nll_loss")])
+@example(ROOT / "configs" / "image_folder.json", [("test_path", "test_dir")])
+@example(ROOT / "configs" / "resnet_digits.json", [("channels", 3)])
+def test_a_shipped_config_with_a_mistake_of_meaning_builds_or_is_error_lines_never_a_traceback(source, mistakes):
+    config = json.loads(source.read_text())
+    for mistake in mistakes:
+        config = make_mistake(config, mistake)
+    check_dry_run(config)

@@ -53,7 +53,8 @@ def zoo_modules_after(*runs: list[str]) -> list[set[str]]:
 def test_a_run_of_the_users_own_model_does_not_import_the_zoo(tmp_path):
     run = ["-c", str(ROOT / "config.json"), "--dry-run", f"trainer.save_dir={tmp_path}"]
     # one interpreter: the user's run first, so that what the second adds is what a zoo arch imports
-    plain, with_zoo = zoo_modules_after(run, [*run, 'arch={"type": "CNN", "args": {"input": 1, "num_classes": 10}}'])
+    plain, with_zoo = zoo_modules_after(run, [*run, 'arch={"type": "CNN", "args": {"input": 1, "num_classes": 10}}',
+                                              "loss=cross_entropy"])  # the CNN gives logits
     assert plain == set()  # DigitsModel, nll_loss: the user's names
     assert with_zoo == {"model.cnn", "model.builders"}  # a zoo arch imports the zoo's arch modules, not its losses
 

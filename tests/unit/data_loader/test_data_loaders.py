@@ -278,9 +278,9 @@ def test_missing_csv_and_image_dir_are_named(tmp_path, image_csv):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_an_unreadable_image_is_named_even_from_a_worker(image_csv, num_workers):
     img_dir, csv_file = image_csv
-    (img_dir / "img4.png").write_bytes(b"\x89PNG truncated")
     loader = ImageCsvDataLoader(str(csv_file), str(img_dir), batch_size=4, shuffle=False, validation_split=0,
                                 num_workers=num_workers)
+    (img_dir / "img4.png").write_bytes(b"\x89PNG truncated")  # after the loader's check of every file at its start
     iterator = iter(loader)
     with pytest.raises(UserError) as info:
         batches(iterator)
@@ -340,9 +340,9 @@ def test_image_folder_errors_name_the_directory(tmp_path):
         ImageFolderDataLoader(str(tmp_path / "empty"))
     write_image_folder(tmp_path / "broken", {"a": 2})
     (tmp_path / "broken" / "a" / "1.png").write_bytes(b"garbage")
-    loader = ImageFolderDataLoader(str(tmp_path / "broken"), batch_size=2, validation_split=0)
-    with pytest.raises(UserError, match=r"broken/a/1\.png: cannot read the image"):
-        batches(loader)
+    with pytest.raises(UserError, match=r"data_loader\.args\.data_dir: 1 of the 2 image files cannot be read: "
+                                        r"a/1\.png \(not an image\)"):  # found at the start (data_loader/file_check.py)
+        ImageFolderDataLoader(str(tmp_path / "broken"), batch_size=2, validation_split=0)
 
 
 def test_torchvision_loaders_have_their_datasets_class_names(tmp_path):

@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from logger import setup_logging
+from logger.logger import BeforeTheRun
 
 pytestmark = pytest.mark.usefixtures("restore_logging")  # setup_logging reconfigures the root logger
 
@@ -21,8 +22,23 @@ def test_setup_logging_without_dir_is_console_only(tmp_path, monkeypatch):
     setup_logging(None)
     logging.getLogger("test_logging").warning("console only")
     assert file_handlers() == []
-    assert [type(h) for h in logging.getLogger().handlers] == [logging.StreamHandler]
+    assert [type(h) for h in logging.getLogger().handlers] == [logging.StreamHandler, BeforeTheRun]
     assert not list(tmp_path.rglob("info.log"))
+
+
+def test_what_is_logged_before_the_run_directory_exists_reaches_its_info_log_once(tmp_path, capsys):
+    logger = logging.getLogger("test_logging")
+    setup_logging(None)
+    logger.warning("found at the start")
+    setup_logging(tmp_path)
+    logger.warning("during the run")
+    assert capsys.readouterr().out.splitlines() == ["found at the start", "during the run"]  # the console: once
+    lines = (tmp_path / "info.log").read_text().splitlines()
+    assert [line.rsplit(" - ", 1)[-1] for line in lines] == ["found at the start", "during the run"]
+    setup_logging(None)  # a later command's start forgets them
+    (tmp_path / "later").mkdir()
+    setup_logging(tmp_path / "later")
+    assert (tmp_path / "later" / "info.log").read_text() == ""
 
 
 def test_setup_logging_twice_does_not_leak_handlers(tmp_path):
