@@ -7,7 +7,7 @@ thin command-line layers over this package, and no command imports another.
     build.py     build_trainer: data, model, loss, metrics, optimizer, schedule, trainer; build_evaluator
     artifact.py  artifact_metadata: what an exported file carries (preprocessing, class names, arch)
     inputs.py    open_inputs: what --input names (the test split, or files through the loader's inference_source)
-    training.py  load_config (with -r), finished, assemble (seeded, built, checked), open_run, resume, fast_dev_run
+    training.py  load_config (with -r, -r auto), finished, assemble (seeded, built, checked), open_run, resume, fast_dev_run
 
 Importing it imports parse_config, which registers the user's models, losses, metrics, data loaders and trainers.
 """
@@ -17,7 +17,7 @@ from run.data import build_data, build_test_split, whole_split_args
 from run.devices import choose_device
 from run.inputs import Inputs, first_inputs, open_inputs
 from run.model import build_model, load_trained_weights, place_model, trained_model
-from run.training import (DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, finished, load_config, open_run,
+from run.training import (AUTO, DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, finished, load_config, open_run,
                           resume)
 
 __all__ = ["DIST_DEFAULTS", "FAST_DEV_RUN", "Inputs", "artifact_metadata", "assemble", "build_data", "build_evaluator",

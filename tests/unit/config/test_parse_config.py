@@ -527,9 +527,19 @@ def test_seed_null_is_drawn_recorded_and_written(tmp_path):
 def test_an_explicit_run_id_must_be_new(tmp_path):
     config = tiny_config(tmp_path / "saved")
     ConfigParser(config, run_id="exp").make_run_dirs()
-    with pytest.raises(UserError, match=r"run directory .*exp already exists; resume it with -r .*exp or choose "
-                                        r"another --run-id"):
+    with pytest.raises(UserError, match=r"run directory .*exp already exists; resume it with -r .*exp \(or --resume "
+                                        r"auto\) or choose another --run-id"):
         ConfigParser(config, run_id="exp").make_run_dirs()
+
+
+def test_reuse_run_dir_starts_in_a_run_directory_that_exists(tmp_path):
+    """--resume auto's fresh start: the directory --run-id names may exist (a start killed before its checkpoint)."""
+    config = tiny_config(tmp_path / "saved")
+    first = ConfigParser(config, run_id="exp").make_run_dirs()
+    (first.checkpoint_dir / "kept.txt").write_text("x")
+    again = ConfigParser(config, run_id="exp", reuse_run_dir=True)
+    assert again.named_run_dirs() == first
+    assert again.make_run_dirs() == first and (first.checkpoint_dir / "kept.txt").read_text() == "x"
 
 
 def test_timestamp_run_ids_are_unique_within_one_second(tmp_path, monkeypatch):
