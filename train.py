@@ -20,8 +20,9 @@ def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
     """The train.py command line: config, resume, device, run id, custom options and overrides."""
     parser = argparse.ArgumentParser(description="Train a model from a config file.")
     parser.add_argument("-c", "--config", help="config file path (with -r: settings merged onto the checkpoint's)")
-    parser.add_argument("-r", "--resume", help="checkpoint file, or run directory (its newest checkpoint); auto: with -c "
-                                               "and --run-id, resume that run if it has a checkpoint, else start it")
+    parser.add_argument("-r", "--resume", help="checkpoint file, or run directory (its newest checkpoint); auto: "
+                                               "with -c and --run-id, resume that run if it has a checkpoint, else "
+                                               "start it")
     parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES), or cpu")
     parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
     parser.add_argument("--dry-run", action="store_true",

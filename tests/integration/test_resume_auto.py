@@ -53,7 +53,7 @@ def assert_same_run(save_dir: Path, run_id: str, straight: str = "straight", epo
     (straight_dir, straight_log), (ckpt_dir, log_dir) = run_dir(save_dir, straight), run_dir(save_dir, run_id)
     assert read_metrics(log_dir, timing=False) == read_metrics(straight_log, timing=False)
     name = f"checkpoint-epoch{epochs}.pth"
-    assert_same_state(torch.load(ckpt_dir / name, weights_only=True), torch.load(straight_dir / name, weights_only=True))
+    assert_same_state(*(torch.load(d / name, weights_only=True) for d in (ckpt_dir, straight_dir)))
 
 
 def until_finished(command: list[str], capsys, most: int = 12) -> int:
