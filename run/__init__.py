@@ -7,7 +7,7 @@ thin command-line layers over this package, and no command imports another.
     build.py     build_trainer: data, model, loss, metrics, optimizer, schedule, trainer; build_evaluator
     artifact.py  artifact_metadata: what an exported file carries (preprocessing, class names, arch)
     inputs.py    open_inputs: what --input names (the test split, or files through the loader's inference_source)
-    training.py  load_config (with -r; auto), finished, assemble (seeded, built, checked), open_run, resume, fast_dev_run
+    training.py  load_config (with -r), finished, assemble (seeded, built, checked), open_run, resume, fast_dev_run
 
 Importing it imports parse_config, which registers the user's models, losses, metrics, data loaders and trainers.
 """
