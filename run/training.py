@@ -25,7 +25,8 @@ _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSe
 DIST_DEFAULTS = (_DEFAULTS["dist_backend"], _DEFAULTS["dist_timeout"])  # the process group's start, before -r
 # What --fast-dev-run sets: one epoch of one training batch and one validation batch, nothing else on.
 FAST_DEV_RUN = {"epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "len_epoch": None, "overfit_batches": 0,
-                "val_every_steps": None, "val_every_epochs": 1, "save_every_steps": None, "max_time": None}
+                "val_every_steps": None, "val_every_epochs": 1, "save_every_steps": None, "checkpoint_every": None,
+                "max_time": None}
 
 
 AUTO = "auto"  # -r auto (--resume auto): resume the run --run-id names if it has a checkpoint, else start it

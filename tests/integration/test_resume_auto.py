@@ -145,3 +145,22 @@ def test_a_process_killed_at_a_random_moment_resumes_with_the_same_command(tmp_p
     process.wait(timeout=60)
     until_finished(command, capsys)
     assert_same_run(tmp_path / "saved", "auto")
+
+
+def test_checkpoint_every_minutes_writes_step_checkpoints_under_the_default_retention(tmp_path):
+    """A tiny interval: a checkpoint after each optimizer step (when is not the point); the default retention keeps
+    the newest state and model_best.pth."""
+    config = config_file(tmp_path, limit_train_batches=3, save_period=None)
+    assert run_cli(train.main, [*auto(config, "timed"), "trainer.checkpoint_every.minutes=1e-9"]) == 0
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "timed")
+    assert "checkpoint-step" in (log_dir / "info.log").read_text()
+    assert sorted(p.name for p in ckpt_dir.glob("*.pth")) == ["checkpoint-epoch2.pth", "model_best.pth"]
+
+
+def test_save_every_steps_beside_checkpoint_every_is_one_error(tmp_path, capsys):
+    config = config_file(tmp_path)
+    argv = ["-c", str(config), "trainer.save_every_steps=5", 'trainer.checkpoint_every={"steps": 5}']
+    assert run_cli(train.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: trainer.save_every_steps and trainer.checkpoint_every both say when to checkpoint; keep one "
+                   '(trainer.save_every_steps=null, and checkpoint_every {"steps": N})\n')
