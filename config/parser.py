@@ -59,6 +59,8 @@ class ConfigParser:
             config = checkpoint_config
             if args.config:
                 config = merge_changes(config, read_json(args.config))
+                if config.get("seed") is None:  # null: choose one; the run chose it (the -c of --resume auto)
+                    config["seed"] = checkpoint_config.get("seed")
         elif args.config:
             config = read_json(args.config)
         else:

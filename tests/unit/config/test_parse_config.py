@@ -418,6 +418,15 @@ def test_the_config_object_holds_plain_data_only(tmp_path, checkpoint):
     assert plain(vars(config)), vars(config)  # ... the config object does not
 
 
+def test_a_null_seed_in_the_c_file_keeps_the_seed_the_run_chose(tmp_path, checkpoint):
+    """--resume auto merges the run's -c file each start: its "seed": null must not draw a new seed."""
+    seed = torch.load(checkpoint, weights_only=True)["config"]["seed"]
+    assert seed is not None
+    changes = write(tmp_path, {"seed": None}, "null_seed.json")
+    assert load_config(_namespace(resume=str(checkpoint), config=str(changes)))[0]["seed"] == seed
+    assert load_config(_namespace(resume=str(checkpoint), config=str(changes), overrides=["seed=5"]))[0]["seed"] == 5
+
+
 def test_resume_with_another_section_type_takes_only_its_new_args(tmp_path, checkpoint):
     changes = write(tmp_path, {"optimizer": {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}},
                                "lr_scheduler": {"args": {"gamma": 0.9}}}, "sgd.json")
