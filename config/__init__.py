@@ -25,6 +25,6 @@ from config.settings import CheckpointEvery, EMASettings, TrainerSettings
 from config.validation import metric_name, validate
 
 __all__ = ["REQUIRED", "SCHEMA", "SETTINGS", "CheckpointEvery", "ConfigParser", "EMASettings", "Section",
-           "TrainerSettings", "apply_override", "check_args", "coerce", "deep_merge", "differing_keys", "flat_keys", "from_section",
-           "merge_changes", "metric_name", "parse_overrides", "range_problems", "read_json", "schema_rows",
-           "setting", "split_path", "validate", "with_defaults"]
+           "TrainerSettings", "apply_override", "check_args", "coerce", "deep_merge", "differing_keys", "flat_keys",
+           "from_section", "merge_changes", "metric_name", "parse_overrides", "range_problems", "read_json",
+           "schema_rows", "setting", "split_path", "validate", "with_defaults"]

@@ -21,11 +21,13 @@ CPU = torch.device("cpu")
 def test_a_feature_that_is_off_is_a_part_that_does_nothing(tmp_path):
     trainer = make_trainer(tmp_path)
     off = [WeightAverage.from_setting(nn.Linear(1, 1), None), ImageLog.from_setting(False, trainer.outputs),
-           Histograms.from_setting(False, trainer.outputs), StepCheckpoints.from_setting((None, None), lambda: None, SINGLE, CPU)]
+           Histograms.from_setting(False, trainer.outputs),
+           StepCheckpoints.from_setting((None, None), lambda: None, SINGLE, CPU)]
     assert all(type(part) is Part for part in off)
     assert sum(type(part) is Part for part in trainer.parts) == 4 and None not in trainer.parts
     on = [WeightAverage.from_setting(nn.Linear(1, 1), EMASettings(decay=0.9)), ImageLog.from_setting(True, trainer.outputs),
-          Histograms.from_setting(True, trainer.outputs), StepCheckpoints.from_setting((3, None), lambda: None, SINGLE, CPU)]
+          Histograms.from_setting(True, trainer.outputs),
+          StepCheckpoints.from_setting((3, None), lambda: None, SINGLE, CPU)]
     assert [type(part) for part in on] == [WeightAverage, ImageLog, Histograms, StepCheckpoints]
     assert "ema" not in trainer.checkpoint_parts()
 
