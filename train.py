@@ -20,7 +20,9 @@ def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
     """The train.py command line: config, resume, device, run id, custom options and overrides."""
     parser = argparse.ArgumentParser(description="Train a model from a config file.")
     parser.add_argument("-c", "--config", help="config file path (with -r: settings merged onto the checkpoint's)")
-    parser.add_argument("-r", "--resume", help="checkpoint file, or run directory (its newest checkpoint)")
+    parser.add_argument("-r", "--resume", help="checkpoint file, or run directory (its newest checkpoint); auto: "
+                                               "with -c and --run-id, resume that run if it has a checkpoint, else "
+                                               "start it")
     parser.add_argument("-d", "--device", help="GPU indices to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES), or cpu")
     parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
     parser.add_argument("--dry-run", action="store_true",
@@ -54,11 +56,11 @@ from base import BaseTrainer  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from logger.reporter import compact  # noqa: E402
 from model.summary import layer_table  # noqa: E402
-from run import (DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, finished, load_config, open_run,  # noqa: E402
-                 removed_if_it_fails_at_start, resume)
+from run import (AUTO, DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, finished, load_config,  # noqa: E402
+                 open_run, removed_if_it_fails_at_start, resume)
 from trainer.lr_finder import find_lr, finder_options  # noqa: E402
 from utils import distributed  # noqa: E402
-from utils.checkpoint import RunDirs, unwrap  # noqa: E402
+from utils.checkpoint import unwrap  # noqa: E402
 from utils.errors import UserError, exit_cli  # noqa: E402
 from utils.interrupt import StopTraining  # noqa: E402
 from utils.registry import REGISTRIES  # noqa: E402
@@ -101,28 +103,29 @@ def main(argv: list[str] | None = None) -> None:
             find_lr(trainer, finder, config["name"])
             return
         run = open_run(config, trainer, dist)
-        with removed_if_it_fails_at_start(run, trainer, new=checkpoint is None):  # a failed start leaves no directory
+        # a failed start leaves no directory (with --resume auto the directory may be an earlier start's: kept)
+        with removed_if_it_fails_at_start(run, trainer, new=checkpoint is None and args.resume != AUTO):
             if checkpoint is not None:
                 resume(trainer, checkpoint, config)
-            train(trainer, run)
+            train(trainer, "the same command" if args.resume == AUTO else f"python train.py -r {run.checkpoint_dir}")
     finally:
         distributed.shutdown()
 
 
-def train(trainer: BaseTrainer, run: RunDirs) -> None:
-    """trainer.train(); stopped by a signal, say how to resume and exit with the signal's status; stopped by
-    trainer.max_time, say how to resume and return (exit 0)."""
+def train(trainer: BaseTrainer, resume_with: str) -> None:
+    """trainer.train(); stopped by a signal, say how to resume (resume_with: the command) and exit with the signal's
+    status; stopped by trainer.max_time, say how to resume and return (exit 0)."""
     try:
         trainer.train()
     except StopTraining as stop:
         if stop.reason == StopTraining.SIGNAL:
-            get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    python train.py -r %s",
-                                        signal.Signals(stop.signum).name, trainer.global_step, run.checkpoint_dir)
+            get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    %s",
+                                        signal.Signals(stop.signum).name, trainer.global_step, resume_with)
             raise SystemExit(stop.exit_code) from None
         # trainer.max_time: a planned stop, exit 0, so that a scheduled job can requeue itself
         get_logger("train").warning("trainer.max_time (%s) reached after global step %d; saved %s. Resume with:\n"
-                                    "    python train.py -r %s", trainer.settings.max_time, trainer.global_step,
-                                    stop.checkpoint, run.checkpoint_dir)
+                                    "    %s", trainer.settings.max_time, trainer.global_step, stop.checkpoint,
+                                    resume_with)
 
 
 def print_summary(trainer: BaseTrainer) -> None:

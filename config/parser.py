@@ -34,7 +34,8 @@ from utils.util import RUN_ID_FORMAT, write_json
 class ConfigParser:
     """A validated config (a plain dict) plus where it came from; builds registered objects."""
 
-    def __init__(self, config: dict, resume: Path | None = None, run_id: str | None = None):
+    def __init__(self, config: dict, resume: Path | None = None, run_id: str | None = None,
+                 reuse_run_dir: bool = False):
         config = with_defaults(config)
         problems = validate(config)
         if problems:
@@ -44,17 +45,22 @@ class ConfigParser:
         self.config = config
         self.resume = resume  # the checkpoint resumed from (the run directory it belongs to is reused)
         self.run_id = run_id
+        self.reuse_run_dir = reuse_run_dir  # --resume auto: a run directory --run-id names that has no state yet
         self.run_dirs: RunDirs | None = None
 
     @classmethod
     def from_args(cls, args: Any, options: Sequence = (), overrides: Sequence[str] | None = None, *,
-                  resume: Path | None = None, checkpoint_config: dict | None = None) -> "ConfigParser":
+                  resume: Path | None = None, checkpoint_config: dict | None = None,
+                  reuse_run_dir: bool = False) -> "ConfigParser":
         """Build from parsed CLI args: the config file (merged onto checkpoint_config, the config of the
-        checkpoint at resume, when resuming), declared options, key=value overrides, run_id."""
+        checkpoint at resume, when resuming), declared options, key=value overrides, run_id. reuse_run_dir: a run
+        directory named by run_id that exists already is started in (--resume auto) rather than refused."""
         if checkpoint_config is not None:
             config = checkpoint_config
             if args.config:
                 config = merge_changes(config, read_json(args.config))
+                if config.get("seed") is None:  # null: choose one; the run chose it (the -c of --resume auto)
+                    config["seed"] = checkpoint_config.get("seed")
         elif args.config:
             config = read_json(args.config)
         else:
@@ -72,7 +78,7 @@ class ConfigParser:
                 problems.extend(e.problems)
         if problems:
             raise UserError(problems + validate(with_defaults(config)))
-        return cls(config, resume=resume, run_id=getattr(args, "run_id", None))
+        return cls(config, resume=resume, run_id=getattr(args, "run_id", None), reuse_run_dir=reuse_run_dir)
 
     # -- dict-like access, as in the original template
     def __getitem__(self, key: str) -> Any:
@@ -108,11 +114,18 @@ class ConfigParser:
         """The settings object of a section declared by a settings class (SETTINGS), e.g. TrainerSettings."""
         return from_section(SETTINGS[section], self.config[section])
 
+    def named_run_dirs(self) -> RunDirs:
+        """The run directories --run-id names under trainer.save_dir (whether or not they exist)."""
+        return _run_dirs(Path(self.config["trainer"]["save_dir"]), self.config["name"], self.run_id)
+
     # -- the one place that touches the disk
     def make_run_dirs(self) -> RunDirs:
         """Create (or, when resuming, reuse) the run's directories and write config.json there."""
         if self.resume is not None:
             dirs = run_dirs_of(self.resume)
+        elif self.reuse_run_dir and self.run_id:
+            dirs = self.named_run_dirs()
+            _mkdir(dirs.checkpoint_dir, exist_ok=True)
         else:
             dirs = _new_run_dirs(Path(self.config["trainer"]["save_dir"]), self.config["name"], self.run_id)
         dirs.log_dir.mkdir(parents=True, exist_ok=True)
@@ -173,15 +186,28 @@ def _new_run_dirs(save_dir: Path, name: str, run_id: str | None) -> RunDirs:
     base = run_id or datetime.now().strftime(RUN_ID_FORMAT)
     for n in range(1000):
         rid = base if n == 0 else f"{base}_{n}"
-        dirs = RunDirs(save_dir / "models" / name / rid, save_dir / "log" / name / rid)
+        dirs = _run_dirs(save_dir, name, rid)
         try:
-            dirs.checkpoint_dir.mkdir(parents=True, exist_ok=False)
+            _mkdir(dirs.checkpoint_dir, exist_ok=False)
             return dirs
         except FileExistsError:
             if run_id:
                 raise UserError(f"run directory {dirs.checkpoint_dir} already exists; resume it with "
-                                f"-r {dirs.checkpoint_dir} or choose another --run-id") from None
-        except OSError as e:
-            raise UserError(f"cannot create run directory {dirs.checkpoint_dir}: {e.strerror}; "
-                            f"check trainer.save_dir") from None
+                                f"-r {dirs.checkpoint_dir} (or --resume auto) or choose another --run-id") from None
     raise UserError(f"could not find a free run directory for {base!r} under {save_dir}")
+
+
+def _run_dirs(save_dir: Path, name: str, run_id: str) -> RunDirs:
+    return RunDirs(save_dir / "models" / name / run_id, save_dir / "log" / name / run_id)
+
+
+def _mkdir(path: Path, exist_ok: bool) -> None:
+    """path and its parents; FileExistsError when it exists and not exist_ok; any other failure is a UserError."""
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        raise UserError(f"cannot create run directory {path}: a file has that name; check trainer.save_dir") from None
+    except OSError as e:
+        raise UserError(f"cannot create run directory {path}: {e.strerror}; check trainer.save_dir") from None

@@ -49,6 +49,23 @@ class EMASettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CheckpointEvery:
+    """trainer.checkpoint_every: checkpoint-step<N>.pth in the middle of epochs, every N steps or M minutes."""
+
+    steps: int | None = setting(None, "every N optimizer steps", minimum=1)
+    minutes: float | None = setting(None, "at the first optimizer step M minutes after the last checkpoint X",
+                                    positive=True)
+
+    @classmethod
+    def rules(cls, values: dict) -> list[str]:
+        given = [key for key in ("steps", "minutes") if values.get(key) is not None]
+        if len(given) != 1:
+            return [f"trainer.checkpoint_every takes one of steps and minutes, e.g. {{\"steps\": 500}} or "
+                    f"{{\"minutes\": 30}}; it has {' and '.join(given) or 'neither'}"]
+        return []
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainerSettings:
     """What the trainer section of a config sets (train.py reads it; the trainer receives this object)."""
 
@@ -70,8 +87,10 @@ class TrainerSettings:
     log_step: int = setting(50, "log the training loss to TensorBoard and the progress bar every N steps", minimum=1)
     log_images: bool = setting(False, "add a grid of the first input batch to TensorBoard each epoch (costly)")
     log_histograms: bool = setting(False, "add weight histograms to TensorBoard each epoch (costly)")
-    save_every_steps: int | None = setting(None, "also write checkpoint-step<N>.pth every N optimizer steps, "
-                                                 "mid-epoch; null = never", minimum=1)
+    checkpoint_every: CheckpointEvery | None = setting(None, "also write checkpoint-step<N>.pth in the middle of "
+                                                             "epochs, by steps or by time; null = at epoch ends only")
+    save_every_steps: int | None = setting(None, "the older way to say checkpoint_every: {\"steps\": N}; not both",
+                                           minimum=1)
     keep_last: int | None = setting(None, "keep only the newest N checkpoint-*.pth files (model_best.pth is kept); "
                                           "null = 1 when save_period and save_top_k are null too, else no limit",
                               minimum=1)
@@ -128,10 +147,22 @@ class TrainerSettings:
         if isinstance(unfreeze, int) and unfreeze >= 1 and not values.get("freeze"):
             problems.append("trainer.unfreeze_at_epoch is set but trainer.freeze names nothing to freeze; add "
                             "patterns to trainer.freeze or set trainer.unfreeze_at_epoch to null")
+        if values.get("save_every_steps") is not None and values.get("checkpoint_every") is not None:
+            problems.append("trainer.save_every_steps and trainer.checkpoint_every both say when to checkpoint; keep "
+                            "one (trainer.save_every_steps=null, and checkpoint_every {\"steps\": N})")
         top_k, monitor = values.get("save_top_k"), values.get("monitor")
         if type(top_k) is int and isinstance(monitor, str) and monitor.split() == ["off"]:  # a mistyped one: above
             problems.append(SAVE_TOP_K_NEEDS_MONITOR)
         return problems
+
+    @property
+    def step_checkpoints(self) -> tuple[int | None, float | None]:
+        """When to write checkpoint-step<N>.pth: (every N optimizer steps, every S seconds), each None when not;
+        save_every_steps is checkpoint_every.steps."""
+        every = self.checkpoint_every
+        if every is None:
+            return self.save_every_steps, None
+        return every.steps, None if every.minutes is None else every.minutes * 60
 
     @property
     def max_time_seconds(self) -> float | None:

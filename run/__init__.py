@@ -18,10 +18,10 @@ from run.data import build_data, build_test_split, whole_split_args
 from run.devices import choose_device
 from run.inputs import Inputs, first_inputs, open_inputs
 from run.model import build_model, load_trained_weights, place_model, trained_model
-from run.training import (DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, finished, load_config, open_run,
-                          removed_if_it_fails_at_start, resume)
+from run.training import (AUTO, DIST_DEFAULTS, FAST_DEV_RUN, assemble, fast_dev_run, finished, load_config,
+                          open_run, removed_if_it_fails_at_start, resume)
 
-__all__ = ["DIST_DEFAULTS", "FAST_DEV_RUN", "Inputs", "artifact_metadata", "assemble", "build_data", "build_evaluator",
-           "build_model", "build_test_split", "build_trainer", "choose_device", "fast_dev_run", "finished",
-           "first_inputs", "load_config", "load_trained_weights", "open_inputs", "open_run", "param_groups",
+__all__ = ["AUTO", "DIST_DEFAULTS", "FAST_DEV_RUN", "Inputs", "artifact_metadata", "assemble", "build_data",
+           "build_evaluator", "build_model", "build_test_split", "build_trainer", "choose_device", "fast_dev_run",
+           "finished", "first_inputs", "load_config", "load_trained_weights", "open_inputs", "open_run", "param_groups",
            "place_model", "removed_if_it_fails_at_start", "resume", "trained_model", "whole_split_args"]

@@ -18,7 +18,7 @@ from run.data import test_split_problems
 from run.devices import choose_device
 from trainer.checks import check_first_batch
 from utils import distributed
-from utils.checkpoint import MONITOR, RunDirs, find_checkpoint, unwrap
+from utils.checkpoint import MONITOR, RunDirs, find_checkpoint, holds_state, unwrap
 from utils.distributed import SINGLE, Dist
 from utils.errors import UserError
 from utils.monitor import Monitor
@@ -28,7 +28,11 @@ _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSe
 DIST_DEFAULTS = (_DEFAULTS["dist_backend"], _DEFAULTS["dist_timeout"])  # the process group's start, before -r
 # What --fast-dev-run sets: one epoch of one training batch and one validation batch, nothing else on.
 FAST_DEV_RUN = {"epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "len_epoch": None, "overfit_batches": 0,
-                "val_every_steps": None, "val_every_epochs": 1, "save_every_steps": None, "max_time": None}
+                "val_every_steps": None, "val_every_epochs": 1, "save_every_steps": None, "checkpoint_every": None,
+                "max_time": None}
+
+
+AUTO = "auto"  # -r auto (--resume auto): resume the run --run-id names if it has a checkpoint, else start it
 
 
 def load_config(args: argparse.Namespace, options: Sequence = (),
@@ -37,12 +41,33 @@ def load_config(args: argparse.Namespace, options: Sequence = (),
     config object holds no tensors; config.resume is the checkpoint's path). Under torchrun the checkpoint is
     read by the lowest rank whose machine holds it and sent to the others; that rank writes the run (dist.main).
     options: the command's declared options (train.py's OPTIONS)."""
+    if args.resume == AUTO:
+        return _resume_or_start(args, options, dist)
     path, checkpoint = None, None
     if args.resume:
         dist, (path, checkpoint) = distributed.read_on_one_rank(args.resume, find_checkpoint, dist)
     config = ConfigParser.from_args(args, options, resume=path,
                                     checkpoint_config=checkpoint["config"] if checkpoint else None)
     return config, checkpoint, dist
+
+
+def _resume_or_start(args: argparse.Namespace, options: Sequence,
+                     dist: Dist) -> tuple[ConfigParser, dict | None, Dist]:
+    """--resume auto: the run directory --run-id names under the config's trainer.save_dir. When it holds a
+    checkpoint (on any machine of a torchrun job: the lowest rank whose machine does reads it), as -r DIR with the
+    -c file merged onto the checkpoint's config; else a fresh start in that directory (which may exist: a run stopped
+    before its first checkpoint starts again there)."""
+    missing = [flag for flag, value in (("-c CONFIG", args.config), ("--run-id NAME", args.run_id)) if not value]
+    if missing:
+        raise UserError(f"--resume auto needs {' and '.join(missing)}: it resumes the run NAME of the config, or "
+                        f"starts it; e.g. python train.py -c config.json --run-id NAME --resume auto")
+    fresh = ConfigParser.from_args(args, options, reuse_run_dir=True)
+    run_dir = fresh.named_run_dirs().checkpoint_dir
+    dist, found = distributed.read_on_one_rank(run_dir, find_checkpoint, dist, holds=holds_state, required=False)
+    if found is None:
+        return fresh, None, dist
+    path, checkpoint = found
+    return ConfigParser.from_args(args, options, resume=path, checkpoint_config=checkpoint["config"]), checkpoint, dist
 
 
 def finished(checkpoint: dict, config: ConfigParser) -> str | None:
@@ -93,6 +118,8 @@ def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
     get_logger("trainer", verbosity)
     if dist.is_main:
         trainer.outputs.open(run, trainer.settings)
+        if config.resume is None:  # a start in a directory an earlier start left without a checkpoint (--resume auto)
+            trainer.outputs.reporter.resume(0, None)  # forgets the rows it wrote: they are trained again
     get_logger("train", verbosity).info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
     return run
 

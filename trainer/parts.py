@@ -10,7 +10,7 @@ fixed order of Trainer.parts:
     LRSchedule       the scheduler stepped after each optimizer step (lr_scheduler.interval "step"; utils/schedule.py)
     WeightAverage    the EMA of the weights, which validation uses (trainer.ema; trainer/ema.py; a checkpoint part)
     Validation       when to validate (epochs, steps), on which batches; validates in the middle of an epoch
-    StepCheckpoints  checkpoint-step<N>.pth every save_every_steps optimizer steps
+    StepCheckpoints  checkpoint-step<N>.pth every N optimizer steps or M minutes (trainer.checkpoint_every)
     Stops            whether a signal or trainer.max_time stops training here, agreed by every rank
     Histograms       weight histograms after each epoch (log_histograms)
 
@@ -305,18 +305,41 @@ class ImageLog(Part):
 
 
 class StepCheckpoints(Part):
-    """A mid-epoch checkpoint every `every` optimizer steps, written by save (the trainer's save_step_checkpoint)."""
+    """A checkpoint in the middle of an epoch (written by save: the trainer's save_step_checkpoint) every `steps`
+    optimizer steps, or at the first optimizer step `seconds` after the last checkpoint (or this process's start; an
+    epoch's end writes one too). Under DDP the time is read on the main rank's clock and every rank learns its
+    verdict at a sync point (as trainer.max_time is agreed: a collective there, none per step); in a single process
+    the clock is read after each optimizer step, which needs no host sync."""
 
-    def __init__(self, every: int, save: Callable[[], Any]):
-        self.every, self.save = every, save
+    def __init__(self, save: Callable[[], Any], steps: int | None = None, seconds: float | None = None,
+                 dist: Dist | None = None, device: torch.device | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.save, self.steps, self.seconds = save, steps, seconds
+        self.dist, self.device, self.clock = dist or Dist(), device or torch.device("cpu"), clock
+        self.last = clock()
 
     @classmethod
-    def from_setting(cls, save_every_steps: int | None, save: Callable[[], Any]) -> Part:
-        return cls(save_every_steps, save) if save_every_steps else Part()
+    def from_setting(cls, every: tuple[int | None, float | None], save: Callable[[], Any], dist: Dist,
+                     device: torch.device) -> Part:
+        """every: TrainerSettings.step_checkpoints, (steps, seconds)."""
+        steps, seconds = every
+        return cls(save, steps, seconds, dist, device) if steps or seconds else Part()
 
     def on_step_end(self, loop: Loop) -> None:
-        if loop.stepped and loop.global_step % self.every == 0:
+        if not loop.stepped:
+            return
+        if self.steps and loop.global_step % self.steps == 0 or self.seconds is not None and self._due(loop.synced):
             self.save()
+            self.last = self.clock()
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        self.last = self.clock()  # the epoch's checkpoint follows
+
+    def _due(self, at_sync_point: bool) -> bool:
+        due = self.clock() - self.last >= self.seconds
+        if not self.dist.enabled:
+            return due
+        return at_sync_point and any_rank(self.dist.is_main and due, self.device)
 
 
 class Stops(Part):

@@ -81,7 +81,7 @@ class Trainer(BaseTrainer):
             self.schedule,
             WeightAverage.from_setting(self.model, s.ema),
             self.validation,
-            StepCheckpoints.from_setting(s.save_every_steps, self.save_step_checkpoint),
+            StepCheckpoints.from_setting(s.step_checkpoints, self.save_step_checkpoint, self.dist, self.device),
             self.stops,
             Histograms.from_setting(s.log_histograms, outputs),
         ]

@@ -217,6 +217,11 @@ def find_checkpoint(path: str | Path, use: str = RESUME) -> tuple[Path, dict]:
                     f"warnings above")
 
 
+def holds_state(run_dir: Path) -> bool:
+    """Whether run_dir is a run directory with a checkpoint file to resume from (--resume auto resumes it)."""
+    return run_dir.is_dir() and bool(_newest_first(run_dir))
+
+
 def _newest_first(run_dir: Path) -> list[Path]:
     """The checkpoint files of a run directory, newest first: the one `latest` names, then by modification time."""
     pointer = run_dir / LATEST

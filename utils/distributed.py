@@ -77,15 +77,19 @@ def joined_a_process_group() -> bool:
     return bool(_started)
 
 
-def read_on_one_rank(path: str | Path, read: Callable[[Path], Any], ctx: Dist) -> tuple[Dist, Any]:
-    """read(path) done once, on the lowest rank whose machine has path, and sent to every rank; that rank
-    becomes ctx.main, the one that writes beside it. So -r RUN_DIR works when only one machine holds the run
-    (machines without a shared disk). A UserError raised there is raised on every rank."""
+def read_on_one_rank(path: str | Path, read: Callable[[Path], Any], ctx: Dist,
+                     holds: Callable[[Path], bool] = Path.exists, required: bool = True) -> tuple[Dist, Any]:
+    """read(path) done once, on the lowest rank whose machine holds path (holds(path): it exists, by default), and
+    sent to every rank; that rank becomes ctx.main, the one that writes beside it. So -r RUN_DIR works when only one
+    machine holds the run (machines without a shared disk). A UserError raised there is raised on every rank. When
+    no machine holds it: a UserError, or (ctx, None) on every rank unless required (--resume auto's first start)."""
     path = Path(path)
     if not ctx.enabled:
-        return ctx, read(path)
-    holder = lowest_rank_with(path.exists())
+        return (ctx, read(path)) if required or holds(path) else (ctx, None)
+    holder = lowest_rank_with(holds(path))
     if holder is None:
+        if not required:
+            return ctx, None
         raise UserError(f"{path}: no such file or directory on any machine of this torchrun job; give the path "
                         f"as the machine that holds it sees it")
     answer = None

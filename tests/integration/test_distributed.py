@@ -193,19 +193,24 @@ def test_a_single_process_checkpoint_resumes_under_torchrun(shared, tmp_path):
         *((1 + (s - 1) // 10, s) for s in STEPS), (4, 32), (4, 36), (4, 40)]
 
 
-def test_a_time_limit_stops_every_rank_at_one_sync_point_and_a_resume_finishes_the_run(shared, tmp_path,
-                                                                                      digit_images):
-    """trainer.max_time stopping every rank at one sync point, then a resume finishing the run: the shared run's
-    records."""
+def test_a_time_limit_stops_every_rank_at_one_sync_point_and_resume_auto_finishes_the_run(shared, tmp_path,
+                                                                                           digit_images):
+    """trainer.max_time stopping every rank at one sync point, then the command again (--resume auto, the time limit
+    lifted) finishing the run, with checkpoints by time: the shared run's records. (-r under torchrun: the tests
+    above.)"""
     # no workers: the shared run's numbers all the same
-    limited = torchrun("-c", str(deterministic_config(tmp_path, 64, digit_images, 0, **SHARED)), "--run-id", "limited",
-                       "trainer.max_time=1e-6")
+    # and a checkpoint by time at every sync point (a tiny interval: when is not the point), agreed by every rank
+    command = ["-c", str(deterministic_config(tmp_path, 64, digit_images, 0, **SHARED)), "--run-id", "limited",
+               "--resume", "auto", "trainer.save_every_steps=null", 'trainer.checkpoint_every={"minutes": 1e-9}']
+    limited = torchrun(*command, "trainer.max_time=1e-6")  # the first start: no run directory yet
     assert limited.returncode == 0, limited.stderr[-3000:]
     limited_dir, limited_log = run_dir(tmp_path / "saved", "limited")
     assert find_checkpoint(limited_dir)[1]["global_step"] == 2  # the first sync point (log_step 2), every rank
-    result = torchrun("-r", str(limited_dir), "trainer.max_time=null")
+    result = torchrun(*command, "trainer.max_time=null")  # as with -r, the run's config keeps what is not given
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_rows(read_metrics(limited_log), read_metrics(run_dir(shared, "ddp")[1]), rel=1e-5, abs=1e-7)
+    steps = [int(p.stem.removeprefix("checkpoint-step")) for p in limited_dir.glob("checkpoint-step*.pth")]
+    assert len(steps) > 2 and all(step % 2 == 0 for step in steps)  # at sync points (log_step 2) only
 
 
 def test_early_stop_stops_every_rank(tmp_path):

@@ -418,6 +418,15 @@ def test_the_config_object_holds_plain_data_only(tmp_path, checkpoint):
     assert plain(vars(config)), vars(config)  # ... the config object does not
 
 
+def test_a_null_seed_in_the_c_file_keeps_the_seed_the_run_chose(tmp_path, checkpoint):
+    """--resume auto merges the run's -c file each start: its "seed": null must not draw a new seed."""
+    seed = torch.load(checkpoint, weights_only=True)["config"]["seed"]
+    assert seed is not None
+    changes = write(tmp_path, {"seed": None}, "null_seed.json")
+    assert load_config(_namespace(resume=str(checkpoint), config=str(changes)))[0]["seed"] == seed
+    assert load_config(_namespace(resume=str(checkpoint), config=str(changes), overrides=["seed=5"]))[0]["seed"] == 5
+
+
 def test_resume_with_another_section_type_takes_only_its_new_args(tmp_path, checkpoint):
     changes = write(tmp_path, {"optimizer": {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}},
                                "lr_scheduler": {"args": {"gamma": 0.9}}}, "sgd.json")
@@ -527,9 +536,19 @@ def test_seed_null_is_drawn_recorded_and_written(tmp_path):
 def test_an_explicit_run_id_must_be_new(tmp_path):
     config = tiny_config(tmp_path / "saved")
     ConfigParser(config, run_id="exp").make_run_dirs()
-    with pytest.raises(UserError, match=r"run directory .*exp already exists; resume it with -r .*exp or choose "
-                                        r"another --run-id"):
+    with pytest.raises(UserError, match=r"run directory .*exp already exists; resume it with -r .*exp \(or --resume "
+                                        r"auto\) or choose another --run-id"):
         ConfigParser(config, run_id="exp").make_run_dirs()
+
+
+def test_reuse_run_dir_starts_in_a_run_directory_that_exists(tmp_path):
+    """--resume auto's fresh start: the directory --run-id names may exist (a start killed before its checkpoint)."""
+    config = tiny_config(tmp_path / "saved")
+    first = ConfigParser(config, run_id="exp").make_run_dirs()
+    (first.checkpoint_dir / "kept.txt").write_text("x")
+    again = ConfigParser(config, run_id="exp", reuse_run_dir=True)
+    assert again.named_run_dirs() == first
+    assert again.make_run_dirs() == first and (first.checkpoint_dir / "kept.txt").read_text() == "x"
 
 
 def test_timestamp_run_ids_are_unique_within_one_second(tmp_path, monkeypatch):

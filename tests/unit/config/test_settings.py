@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from config.fields import REQUIRED, Section, from_section, range_problems, schema_rows, setting
-from config.settings import EMASettings, TrainerSettings
+from config.settings import CheckpointEvery, EMASettings, TrainerSettings
 from parse_config import SCHEMA, validate, with_defaults
 from utils.json_types import NONE
 
@@ -155,6 +155,39 @@ def test_the_trainer_rules_across_keys_are_declared_beside_its_fields():
 ])
 def test_max_time_in_seconds_is_a_property_of_the_settings(max_time, seconds):
     assert TrainerSettings(epochs=1, max_time=max_time).max_time_seconds == seconds
+
+
+@pytest.mark.parametrize("trainer, problems", [
+    ({"checkpoint_every": {"steps": 500}}, []),
+    ({"checkpoint_every": {"minutes": 0.5}}, []),
+    ({"checkpoint_every": {}}, ['trainer.checkpoint_every takes one of steps and minutes, e.g. {"steps": 500} or '
+                                '{"minutes": 30}; it has neither']),
+    ({"checkpoint_every": {"steps": 5, "minutes": 1}}, ["trainer.checkpoint_every takes one of steps and minutes, "
+                                                        'e.g. {"steps": 500} or {"minutes": 30}; it has steps and '
+                                                        "minutes"]),
+    ({"checkpoint_every": {"minutes": 0}}, ["trainer.checkpoint_every.minutes must be positive or null, got 0"]),
+    ({"checkpoint_every": {"steps": 0}}, ["trainer.checkpoint_every.steps must be at least 1 or null, got 0"]),
+    ({"checkpoint_every": {"step": 5}}, ["config key 'trainer.checkpoint_every.step' is not known. Did you mean "
+                                         "'trainer.checkpoint_every.steps'?",
+                                         'trainer.checkpoint_every takes one of steps and minutes, e.g. {"steps": '
+                                         '500} or {"minutes": 30}; it has neither']),
+    ({"checkpoint_every": {"steps": 5}, "save_every_steps": 5}, [
+        "trainer.save_every_steps and trainer.checkpoint_every both say when to checkpoint; keep one "
+        '(trainer.save_every_steps=null, and checkpoint_every {"steps": N})']),
+])
+def test_checkpoint_every_takes_steps_or_minutes_and_not_beside_save_every_steps(tiny, trainer, problems):
+    tiny["trainer"].update(trainer)
+    assert validate(with_defaults(tiny)) == problems
+
+
+@pytest.mark.parametrize("trainer, every", [
+    ({}, (None, None)),
+    ({"save_every_steps": 7}, (7, None)),  # the older key: checkpoint_every.steps
+    ({"checkpoint_every": CheckpointEvery(steps=9)}, (9, None)),
+    ({"checkpoint_every": CheckpointEvery(minutes=1.5)}, (None, 90.0)),
+])
+def test_step_checkpoints_say_every_how_many_steps_or_seconds(trainer, every):
+    assert TrainerSettings(epochs=1, **trainer).step_checkpoints == every
 
 
 @pytest.fixture

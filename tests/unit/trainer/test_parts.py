@@ -11,17 +11,23 @@ from tiny_trainers import build, make_trainer
 from trainer.ema import WeightAverage
 from trainer.parts import Histograms, ImageLog, StepCheckpoints
 from utils.checkpoint import load_checkpoint
+from utils.distributed import SINGLE
 from utils.part import Part
+
+
+CPU = torch.device("cpu")
 
 
 def test_a_feature_that_is_off_is_a_part_that_does_nothing(tmp_path):
     trainer = make_trainer(tmp_path)
     off = [WeightAverage.from_setting(nn.Linear(1, 1), None), ImageLog.from_setting(False, trainer.outputs),
-           Histograms.from_setting(False, trainer.outputs), StepCheckpoints.from_setting(None, lambda: None)]
+           Histograms.from_setting(False, trainer.outputs),
+           StepCheckpoints.from_setting((None, None), lambda: None, SINGLE, CPU)]
     assert all(type(part) is Part for part in off)
     assert sum(type(part) is Part for part in trainer.parts) == 4 and None not in trainer.parts
     on = [WeightAverage.from_setting(nn.Linear(1, 1), EMASettings(decay=0.9)), ImageLog.from_setting(True, trainer.outputs),
-          Histograms.from_setting(True, trainer.outputs), StepCheckpoints.from_setting(3, lambda: None)]
+          Histograms.from_setting(True, trainer.outputs),
+          StepCheckpoints.from_setting((3, None), lambda: None, SINGLE, CPU)]
     assert [type(part) for part in on] == [WeightAverage, ImageLog, Histograms, StepCheckpoints]
     assert "ema" not in trainer.checkpoint_parts()
 
@@ -80,3 +86,29 @@ def test_validating_wraps_each_validation(tmp_path):
     trainer.parts.append(Around())
     trainer.train()
     assert entered == [1, 2]
+
+
+class Clock:
+    """A clock the test moves: no test depends on how long anything takes."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_step_checkpoints_by_time_save_at_the_first_optimizer_step_past_the_interval():
+    saved, clock = [], Clock()
+    part = StepCheckpoints(lambda: saved.append(loop.global_step), seconds=60, clock=clock)
+    loop = type("L", (), {"stepped": True, "global_step": 0, "synced": False})()
+    for step, now, stepped in ((1, 30, True), (2, 59.9, True), (3, 61, False), (4, 61, True), (5, 100, True),
+                               (6, 121, True)):
+        loop.global_step, loop.stepped, clock.now = step, stepped, now
+        part.on_step_end(loop)
+    assert saved == [4, 6]  # 60 s after the start (not inside an accumulation group), then 60 s after step 4's save
+    clock.now = 200
+    part.on_epoch_end(loop)  # the epoch's own checkpoint: the interval starts again
+    loop.global_step, clock.now = 7, 259
+    part.on_step_end(loop)
+    assert saved == [4, 6]

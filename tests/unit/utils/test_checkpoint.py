@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tiny_trainers import build
+from config import CheckpointEvery
 from utils.checkpoint import _UNRANKED, BEST, Checkpointer, find_checkpoint, load_checkpoint, monitored_value
 from utils.errors import UserError
 from utils.monitor import Monitor
@@ -320,3 +321,47 @@ def test_monitored_value_is_the_value_measured_on_the_checkpoint_s_state():
     assert monitored_value(mid_epoch, "val_accuracy") is None
     mid_epoch["monitor"]["last_at"] = [3, 30]
     assert monitored_value(mid_epoch, "val_accuracy") == 0.25
+
+
+def test_by_default_time_based_checkpoints_keep_the_newest_state_and_delete_only_after_the_next(tmp_path,
+                                                                                                 monkeypatch):
+    """trainer.checkpoint_every by minutes writes step checkpoints (here after every optimizer step: the interval is
+    tiny; when is not the point) that follow the default retention: each replaces the previous once complete."""
+    real_unlink, unlinked = Path.unlink, []
+
+    def unlink(path, missing_ok=False):
+        newest = tmp_path / (tmp_path / "latest").read_text().strip()
+        assert newest != path and "state_dict" in torch.load(newest, weights_only=True)  # complete
+        unlinked.append(path.name)
+        real_unlink(path, missing_ok=missing_ok)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    build(tmp_path, checkpoint_every=CheckpointEvery(minutes=1e-9)).train()
+    assert sum(name.startswith("checkpoint-step") for name in unlinked) >= 1
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["checkpoint-epoch3.pth", BEST]
+
+
+def test_a_kill_before_a_time_based_checkpoint_replaces_the_previous_resumes_exactly(tmp_path, monkeypatch):
+    straight = build(tmp_path / "straight")
+    straight.train()
+    real_unlink = Path.unlink
+
+    def unlink(path, missing_ok=False):
+        if path.name.startswith("checkpoint-step") and unlink.calls == 3:
+            raise Killed
+        unlink.calls += 1
+        real_unlink(path, missing_ok=missing_ok)
+    unlink.calls = 0
+    monkeypatch.setattr(Path, "unlink", unlink)
+    every = CheckpointEvery(minutes=1e-9)
+    with pytest.raises(Killed):
+        build(tmp_path / "timed", checkpoint_every=every).train()
+    monkeypatch.undo()
+    path, state = find_checkpoint(tmp_path / "timed")
+    assert path.name.startswith("checkpoint-step") and state["batch_in_epoch"] > 0  # in the middle of an epoch
+    resumed = build(tmp_path / "timed", checkpoint_every=every)
+    resumed.load_state_dict(state)
+    resumed.train()
+    a, b = (torch.load(tmp_path / run / "checkpoint-epoch3.pth", weights_only=True) for run in ("straight", "timed"))
+    assert all(torch.equal(value, b["state_dict"][key]) for key, value in a["state_dict"].items())
+    assert all(torch.equal(value, b["optimizer"]["state"][i][name])
+               for i, s in a["optimizer"]["state"].items() for name, value in s.items())
