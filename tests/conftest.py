@@ -26,6 +26,15 @@ settings.register_profile("deterministic", derandomize=True, deadline=None)
 settings.load_profile("deterministic")
 
 
+def pytest_sessionstart(session):
+    """TensorBoard names an event file ...<seconds>.<host>.<pid>.<n>, n a counter of the process, and reads a
+    folder's files in name order: a run resumed in this process within the second of its start would be read
+    first once n passes from 9 to 10 ("10" < "9"). The counter starts at 10**6 here, so that n always has 7 digits."""
+    from tensorboard.summary.writer import event_file_writer
+
+    event_file_writer._global_uid = event_file_writer.AtomicCounter(10**6)
+
+
 def tiny_config(save_dir: Path, **trainer) -> dict:
     """The shipped config.json shrunk to seconds: a narrow model, 2 epochs, saving under save_dir."""
     config = copy.deepcopy(json.loads((ROOT / "config.json").read_text()))
