@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         if finder is not None:  # a learning-rate sweep instead of a run: only the finder's results are written
             find_lr(trainer, finder, config["name"])
             return
+        # a failed start leaves no directory; one that an earlier --resume auto start left (no checkpoint) is kept
+        earlier = args.resume == AUTO and config.named_run_dirs().checkpoint_dir.is_dir()
         run = open_run(config, trainer, dist)
-        # a failed start leaves no directory (with --resume auto the directory may be an earlier start's: kept)
-        with removed_if_it_fails_at_start(run, trainer, new=checkpoint is None and args.resume != AUTO):
+        with removed_if_it_fails_at_start(run, trainer, new=checkpoint is None and not earlier):
             if checkpoint is not None:
                 resume(trainer, checkpoint, config)
             train(trainer, "the same command" if args.resume == AUTO else f"python train.py -r {run.checkpoint_dir}")

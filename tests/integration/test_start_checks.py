@@ -122,6 +122,24 @@ def test_a_run_that_fails_at_its_first_step_leaves_no_run_directory(tmp_path, ca
     assert not ckpt_dir.exists() and not log_dir.exists()
 
 
+def test_a_resume_auto_start_that_fails_at_once_leaves_no_directory_and_keeps_an_earlier_starts(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    _failing_at(1, monkeypatch)
+    config = tiny_config(tmp_path / "saved")
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "r")
+    status, err, _ = start(tmp_path, capsys, config, "--resume", "auto")
+    assert status == 2 and err == ["error: failing at step 1"]
+    assert not ckpt_dir.exists() and not log_dir.exists()  # the first start: nothing of it stays
+    log_dir.mkdir(parents=True)  # an earlier start that wrote no checkpoint (killed before its first one)
+    ckpt_dir.mkdir(parents=True)
+    (log_dir / "info.log").write_text("the earlier start's log\n")
+    _failing_at(1, monkeypatch)  # this start's first step
+    status, err, _ = start(tmp_path, capsys, config, "--resume", "auto")
+    assert status == 2 and err == ["error: failing at step 1"]
+    assert (log_dir / "info.log").read_text().startswith("the earlier start's log\n")
+    assert (ckpt_dir / "config.json").is_file()
+
+
 @pytest.mark.parametrize("step", [3, 13], ids=["third-step", "after-a-checkpoint"])
 def test_a_run_that_fails_later_keeps_every_file(tmp_path, capsys, monkeypatch, step):
     _failing_at(step, monkeypatch)  # the tiny config has 10 training batches an epoch, and saves every epoch
