@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ class RunOutputs:
 
     def open(self, dirs: RunDirs, settings: Any) -> "RunOutputs":
         self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last,
-                                         settings.save_top_k, settings.monitor)
+                                         settings.save_top_k, settings.monitor, settings.async_checkpoint)
         self.reporter = make_reporter(dirs.log_dir, settings.tensorboard)
         return self
 
@@ -128,10 +129,22 @@ class BaseTrainer:
                     if not self._end_epoch(epoch, values, started):
                         break
             finally:
-                self.outputs.reporter.close()
-                for loader in (self.data_loader, self.valid_data_loader):
-                    if isinstance(loader, EpochDataLoader):
-                        loader.close()  # persistent workers end with training
+                self._finish(sys.exc_info()[1])
+
+    def _finish(self, error: BaseException | None) -> None:
+        """Training ended, completed (error None) or with an exception (a stop, a failure). Its checkpoints are waited
+        for: a failed background write is the error then, unless training fails of itself (the write's is logged)."""
+        try:
+            self.outputs.checkpointer.close()
+        except Exception as write_error:
+            if error is None or isinstance(error, StopTraining):
+                raise
+            self.logger.error("The last checkpoint was not written either: %s", write_error)
+        finally:
+            self.outputs.reporter.close()
+            for loader in (self.data_loader, self.valid_data_loader):
+                if isinstance(loader, EpochDataLoader):
+                    loader.close()  # persistent workers end with training
 
     def _end_epoch(self, epoch: int, values: dict, started: float) -> bool:
         """Log, report and checkpoint a trained epoch; False when early stopping ends training. A stop signal raises
@@ -148,9 +161,9 @@ class BaseTrainer:
         checkpointer = self.outputs.checkpointer
         if checkpointer.writes:
             last = stop or epoch == self.epochs or interrupted
-            for path in checkpointer.save(self.state_dict(), epoch, is_best=improved, is_last=last):
-                self.logger.info("Saved %s", path)
+            checkpointer.save(self.state_dict(), epoch, is_best=improved, is_last=last)
         if interrupted:
+            checkpointer.wait()
             raise StopTraining.by_signal(self.signals.requested, checkpointer.latest)
         if stop:
             self._stopping_early("validations" if self.settings.val_every_steps else "epochs")
@@ -163,7 +176,7 @@ class BaseTrainer:
         improved = self._monitor(row)
         self.outputs.reporter.log(row, self.monitor.best_values())
         if improved and self.outputs.checkpointer.writes:
-            self.logger.info("Saved %s", self.outputs.checkpointer.save_best(self.state_dict()))
+            self.outputs.checkpointer.save_best(self.state_dict())
         elif improved:
             self.state_dict()  # under DDP the other ranks take part in rank 0's collective
         if self.monitor.should_stop:
@@ -189,10 +202,7 @@ class BaseTrainer:
     def save_step_checkpoint(self) -> Path | None:
         """Save the state after the current step, in the middle of an epoch (every rank calls it; rank 0 writes)."""
         state = self.state_dict()  # under DDP a collective: every rank takes part
-        path = self.outputs.checkpointer.save_step(state, self.global_step)
-        if path is not None:
-            self.logger.info("Saved %s", path)
-        return path
+        return self.outputs.checkpointer.save_step(state, self.global_step)
 
     # -- where training stands
     @property

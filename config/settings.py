@@ -94,6 +94,8 @@ class TrainerSettings:
     keep_last: int | None = setting(None, "keep only the newest N checkpoint-*.pth files (model_best.pth is kept); "
                                           "null = 1 when save_period and save_top_k are null too, else no limit",
                               minimum=1)
+    async_checkpoint: bool = setting(True, "write checkpoints in a background thread, from a copy of the state taken "
+                                           "at the step (pinned CPU memory from a GPU); false = on the training path")
     compile: bool | dict = setting(False, "torch.compile the model: true, or an object of torch.compile arguments "
                                           "(e.g. {\"mode\": \"max-autotune\"})")
     channels_last: bool = setting(False, "use the channels_last memory format for the model and 4-D inputs "

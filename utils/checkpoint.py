@@ -16,12 +16,13 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from utils.background import BackgroundWriter
 from utils.errors import UserError
 from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR, parse_monitor
 from utils.util import write_text_atomic
@@ -29,6 +30,7 @@ from utils.util import write_text_atomic
 CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)\.pth$")
 BEST = "model_best.pth"
 LATEST = "latest"  # a small text file holding the newest checkpoint's file name
+_log = logging.getLogger("trainer")  # "Saved <file>", once a file is in place
 
 # Format 1 (before format_version existed) had the same keys: it loads as it is.
 FORMAT_VERSION = 2
@@ -315,11 +317,16 @@ class Checkpointer:
     stays bounded. save_period decides which checkpoint-epoch<N>.pth files stay: the others are replaced by the next
     epoch's. With save_top_k, the k best epoch files by the monitored value (stored in each checkpoint; ties keep the
     older) and the newest stay instead, whatever save_period says. keep_last applies as well: a file stays only if
-    every rule given keeps it. A file is deleted only once the state that replaces it is complete on disk."""
+    every rule given keeps it. A file is deleted only once the state that replaces it is complete on disk.
+
+    In the background (trainer.async_checkpoint) each save copies the state off the training path and returns; one
+    thread writes the files, decides what stays and updates `latest` as a synchronous save does, one save at a time.
+    wait() returns when the files are in place (and raises a failed write's error); close() also ends the thread."""
 
     def __init__(self, directory: Path | None, save_period: int | None = None, keep_last: int | None = None,
-                 save_top_k: int | None = None, monitor: str = "off"):
-        """monitor: trainer.monitor ('max val_accuracy', 'min val_loss' or 'off'), which save_top_k ranks by."""
+                 save_top_k: int | None = None, monitor: str = "off", background: bool = False):
+        """monitor: trainer.monitor ('max val_accuracy', 'min val_loss' or 'off'), which save_top_k ranks by;
+        background: write in a background thread."""
         self.directory = None if directory is None else Path(directory)
         if save_period is None and keep_last is None and save_top_k is None:
             keep_last = 1  # the default: the newest state to resume from (and model_best.pth), nothing more
@@ -342,10 +349,32 @@ class Checkpointer:
             for path in self.directory.glob("checkpoint-epoch*.pth"):
                 if CHECKPOINT_RE.search(path.name):
                     self._rank_stored(path)
+        if self.directory is not None and self.directory.is_dir():
+            for tmp in self.directory.glob(".*.tmp"):  # a write that a kill cut short: never a complete state
+                tmp.unlink(missing_ok=True)
+        self._writer = BackgroundWriter() if background and self.directory is not None else None
 
     @property
     def writes(self) -> bool:
         return self.directory is not None
+
+    def wait(self) -> None:
+        """Return once every save so far is on disk (at once for synchronous saves); a background write's error is
+        raised here."""
+        if self._writer is not None:
+            self._writer.wait()
+
+    def close(self) -> None:
+        """Wait for the saves (as wait), then end the background thread; saving after this writes synchronously."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    def _submit(self, write: Callable[..., None], state: dict, *args: Any) -> None:
+        if self._writer is None:
+            write(state, *args)
+        else:
+            self._writer.submit(write, state, *args)
 
     def _rank_stored(self, path: Path) -> None:
         """Rank an epoch file written before this process by the value it stores (mmap: not read whole)."""
@@ -368,12 +397,14 @@ class Checkpointer:
         top_k = self.save_top_k is not None
         return top_k or not (match and match.group(1) == "epoch" and int(match.group(2)) % self.save_period)
 
-    def save(self, state: dict, epoch: int, *, is_best: bool, is_last: bool) -> list[Path]:
+    def save(self, state: dict, epoch: int, *, is_best: bool, is_last: bool) -> None:
         """Write checkpoint-epoch<N>.pth (kept every save_period epochs and at the last, else replaced by the next
         epoch's; with save_top_k kept while among the k best or the newest) and model_best.pth on improvement;
-        returns the files written that stay for now."""
-        if self.directory is None:
-            return []
+        logs the files written that stay for now."""
+        if self.directory is not None:
+            self._submit(self._save_epoch, state, epoch, is_best, is_last)
+
+    def _save_epoch(self, state: dict, epoch: int, is_best: bool, is_last: bool) -> None:
         path = self._write(state, f"checkpoint-epoch{epoch}.pth")
         if self._replaceable is not None and self._replaceable != path:
             self._replaceable.unlink(missing_ok=True)  # only now that the new state is on disk
@@ -388,7 +419,8 @@ class Checkpointer:
             if value is not _UNRANKED:
                 self._ranked[path] = value
             self._drop_all_but_top_k(newest=path)
-        return written
+        for kept_path in written:
+            _log.info("Saved %s", kept_path)
 
     def _drop_all_but_top_k(self, newest: Path) -> None:
         """Delete the ranked epoch files but the save_top_k best and the newest (called once the newest is in
@@ -402,18 +434,26 @@ class Checkpointer:
             path.unlink(missing_ok=True)
             del self._ranked[path]
 
-    def save_best(self, state: dict) -> Path | None:
+    def save_best(self, state: dict) -> None:
         """Write model_best.pth alone: the best state found by a validation in the middle of an epoch."""
-        if self.directory is None:
-            return None
+        if self.directory is not None:
+            self._submit(self._save_best, state)
+
+    def _save_best(self, state: dict) -> None:
         atomic_save(state, self.directory / BEST)
-        return self.directory / BEST
+        _log.info("Saved %s", self.directory / BEST)
 
     def save_step(self, state: dict, global_step: int) -> Path | None:
-        """Write checkpoint-step<N>.pth: the state after global step N, in the middle of an epoch."""
+        """Write checkpoint-step<N>.pth: the state after global step N, in the middle of an epoch. Returns the file
+        (complete once wait() returns)."""
         if self.directory is None:
             return None
-        return self._write(state, f"checkpoint-step{global_step}.pth")
+        name = f"checkpoint-step{global_step}.pth"
+        self._submit(self._save_step, state, name)
+        return self.directory / name
+
+    def _save_step(self, state: dict, name: str) -> None:
+        _log.info("Saved %s", self._write(state, name))
 
     def _write(self, state: dict, name: str) -> Path:
         path = self.directory / name
