@@ -154,6 +154,41 @@ def test_kill_9_at_a_random_moment_then_resume_from_the_run_directory(tmp_path, 
     assert read_metrics(log_dir, timing=False) == straight.rows
 
 
+# train.py whose checkpoint write of epoch 2 dies half way: half the file written, then kill -9, in the background
+# thread that writes it (status 3 if the write ran on the training path instead)
+KILLED_WHILE_WRITING = """
+import io, os, runpy, signal, sys, threading, torch
+real = torch.save
+def save(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("epoch") == 2 and not isinstance(f, (str, os.PathLike)):
+        if threading.current_thread() is threading.main_thread():
+            os._exit(3)
+        buffer = io.BytesIO()
+        real(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[:buffer.tell() // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, f, *args, **kwargs)
+torch.save = save
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_kill_9_half_way_through_a_background_write_leaves_the_previous_state_to_resume(tmp_path, straight):
+    result = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, "-c", str(config_file(tmp_path)),
+                             "--run-id", "run"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=same_threads())
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "run")
+    assert (ckpt_dir / ".checkpoint-epoch2.pth.tmp").is_file()  # the half-written file, never renamed
+    assert (ckpt_dir / "latest").read_text().strip() == "checkpoint-epoch1.pth"
+    train.main(["-r", str(ckpt_dir)])
+    assert_identical(straight.state, final_state(ckpt_dir))
+    assert read_metrics(log_dir, timing=False) == straight.rows
+    assert not list(ckpt_dir.glob(".*.tmp"))
+
+
 # The shipped config's checkpoint settings (the default: the newest checkpoint alone, each deleted once the next is
 # complete; no save_every_steps), 8 of its 30 epochs: every epoch's state is on disk until the next one's is, so a
 # kill at any moment, during a save too, leaves one to resume from. KILL_ROUNDS=50 runs the check of fifty random
