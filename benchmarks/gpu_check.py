@@ -1,6 +1,6 @@
 """The GPU fast path, proved in one command on a CUDA machine (sized for under 5 minutes on one H100 or H200).
 
-Five sections, in order; one that raises prints `FAILED <section>: <type>: <message>` and its traceback, and
+Six sections, in order; one that raises prints `FAILED <section>: <type>: <message>` and its traceback, and
 the next one runs. The exit status is 1 when any failed, else 0; the last line sums up, with the ratios.
 
 1. default: the shipped config.json (scikit-learn digits) as train.py runs it, for 3 epochs: wall time, val_accuracy.
@@ -16,6 +16,9 @@ the next one runs. The exit status is 1 when any failed, else 0; the last line s
 4. resume: config.json with trainer.amp=fp16, 4 epochs straight against 2 then `-r` to 4 (deterministic cuDNN
    and cuBLAS): the final checkpoints' tensors and metrics.jsonl must be identical.
 5. memory: peak allocated and reserved GPU memory of each Trainer run of section 3 (and the raw loop's).
+6. checkpoint: section 3's fp32 Trainer writing a checkpoint every epoch (monitor min val_loss), in the background
+   (trainer.async_checkpoint, the default) and on the training path, against the same Trainer writing none: all of
+   train(), its last write included (benchmarks/checkpointing.py measures the same on the CPU).
 
     python benchmarks/gpu_check.py                        # on a CUDA machine; without one it says so and exits 0
     python benchmarks/gpu_check.py --device cpu --smoke   # the same code on tiny data on the CPU (the tests run it)
@@ -31,6 +34,7 @@ import dataclasses
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -73,7 +77,7 @@ from model.model import DigitsModel  # noqa: E402
 from run import assemble, load_config, open_run, place_model, resume  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from trainer.step import AMP_DTYPES  # noqa: E402
-from utils.checkpoint import RunDirs  # noqa: E402
+from utils.checkpoint import Checkpointer, RunDirs  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
 from utils.registry import ARCHS  # noqa: E402
 
@@ -83,6 +87,7 @@ CONFIGS = {"fp32": {}, "bf16": {"amp": "bf16"}, "fp16": {"amp": "fp16"},
 # The sync check also runs these: the weights' moving average and an exact-over-the-epoch torchmetrics metric.
 SYNC_ONLY = {"fp32+ema+f1": {"ema": EMASettings(decay=0.99), "torchmetrics": True}}
 SYNC_WARNING = "called a synchronizing CUDA operation"  # what torch warns in sync debug mode "warn"
+CHECKPOINT_WRITES = ("none", "path", "background")  # section 6: no checkpoint, async_checkpoint false, true
 TIMING = ("epoch_time", "samples_per_sec")  # differ between otherwise identical runs
 MIB = 2**20
 
@@ -121,12 +126,15 @@ class Sizes:
     timed_epochs: int = 2
     resume_epochs: int = 4
     resume_overrides: tuple[str, ...] = ()  # of config.json in the resume check
+    checkpoint_epochs: int = 5  # the checkpoint section: epochs of each run (a checkpoint each), and rounds
+    checkpoint_rounds: int = 3
 
 
 FULL = Sizes()
 # fp16 and bf16 run slowly on a CPU: the smoke run's resume check trains a narrow model 2 steps an epoch.
 SMOKE = Sizes(image=MINI, default_epochs=1, sync_steps=2, sync_batch=8, train=16, valid=8, batch=8, warm_batches=1,
-              timed_epochs=1, resume_epochs=2, resume_overrides=("+arch.args.channels=4", "trainer.len_epoch=2"))
+              timed_epochs=1, resume_epochs=2, resume_overrides=("+arch.args.channels=4", "trainer.len_epoch=2"),
+              checkpoint_epochs=2, checkpoint_rounds=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,8 +509,35 @@ def peak_memory(ctx: Context) -> None:
         print(f"{run:>24}: max allocated {allocated / MIB:8,.0f} MiB, max reserved {reserved / MIB:8,.0f} MiB")
 
 
+def checkpoint_cost(ctx: Context) -> None:
+    """6. A checkpoint every epoch, written in the background (the default) and on the training path, against none."""
+    s = ctx.sizes
+    data = Data.random(s.image, s.train, s.valid, s.batch)
+    print(f"{s.image.name} fp32 as in section 3, {s.checkpoint_epochs} epochs, monitor min val_loss (model_best.pth "
+          f"too on improvement); all of train(), its last write included; median of {s.checkpoint_rounds} rounds")
+    seconds: dict[str, list[float]] = {writes: [] for writes in CHECKPOINT_WRITES}
+    for round_ in range(s.checkpoint_rounds):
+        for writes in CHECKPOINT_WRITES[round_ % 3:] + CHECKPOINT_WRITES[:round_ % 3]:
+            settings = TrainerSettings(epochs=s.checkpoint_epochs, monitor="min val_loss", verbosity=0,
+                                       async_checkpoint=writes == "background")
+            model = placed(s.image, settings, ctx.device)
+            warm = dataclasses.replace(settings, epochs=1, monitor="off")
+            build_trainer(s.image, model, data.head(s.warm_batches), warm, ctx.device).train()
+            trainer = build_trainer(s.image, model, data, settings, ctx.device, ctx.tmp / f"ckpt-{writes}-{round_}")
+            if writes == "none":
+                trainer.outputs.checkpointer = Checkpointer(None)
+            seconds[writes].append(timed(trainer.train, ctx.device))
+    size = (ctx.tmp / "ckpt-path-0" / f"checkpoint-epoch{s.checkpoint_epochs}.pth").stat().st_size
+    median = {writes: statistics.median(times) for writes, times in seconds.items()}
+    ctx.ratios["checkpoint background"] = median["none"] / median["background"]
+    ctx.ratios["checkpoint path"] = median["none"] / median["path"]
+    print(f"checkpoint {size / 1e6:.0f} MB: none {median['none']:.2f} s, on the training path {median['path']:.2f} s "
+          f"({ctx.ratios['checkpoint path']:.2f}), in the background {median['background']:.2f} s "
+          f"({ctx.ratios['checkpoint background']:.2f})")
+
+
 SECTIONS = {"default": default_config, "sync": no_sync_per_step, "throughput": throughput, "resume": fp16_resume,
-            "memory": peak_memory}
+            "memory": peak_memory, "checkpoint": checkpoint_cost}
 
 
 def run_section(name: str, section: Callable[[Context], None], ctx: Context) -> bool:
@@ -524,8 +559,10 @@ def summary(card: str, passed: list[str], failed: list[str], ratios: dict[str, f
     """The last line: sections passed, and the trainer/raw ratio per configuration."""
     failures = f" (failed: {', '.join(failed)})" if failed else ""
     ratio = " ".join(f"{name} {ratios[name]:.2f}" if name in ratios else f"{name} n/a" for name in CONFIGS)
+    checkpoints = " ".join(f"{ratios[f'checkpoint {w}']:.2f}" if f"checkpoint {w}" in ratios else "n/a"
+                           for w in ("background", "path"))
     return f"gpu_check: {card}: {len(passed)}/{len(passed) + len(failed)} sections passed{failures}; " \
-           f"ratio trainer/raw {ratio}"
+           f"ratio trainer/raw {ratio}; checkpoint every epoch/none: background, on the path {checkpoints}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,15 @@ def test_time_to_accuracy_benchmark_prints_each_sides_time_and_the_ratio(capsys,
     assert all(">= 0.5 at epoch 1" in line and "test accuracy" in line for line in lines[-3:-1])
 
 
+def test_checkpointing_benchmark_times_the_three_ways_and_prints_the_ratio(capsys, monkeypatch):
+    lines = run_benchmark("checkpointing.py", "--width", "64", "--samples", "256", "--epochs", "2", "--rounds", "1",
+                          capsys=capsys, monkeypatch=monkeypatch)
+    assert re.fullmatch(r"ratio background/none: \d+\.\d\d \(on the training path/none: \d+\.\d\d\)", lines[-1])
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert len(rounds) == 1 and all(re.search(r"none [\d.]+ s, path [\d.]+ s, background [\d.]+ s", r) for r in rounds)
+    assert re.fullmatch(r"checkpoint file: \d+ MB", lines[1])
+
+
 def test_the_baselines_models_are_the_projects(benchmarks):
     from model.model import DigitsModel, MnistModel
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -53,7 +54,8 @@ def test_the_smoke_run_on_the_cpu_passes_every_section():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "FAILED" not in result.stdout
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("gpu_check: cpu: 5/5 sections passed; ratio trainer/raw fp32 ")
+    assert last.startswith("gpu_check: cpu: 6/6 sections passed; ratio trainer/raw fp32 ")
+    assert re.search(r"checkpoint every epoch/none: background, on the path \d+\.\d\d \d+\.\d\d$", last)
     assert "n/a" not in last
 
 
@@ -66,7 +68,7 @@ def test_a_failing_section_prints_one_failed_line_and_its_traceback(gpu_check, o
     assert "FAILED sync: ValueError: no luck\nTraceback (most recent call last):" in out
     assert gpu_check.summary("H100", ["default"], ["sync"], {"fp32": 0.987}) == (
         "gpu_check: H100: 1/2 sections passed (failed: sync); ratio trainer/raw fp32 0.99 bf16 n/a fp16 n/a "
-        "bf16+cl n/a bf16+cl+compile n/a")
+        "bf16+cl n/a bf16+cl+compile n/a; checkpoint every epoch/none: background, on the path n/a n/a")
 
 
 def test_sync_warnings_are_recorded_with_their_place(gpu_check, monkeypatch):
