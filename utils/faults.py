@@ -37,7 +37,8 @@ def parse(text: str, world_size: int = 1) -> Fault:
         fields[key] = value
     rank, step, name = fields.get("rank"), fields.get("step"), fields.get("signal", "KILL").upper()
     if rank is None or not rank.isdigit() or int(rank) >= world_size:
-        problems.append(f"rank must be a rank of this job, 0 to {world_size - 1}, not {rank!r}")
+        ranks = "0" if world_size == 1 else f"0 to {world_size - 1}"
+        problems.append(f"rank must be a rank of this job, {ranks}, not {rank!r}")
     if step is None or not step.isdigit() or int(step) < 1:
         problems.append(f"step must be a global optimizer step, 1 or more, not {step!r}")
     if name.removeprefix("SIG") not in SIGNALS:
