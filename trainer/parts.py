@@ -13,6 +13,7 @@ fixed order of Trainer.parts:
     StepCheckpoints  checkpoint-step<N>.pth every N optimizer steps or M minutes (trainer.checkpoint_every)
     Stops            whether a signal or trainer.max_time stops training here, agreed by every rank
     Histograms       weight histograms after each epoch (log_histograms)
+    InjectedFault    a test's fault: this rank kills itself after a given step (TRAIN_FAULT; utils/faults.py)
 
 and EpochBatches, which batches an epoch trains on. A feature that is off is a do-nothing Part (its from_setting
 returns one), never None. A new feature is one more part here, one setting in config/settings.py and one line in

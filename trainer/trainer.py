@@ -14,6 +14,7 @@ from trainer.parts import (EpochBatches, Freezing, Histograms, ImageLog, Loop, P
                            Stops, TrainMetrics, Validation, in_config_order, track)
 from trainer.step import Stepper
 from utils.checkpoint import SCALER, Stateful
+from utils.faults import InjectedFault
 from utils.part import Part
 from utils.tracker import EpochMetrics, MetricTracker, split_metrics
 
@@ -84,6 +85,7 @@ class Trainer(BaseTrainer):
             StepCheckpoints.from_setting(s.step_checkpoints, self.save_step_checkpoint, self.dist, self.device),
             self.stops,
             Histograms.from_setting(s.log_histograms, outputs),
+            InjectedFault.from_environment(self.dist.rank, self.dist.world_size),  # TRAIN_FAULT, for tests
         ]
 
     def train_step(self, data: Any, target: Any) -> tuple[torch.Tensor, Any]:

@@ -63,9 +63,13 @@ def init(backend: str | None, timeout_s: int, main: int = 0) -> Dist:
     if not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s)
         store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
-        try:  # each group under its own prefix of torchrun's store: a restarted one must not meet the old one's keys
-            dist.init_process_group(backend, store=dist.PrefixStore(f"group-{len(_started)}", store), rank=rank,
-                                    world_size=world, timeout=timeout)
+        # each group under its own prefix of torchrun's store, which outlives the processes: a group restarted with
+        # another backend must not meet the keys of the one before, nor a job torchrun restarted (--max-restarts)
+        # those of its earlier attempt (its ranks would read the dead ranks' addresses and fail to connect)
+        prefix = f"attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/group-{len(_started)}"
+        try:
+            dist.init_process_group(backend, store=dist.PrefixStore(prefix, store), rank=rank, world_size=world,
+                                    timeout=timeout)
         except (RuntimeError, ValueError) as e:
             raise UserError(f"trainer.dist_backend {backend!r} could not start the process group: {e}") from None
         _started.append((backend, timeout_s))

@@ -4,8 +4,8 @@ early stopping on every rank.
 A torchrun launch costs seconds before it trains a step, so one shared launch (the `shared` fixture) runs a config
 that holds what several tests need, beside its single-process twin; the tests of one run directory, the numbers,
 EMA, step validation, the best-k checkpoints, freezing and test.py read it, and the resume tests resume copies of
-it. Separate launches are kept where the scenario differs: early stop, the time limit, a path no machine holds,
-two machines without a shared disk."""
+it. Separate launches are kept where the scenario differs: early stop, the time limit, a rank killed and the job
+restarted by torchrun, a path no machine holds, two machines without a shared disk."""
 from __future__ import annotations
 
 import json
@@ -70,10 +70,12 @@ def deterministic_config(tmp_path: Path, batch_size: int, images: Path | None = 
     return path
 
 
-def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2, launcher: tuple[str, ...] = (),
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """train.py with args under torchrun (launcher: more of torchrun's own options; env: more variables)."""
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={nproc}", str(ROOT / "train.py"), *args],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             f"--nproc_per_node={nproc}", *launcher, str(ROOT / "train.py"), *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     # on failure keep what the ranks said, not torchrun's summary
     result.stderr = "\n".join(line for line in result.stderr.splitlines() if line.startswith("[rank")) or result.stderr
     return result
@@ -107,6 +109,15 @@ def copy_run(save_dir: Path, run_id: str, to: Path) -> tuple[Path, Path]:
     for source, copy in zip(run_dir(save_dir, run_id), run_dir(to, run_id)):
         shutil.copytree(source, copy)
     return run_dir(to, run_id)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same weights, EMA weights and optimizer state, bit for bit."""
+    for weights_a, weights_b in ((a["state_dict"], b["state_dict"]), (a["ema"]["state_dict"], b["ema"]["state_dict"])):
+        assert weights_a.keys() == weights_b.keys()
+        assert all(torch.equal(value, weights_b[key]) for key, value in weights_a.items())
+    assert all(torch.equal(value, b["optimizer"]["state"][i][name])
+               for i, state in a["optimizer"]["state"].items() for name, value in state.items())
 
 
 def assert_same_rows(rows: list[dict], expected: list[dict], rel: float, abs: float) -> None:
@@ -178,11 +189,26 @@ def test_a_mid_epoch_checkpoint_under_torchrun_resumes_to_the_numbers_of_a_strai
     straight, again = read_metrics(run_dir(shared, "ddp")[1], timing=False), read_metrics(log_dir, timing=False)
     assert [(r["epoch"], r["step"]) for r in again[len(STEPS):]] == [(4, 32), (4, 36), (4, 40)]
     assert again[:len(STEPS)] == straight
-    a, b = (torch.load(d / "checkpoint-step30.pth", weights_only=True) for d in (run_dir(shared, "ddp")[0], ckpt_dir))
-    for weights_a, weights_b in ((a["state_dict"], b["state_dict"]), (a["ema"]["state_dict"], b["ema"]["state_dict"])):
-        assert all(torch.equal(value, weights_b[key]) for key, value in weights_a.items())
-    assert all(torch.equal(value, b["optimizer"]["state"][i][name])
-               for i, state in a["optimizer"]["state"].items() for name, value in state.items())
+    assert_same_state(*(torch.load(d / "checkpoint-step30.pth", weights_only=True)
+                        for d in (run_dir(shared, "ddp")[0], ckpt_dir)))
+
+
+def test_a_rank_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_the_straight_one(shared, tmp_path,
+                                                                                              digit_images):
+    """torchrun --max-restarts=2 with --resume auto, and rank 1 killed (SIGKILL, TRAIN_FAULT) right after step 17:
+    between the checkpoint of step 15 and epoch 2's end, after rank 0 logged the validation of step 16. Rank 0,
+    stopped by torchrun while its peer is dead, saves nothing; the restarted job resumes step 15 in the same run
+    directory, logs step 16 again in place of the first attempt's row, and ends as the shared run "ddp" (the same
+    config): its records, and its last state bit for bit."""
+    config = deterministic_config(tmp_path, 64, digit_images, **SHARED)
+    result = torchrun("-c", str(config), "--run-id", "restarted", "--resume", "auto", launcher=("--max-restarts=2",),
+                      env={"TRAIN_FAULT": "rank=1,step=17"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt_dir, log_dir = run_dir(tmp_path / "saved", "restarted")
+    assert f"Resumed from {ckpt_dir / 'checkpoint-step15.pth'}" in (log_dir / "info.log").read_text()
+    assert read_metrics(log_dir, timing=False) == read_metrics(run_dir(shared, "ddp")[1], timing=False)
+    assert_same_state(*(torch.load(d / "checkpoint-epoch3.pth", weights_only=True)
+                        for d in (run_dir(shared, "ddp")[0], ckpt_dir)))
 
 
 def test_a_single_process_checkpoint_resumes_under_torchrun(shared, tmp_path):

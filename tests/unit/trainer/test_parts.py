@@ -24,7 +24,7 @@ def test_a_feature_that_is_off_is_a_part_that_does_nothing(tmp_path):
            Histograms.from_setting(False, trainer.outputs),
            StepCheckpoints.from_setting((None, None), lambda: None, SINGLE, CPU)]
     assert all(type(part) is Part for part in off)
-    assert sum(type(part) is Part for part in trainer.parts) == 4 and None not in trainer.parts
+    assert sum(type(part) is Part for part in trainer.parts) == 5 and None not in trainer.parts  # TRAIN_FAULT's too
     on = [WeightAverage.from_setting(nn.Linear(1, 1), EMASettings(decay=0.9)), ImageLog.from_setting(True, trainer.outputs),
           Histograms.from_setting(True, trainer.outputs),
           StepCheckpoints.from_setting((3, None), lambda: None, SINGLE, CPU)]
