@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 import random
+import signal
 import struct
 import weakref
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, get_wo
 from torch.utils.data.dataloader import default_collate
 
 from utils.errors import UserError
+from utils.interrupt import SignalStop
 
 
 class EpochSampler(Sampler[int]):
@@ -70,6 +72,24 @@ class EpochSampler(Sampler[int]):
         return len(self.indices) - self.start
 
 
+class WorkerStart:
+    """What a loader's worker process does first (then the user's worker_init_fn): it ignores the stop signals
+    (SIGINT, SIGTERM, SIGUSR1). They are the main process's to handle, which finishes its step and saves with its
+    workers still serving; and a signal sent to the whole job reaches the workers too: Ctrl-C in a terminal, torchrun
+    stopping its ranks' process groups, a scheduler signalling every process of a job. Left to themselves, SIGTERM
+    and SIGUSR1 would kill a worker, and the main process would fail without saving. The main process ends its workers
+    itself, and a worker whose main process died exits by itself (torch's watchdog)."""
+
+    def __init__(self, user_init: Callable[[int], None] | None):
+        self.user_init = user_init
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in SignalStop.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        if self.user_init is not None:
+            self.user_init(worker_id)
+
+
 class EpochDataLoader(DataLoader):
     """A DataLoader whose order depends only on (seed, epoch), and whose samples' random draws (augmentation) only on
     (seed, epoch, index): call set_epoch each epoch.
@@ -114,7 +134,8 @@ class EpochDataLoader(DataLoader):
                  else {"sampler": KeyedBatches(self), "batch_size": None})
         loader = DataLoader(KeyedSamples(self.dataset, self.seed), **order, num_workers=self.num_workers,
                             collate_fn=self.collate_fn, pin_memory=self.pin_memory, timeout=self.timeout,
-                            worker_init_fn=self.worker_init_fn, multiprocessing_context=self.multiprocessing_context,
+                            worker_init_fn=WorkerStart(self.worker_init_fn),
+                            multiprocessing_context=self.multiprocessing_context,
                             generator=self.generator, prefetch_factor=self.prefetch_factor,
                             persistent_workers=self.persistent_workers, pin_memory_device=self.pin_memory_device,
                             **({"in_order": self.in_order} if hasattr(self, "in_order") else {}))  # torch >= 2.6

@@ -264,6 +264,63 @@ def test_a_second_signal_exits_at_once_without_touching_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.py"]  # no checkpoint, no temporary file
 
 
+def children(pid: int) -> list[int]:
+    """The processes pid started (Linux's /proc)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def signal_pending(pid: int) -> bool:
+    """Whether a signal sent to pid waits to be delivered (False once the process has taken it, or is gone)."""
+    try:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return status["State"].split()[0] not in "ZX" and any(int(status[key], 16) for key in ("SigPnd", "ShdPnd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the workers from Linux's /proc")
+def test_a_signal_to_the_whole_process_group_stops_with_a_save_while_workers_load(tmp_path):
+    """SIGTERM to every process of the job (as torchrun stops its ranks, or a scheduler its job), loader workers
+    included: the workers carry on serving, and training stops after its step with the state saved."""
+    driver = tmp_path / "workers.py"
+    driver.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
+        from pathlib import Path
+        from tiny_trainers import build
+        from utils.interrupt import StopTraining
+
+        trainer = build(Path({str(tmp_path / "run")!r}), epochs=50, workers=2, early_stop=0)
+        step = trainer.train_step
+
+        def train_step(data, target):
+            if trainer.global_step == 7:  # epoch 2: its workers were started by the training loop
+                print("step", flush=True)
+                sys.stdin.readline()  # until the signal has been sent
+            return step(data, target)
+        trainer.train_step = train_step
+        try:
+            trainer.train()
+        except StopTraining as stop:
+            print(stop, flush=True)
+    """))
+    process = subprocess.Popen([sys.executable, str(driver)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert process.stdout.readline().strip() == "step", process.communicate()
+    workers = children(process.pid)
+    assert len(workers) == 2
+    os.killpg(process.pid, signal.SIGTERM)  # its process group: the workers too
+    deadline = time.monotonic() + 60
+    while any(signal_pending(worker) for worker in workers):  # each worker has taken it (died of it, or not)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    out, err = process.communicate("go\n", timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    assert f"stopped by SIGTERM; saved {tmp_path / 'run' / 'checkpoint-step8.pth'}" in out, err[-3000:]
+    assert torch.load(tmp_path / "run" / "checkpoint-step8.pth", weights_only=True)["global_step"] == 8
+
+
 def test_an_unwritable_save_directory_is_a_clear_error(tmp_path, capfd):
     # in this process: utils.errors.run_cli gives train.py's status and prints its error lines (test_train_cli
     # checks that the process exits with that status); an exception would fail the test here
