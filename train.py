@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         # a failed start leaves no directory; one that an earlier --resume auto start left (no checkpoint) is kept
         earlier = args.resume == AUTO and config.named_run_dirs().checkpoint_dir.is_dir()
-        run = open_run(config, trainer, dist)
-        with removed_if_it_fails_at_start(run, trainer, new=checkpoint is None and not earlier):
+        with (open_run(config, trainer, dist) as run,
+              removed_if_it_fails_at_start(run, trainer, new=checkpoint is None and not earlier)):
             if checkpoint is not None:
                 resume(trainer, checkpoint, config)
             train(trainer, "the same command" if args.resume == AUTO else f"python train.py -r {run.checkpoint_dir}")

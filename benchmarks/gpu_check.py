@@ -372,10 +372,10 @@ def run_train(ctx: Context, *args: str, resume_from: Path | None = None, run_id:
     config, checkpoint, _ = load_config(argparse.Namespace(config=config_file, resume=resume_from, run_id=run_id,
                                                            overrides=overrides))
     trainer, dist = assemble(config)
-    open_run(config, trainer, dist)
-    if checkpoint is not None:
-        resume(trainer, checkpoint, config)
-    trainer.train()
+    with open_run(config, trainer, dist):
+        if checkpoint is not None:
+            resume(trainer, checkpoint, config)
+        trainer.train()
     setup_logging(None, verbosity=0)
     if ctx.cuda and not torch.cuda.max_memory_allocated(ctx.device):
         raise CheckFailed(f"train.py {' '.join(args)} allocated no GPU memory: it did not train on the GPU")

@@ -17,7 +17,7 @@ import inspect
 import random
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from config.fields import from_section
 from config.files import read_json
@@ -119,8 +119,10 @@ class ConfigParser:
         return _run_dirs(Path(self.config["trainer"]["save_dir"]), self.config["name"], self.run_id)
 
     # -- the one place that touches the disk
-    def make_run_dirs(self) -> RunDirs:
-        """Create (or, when resuming, reuse) the run's directories and write config.json there."""
+    def make_run_dirs(self, before_writing: Callable[[RunDirs], None] = lambda dirs: None) -> RunDirs:
+        """Create (or, when resuming, reuse) the run's directories and write config.json there. before_writing(dirs)
+        is called once the checkpoint directory exists, before anything is written into it (train.py takes the run's
+        lock there)."""
         if self.resume is not None:
             dirs = run_dirs_of(self.resume)
         elif self.reuse_run_dir and self.run_id:
@@ -128,6 +130,7 @@ class ConfigParser:
             _mkdir(dirs.checkpoint_dir, exist_ok=True)
         else:
             dirs = _new_run_dirs(Path(self.config["trainer"]["save_dir"]), self.config["name"], self.run_id)
+        before_writing(dirs)
         dirs.log_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.config, dirs.checkpoint_dir / "config.json")
         self.run_dirs = dirs

@@ -22,6 +22,7 @@ from utils.checkpoint import MONITOR, RunDirs, find_checkpoint, holds_state, unw
 from utils.distributed import SINGLE, Dist
 from utils.errors import UserError
 from utils.monitor import Monitor
+from utils.run_lock import RunLock
 from utils.util import seed_everything
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSettings)}
@@ -109,10 +110,21 @@ def assemble(config: ConfigParser, device_flag: str | None = None, dist: Dist = 
     return trainer, dist
 
 
-def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
-    """The run directory (the main rank creates it, or reuses it on resume); logs, TensorBoard, metrics.jsonl
-    and checkpoints go there, written by that rank only."""
-    run = distributed.broadcast(config.make_run_dirs() if dist.is_main else None, src=dist.main)  # chosen once
+@contextlib.contextmanager
+def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> Iterator[RunDirs]:
+    """While open, the run directory (the main rank creates it, or reuses it on resume): logs, TensorBoard,
+    metrics.jsonl and checkpoints go there, written by that rank only, which holds the directory's lock (a second
+    process training the same run waits for the first to end, utils/run_lock.py)."""
+    lock = RunLock()  # taken before anything in the directory is read or written
+    made = config.make_run_dirs(lambda dirs: lock.acquire(dirs.checkpoint_dir)) if dist.is_main else None
+    run = distributed.broadcast(made, src=dist.main)  # chosen once
+    try:
+        yield _opened(run, config, trainer, dist)
+    finally:
+        lock.release()
+
+
+def _opened(run: RunDirs, config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
     verbosity = config["trainer"]["verbosity"]
     setup_logging(run.log_dir if dist.is_main else None, verbosity=verbosity if dist.is_main else 0)
     get_logger("trainer", verbosity)

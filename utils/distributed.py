@@ -5,7 +5,10 @@ otherwise everything here is a single-process no-op, so the trainer has one code
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -44,6 +47,7 @@ def launched_by_torchrun() -> bool:
 
 
 DEFAULT_TIMEOUT_S = 1800
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 _started: list[tuple[str, int]] = []  # the backend and timeout of each process group this process joined
 
 
@@ -53,6 +57,8 @@ def init(backend: str | None, timeout_s: int, main: int = 0) -> Dist:
     before it reads -r's checkpoint, whose config may name others."""
     if not launched_by_torchrun():
         return SINGLE
+    if not _started:
+        stop_when_the_launcher_dies()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
@@ -74,6 +80,17 @@ def init(backend: str | None, timeout_s: int, main: int = 0) -> Dist:
             raise UserError(f"trainer.dist_backend {backend!r} could not start the process group: {e}") from None
         _started.append((backend, timeout_s))
     return Dist(rank, world, local, main)
+
+
+def stop_when_the_launcher_dies() -> None:
+    """On Linux, have this process sent SIGTERM (a stop that saves) when its parent, torchrun's agent, dies. Killed
+    with kill -9, the agent cannot pass a stop on, and it starts the ranks in sessions of their own: they would train
+    on unwatched, into the run directory that the job's next start then waits for."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died just before
 
 
 def joined_a_process_group() -> bool:
