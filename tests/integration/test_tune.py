@@ -29,10 +29,11 @@ SPACE = {"optimizer.args.lr": {"float": [1e-3, 3e-2], "log": True},
 
 
 def write_inputs(tmp_path: Path, space: dict = SPACE, **trainer) -> tuple[Path, Path, Path]:
-    """(config file, space file, save_dir) of a tiny digits config."""
+    """(config file, space file, save_dir) of a tiny digits config. Its checkpoints are written on the training path
+    (trainer.async_checkpoint false): hang_at stops a trial's training where it writes one."""
     save = tmp_path / "saved"
     config, space_file = tmp_path / "config.json", tmp_path / "space.json"
-    config.write_text(json.dumps(tiny_config(save, **{"epochs": 1, **trainer})))
+    config.write_text(json.dumps(tiny_config(save, **{"epochs": 1, "async_checkpoint": False, **trainer})))
     space_file.write_text(json.dumps(space))
     return config, space_file, save
 
