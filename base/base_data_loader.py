@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import os
 import random
 import signal
 import struct
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, get_wo
 from torch.utils.data.dataloader import default_collate
 
 from utils.errors import UserError
-from utils.interrupt import SignalStop
+from utils.interrupt import SignalStop, signal_when_parent_dies
 
 
 class EpochSampler(Sampler[int]):
@@ -78,14 +79,18 @@ class WorkerStart:
     workers still serving; and a signal sent to the whole job reaches the workers too: Ctrl-C in a terminal, torchrun
     stopping its ranks' process groups, a scheduler signalling every process of a job. Left to themselves, SIGTERM
     and SIGUSR1 would kill a worker, and the main process would fail without saving. The main process ends its workers
-    itself, and a worker whose main process died exits by itself (torch's watchdog)."""
+    itself; one whose main process died is killed at once on Linux (PR_SET_PDEATHSIG: else torch's watchdog notices
+    within seconds, while the worker still holds the dead process's connections, which under torchrun keeps the
+    other ranks waiting for a peer that is gone)."""
 
     def __init__(self, user_init: Callable[[int], None] | None):
         self.user_init = user_init
+        self.parent = os.getpid()
 
     def __call__(self, worker_id: int) -> None:
         for signum in SignalStop.SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+        signal_when_parent_dies(signal.SIGKILL, self.parent)
         if self.user_init is not None:
             self.user_init(worker_id)
 

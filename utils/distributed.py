@@ -5,10 +5,8 @@ otherwise everything here is a single-process no-op, so the trainer has one code
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -19,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from utils.errors import UserError
+from utils.interrupt import signal_when_parent_dies
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,6 @@ def launched_by_torchrun() -> bool:
 
 
 DEFAULT_TIMEOUT_S = 1800
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 _started: list[tuple[str, int]] = []  # the backend and timeout of each process group this process joined
 
 
@@ -83,14 +81,10 @@ def init(backend: str | None, timeout_s: int, main: int = 0) -> Dist:
 
 
 def stop_when_the_launcher_dies() -> None:
-    """On Linux, have this process sent SIGTERM (a stop that saves) when its parent, torchrun's agent, dies. Killed
-    with kill -9, the agent cannot pass a stop on, and it starts the ranks in sessions of their own: they would train
-    on unwatched, into the run directory that the job's next start then waits for."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 and os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)  # the parent died just before
+    """Have this process sent SIGTERM (a stop that saves) when its parent, torchrun's agent, dies (Linux). Killed with
+    kill -9, the agent cannot pass a stop on, and it starts the ranks in sessions of their own: they would train on
+    unwatched, into the run directory that the job's next start then waits for."""
+    signal_when_parent_dies(signal.SIGTERM)
 
 
 def joined_a_process_group() -> bool:

@@ -4,6 +4,7 @@ a signal ends the command with one line and its status. StopTraining is the loop
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import signal
@@ -121,3 +122,17 @@ def settle_for_exit() -> None:
     if not waits:
         for s in SignalStop.SIGNALS:
             signal.signal(s, signal.SIG_IGN)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when the thread that started it ends
+
+
+def signal_when_parent_dies(signum: int, parent: int | None = None) -> None:
+    """On Linux, have the system send this process signum when its parent ends (the thread that started it, to be
+    exact); sent at once when the parent has ended already (it is no longer `parent`, default: the parent now).
+    Elsewhere nothing happens."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid() if parent is None else parent
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum) == 0 and os.getppid() != parent:
+        os.kill(os.getpid(), signum)
