@@ -59,9 +59,12 @@ class Sink:
         """Training goes on after epoch (and, in the middle of the next one, after global step `step`): forget rows
         a run being resumed from an earlier checkpoint wrote after that point."""
 
-    def close(self, outcome: str = "FINISHED") -> None:
-        """After training: outcome is FINISHED (every epoch, or an early stop), KILLED (a stop signal or
-        trainer.max_time: to be resumed) or FAILED (an error)."""
+    def end(self, outcome: str) -> None:
+        """Training has ended (close follows): outcome is FINISHED (every epoch, or an early stop), KILLED (a stop
+        signal or trainer.max_time: to be resumed) or FAILED (an error)."""
+
+    def close(self) -> None:
+        """After training (or its stop)."""
 
 
 FINISHED, KILLED, FAILED = "FINISHED", "KILLED", "FAILED"  # how training ended (MLflow's names for a run's status)
@@ -98,8 +101,10 @@ class Reporter:
             sink.resume(epoch, step)
 
     def close(self, outcome: str = FINISHED) -> None:
+        """Training has ended as outcome says (FINISHED, KILLED or FAILED): every sink hears it, then closes."""
         for sink in self.sinks:
-            sink.close(outcome)
+            sink.end(outcome)
+            sink.close()
 
 
 def make_reporter(log_dir: Path | None, loggers: Iterable[Sink] = ()) -> Reporter:
@@ -167,7 +172,7 @@ class TensorBoardSink(Sink):
     def log_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         self.board.add_histogram(tag, values, step, RUN)
 
-    def close(self, outcome: str = FINISHED) -> None:
+    def close(self) -> None:
         self.board.close()
 
 

@@ -77,7 +77,7 @@ class Outcome(Sink):
     def __init__(self, dirs):
         self.outcomes = []
 
-    def close(self, outcome: str = FINISHED) -> None:
+    def end(self, outcome: str) -> None:
         self.outcomes.append(outcome)
 
 
