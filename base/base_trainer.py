@@ -152,7 +152,8 @@ class BaseTrainer:
                 raise
             self.logger.error("The last checkpoint was not written either: %s", write_error)
         finally:
-            self.outputs.reporter.close(_outcome(error))
+            self.outputs.reporter.end(_outcome(error))
+            self.outputs.reporter.close()
             for loader in (self.data_loader, self.valid_data_loader):
                 if isinstance(loader, EpochDataLoader):
                     loader.close()  # persistent workers end with training

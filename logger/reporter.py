@@ -100,10 +100,12 @@ class Reporter:
         for sink in self.sinks:
             sink.resume(epoch, step)
 
-    def close(self, outcome: str = FINISHED) -> None:
-        """Training has ended as outcome says (FINISHED, KILLED or FAILED): every sink hears it, then closes."""
+    def end(self, outcome: str) -> None:
         for sink in self.sinks:
             sink.end(outcome)
+
+    def close(self) -> None:
+        for sink in self.sinks:
             sink.close()
 
 
