@@ -13,7 +13,7 @@ OPTIONS = [
     CustomArgs(["--bs", "--batch_size"], type=int, target="data_loader;args;batch_size"),
     CustomArgs(["--init-from"], type=str, target="arch;weights"),  # a new run from these weights (fine-tuning)
 ]
-LISTABLE = ["arch", "data_loader", "optimizer", "lr_scheduler", "loss", "metric", "trainer"]
+LISTABLE = ["arch", "data_loader", "optimizer", "lr_scheduler", "loss", "metric", "trainer", "logger"]
 
 
 def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:

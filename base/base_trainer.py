@@ -6,13 +6,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from base.base_data_loader import EpochDataLoader
-from logger.reporter import RunInfo, make_reporter
+from logger.loggers import DEFAULT as DEFAULT_LOGGERS, build_loggers
+from logger.reporter import FAILED, FINISHED, KILLED, RunInfo, make_reporter
 from utils.checkpoint import (MODEL, MONITOR, OPTIMIZER, RNG, SCHEDULER, TRAIN_STATE, Checkpointer, ModelWeights,
                               RandomState, RunDirs, Stateful, gather, restore, unwrap)
 from utils.distributed import SINGLE, Dist, any_rank
@@ -43,6 +44,14 @@ class TrainState:
         self.batch_in_epoch = state.get("batch_in_epoch", 0)
 
 
+def _outcome(error: BaseException | None) -> str:
+    """How training ended, for the loggers: FINISHED, KILLED (stopped by a signal or the time limit: to be resumed)
+    or FAILED."""
+    if error is None:
+        return FINISHED
+    return KILLED if isinstance(error, (StopTraining, KeyboardInterrupt)) else FAILED
+
+
 class RunOutputs:
     """Where a run writes: checkpoints (checkpointer) and its logged rows (reporter). Until open() is called it
     writes no file, only the rows' console lines (dry runs, test.py and the ranks other than 0 never call it)."""
@@ -51,10 +60,12 @@ class RunOutputs:
         self.checkpointer = Checkpointer(None)
         self.reporter = make_reporter(None)
 
-    def open(self, dirs: RunDirs, settings: Any) -> "RunOutputs":
+    def open(self, dirs: RunDirs, settings: Any, loggers: Sequence[str | dict] = DEFAULT_LOGGERS) -> "RunOutputs":
+        """Write into dirs from now on: checkpoints as settings say, and each row to metrics.jsonl and the loggers
+        (the config's "loggers": names or {type, args}; settings.tensorboard false leaves TensorBoard out)."""
         self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last,
                                          settings.save_top_k, settings.monitor, settings.async_checkpoint)
-        self.reporter = make_reporter(dirs.log_dir, settings.tensorboard)
+        self.reporter = make_reporter(dirs.log_dir, build_loggers(dirs, loggers, settings.tensorboard))
         return self
 
 
@@ -141,6 +152,7 @@ class BaseTrainer:
                 raise
             self.logger.error("The last checkpoint was not written either: %s", write_error)
         finally:
+            self.outputs.reporter.end(_outcome(error))
             self.outputs.reporter.close()
             for loader in (self.data_loader, self.valid_data_loader):
                 if isinstance(loader, EpochDataLoader):

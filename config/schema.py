@@ -83,6 +83,9 @@ SECTIONS = {
         "interval": (str, "epoch", "'epoch' steps the scheduler after each epoch, 'step' after each optimizer step"),
     }, optional=True, meaning="The learning-rate scheduler", rules=lr_scheduler_rules,
         ranges={"interval": INTERVALS}),
+    "loggers": (list, ["tensorboard"], "where each logged row goes besides the console and metrics.jsonl: "
+                                       "\"tensorboard\", \"csv\" (metrics.csv), \"mlflow\" or your own, each a "
+                                       "name or {type, args}"),
     "extra": (dict, {}, "free-form settings for your own code; never validated"),
 }
 

@@ -12,13 +12,15 @@ import json
 import math
 from typing import Any
 
+import logger.loggers  # noqa: F401  (registers the loggers by name)
 from config.arguments import check_args, is_torchmetrics
 from config.fields import Section, range_problems
 from config.schema import ARG_MINIMUMS, SCHEMA, SETTINGS
 from utils.errors import did_you_mean, first_line
 from utils.json_types import describe, type_ok
 from utils.params import DEFAULT_GROUP
-from utils.registry import ARCHS, DATA_LOADERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, TRAINERS, Registry
+from utils.registry import (ARCHS, DATA_LOADERS, LOGGERS, LOSSES, LR_SCHEDULERS, METRICS, OPTIMIZERS, TRAINERS,
+                            Registry)
 
 # (config section, registry, positional arguments the builder supplies before the config's args)
 BUILT = [("arch", ARCHS, 0), ("data_loader", DATA_LOADERS, 0), ("optimizer", OPTIMIZERS, 1),
@@ -58,6 +60,7 @@ def validate(config: dict) -> list[str]:
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"metrics: {dup!r} appears twice; give each a distinct \"name\"")
     problems.extend(check_rules(config, SCHEMA))
+    problems.extend(check_loggers(config.get("loggers")))
     trainer = config.get("trainer")
     if isinstance(trainer, dict) and isinstance(trainer.get("type"), str) and trainer["type"] not in TRAINERS:
         problems.append(TRAINERS.unknown(trainer["type"], "trainer.type"))
@@ -107,6 +110,33 @@ def callable_specs(config: dict) -> list[tuple[str, Any]]:
     metrics = config.get("metrics")
     specs = [("loss", config["loss"])] if type_ok(config.get("loss"), (str, dict)) else []
     return specs + [(f"metrics.{i}", m) for i, m in enumerate(metrics if isinstance(metrics, list) else [])]
+
+
+def check_loggers(loggers: Any) -> list[str]:
+    """Problems with the "loggers" entries: each a known name or {type, args} with arguments its class takes, once."""
+    if not isinstance(loggers, list):
+        return []  # mistyped: the schema check reports it
+    problems, names = [], []
+    for i, spec in enumerate(loggers):
+        path = f"loggers.{i}"
+        type_path, spec = (path, {"type": spec}) if isinstance(spec, str) else (f"{path}.type", spec)
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            problems.append(f"{path}: must be a name or an object {{\"type\": ..., \"args\": {{...}}}}, got {spec!r}")
+            continue
+        unknown = set(spec) - {"type", "args"}
+        cls = LOGGERS.find(spec["type"])
+        if unknown:
+            problems.append(f"{path}: unknown key(s) {sorted(unknown)}; allowed: type, args")
+        elif cls is None:
+            problems.append(LOGGERS.unknown(spec["type"], type_path))
+        elif not isinstance(spec.get("args", {}), dict):
+            problems.append(f"{path}.args must be an object {{...}}")
+        else:
+            problems.extend(check_args(cls, spec.get("args", {}), f"{path}.args", 1))
+        names.append(spec["type"])
+    problems.extend(f"loggers: {name!r} appears twice; give each logger once" for name in sorted(set(names))
+                    if names.count(name) > 1)
+    return problems
 
 
 def check_callable_spec(spec: Any, path: str, registry: Registry) -> list[str]:

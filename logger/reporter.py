@@ -3,9 +3,9 @@
 Rows: an epoch's values ({"epoch", ["step"], loss, metrics, val_*, lr, samples_per_sec, epoch_time}), a validation's
 in the middle of an epoch ({"epoch", "step", val_*}), and every log_step steps the training loss ({"step",
 "loss_step"}); besides them images (log_images) and histograms (log_histograms). The sinks: the console and info.log
-(ConsoleLines), TensorBoard (TensorBoardSink: RunBoard's layout) and metrics.jsonl (MetricsFile). A new tracker is one
-more Sink subclass, overriding the methods it needs; a run or rank that writes no files gets a reporter with the
-console alone.
+(ConsoleLines) and metrics.jsonl (MetricsFile), always; then the config's "loggers" (logger/loggers.py): TensorBoard
+(TensorBoardSink: RunBoard's layout), metrics.csv, MLflow. A new tracker is one more Sink subclass, overriding the
+methods it needs; a run or rank that writes no files gets a reporter with the console alone.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import torch
 from logger.visualization import RUN, TRAIN, VALID, RunBoard, hparam_values
 from utils.util import write_text_atomic
 
-NOT_SCALARS = ("epoch", "step", "epoch_time")  # a row's keys that are its place and timing, not values to chart
+NOT_SCALARS = ("epoch", "step", "epoch_time")
+METRICS_FILE = "metrics.jsonl"  # a row's keys that are its place and timing, not values to chart
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,15 @@ class Sink:
         """Training goes on after epoch (and, in the middle of the next one, after global step `step`): forget rows
         a run being resumed from an earlier checkpoint wrote after that point."""
 
+    def end(self, outcome: str) -> None:
+        """Training has ended (close follows): outcome is FINISHED (every epoch, or an early stop), KILLED (a stop
+        signal or trainer.max_time: to be resumed) or FAILED (an error)."""
+
     def close(self) -> None:
         """After training (or its stop)."""
+
+
+FINISHED, KILLED, FAILED = "FINISHED", "KILLED", "FAILED"  # how training ended (MLflow's names for a run's status)
 
 
 class Reporter:
@@ -92,17 +100,21 @@ class Reporter:
         for sink in self.sinks:
             sink.resume(epoch, step)
 
+    def end(self, outcome: str) -> None:
+        for sink in self.sinks:
+            sink.end(outcome)
+
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
 
 
-def make_reporter(log_dir: Path | None, tensorboard: bool = False) -> Reporter:
-    """The console lines; with a log directory also metrics.jsonl and, when tensorboard, TensorBoard there."""
+def make_reporter(log_dir: Path | None, loggers: Iterable[Sink] = ()) -> Reporter:
+    """The console lines; with a log directory also metrics.jsonl there, then the loggers (built by
+    logger/loggers.py from the config's "loggers"), which may read it."""
     if log_dir is None:
         return Reporter([ConsoleLines()])
-    board = [TensorBoardSink(RunBoard(log_dir))] if tensorboard else []
-    return Reporter([ConsoleLines(), *board, MetricsFile(Path(log_dir) / "metrics.jsonl")])
+    return Reporter([ConsoleLines(), MetricsFile(Path(log_dir) / METRICS_FILE), *loggers])
 
 
 class ConsoleLines(Sink):

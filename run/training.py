@@ -129,7 +129,7 @@ def _opened(run: RunDirs, config: ConfigParser, trainer: BaseTrainer, dist: Dist
     setup_logging(run.log_dir if dist.is_main else None, verbosity=verbosity if dist.is_main else 0)
     get_logger("trainer", verbosity)
     if dist.is_main:
-        trainer.outputs.open(run, trainer.settings)
+        trainer.outputs.open(run, trainer.settings, config["loggers"])
         if config.resume is None:  # a start in a directory an earlier start left without a checkpoint (--resume auto)
             trainer.outputs.reporter.resume(0, None)  # forgets the rows it wrote: they are trained again
     get_logger("train", verbosity).info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)

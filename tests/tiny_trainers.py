@@ -30,9 +30,10 @@ def mse(output, target):
     return nn.functional.mse_loss(output, target)
 
 
-def outputs_in(directory: Path, settings: TrainerSettings) -> RunOutputs:
-    """Checkpoints and metrics.jsonl written straight into directory (TensorBoard only if settings ask)."""
-    return RunOutputs().open(RunDirs(directory, directory), settings)
+def outputs_in(directory: Path, settings: TrainerSettings, loggers: list | None = None) -> RunOutputs:
+    """Checkpoints and metrics.jsonl written straight into directory, and the loggers (TensorBoard by default, where
+    settings ask for it)."""
+    return RunOutputs().open(RunDirs(directory, directory), settings, *([loggers] if loggers is not None else []))
 
 
 def make_trainer(tmp_path: Path, *, lr: float = 0.1, epochs: int = 3, monitor: str = "min val_loss",

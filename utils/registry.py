@@ -245,5 +245,7 @@ LR_SCHEDULERS = Registry("lr_scheduler", [_torch_schedulers, _pytorch_optimizer_
 LOSSES = Registry("loss", [_torch_losses, _pytorch_optimizer_losses])  # torch.nn wins a shared name (BCELoss)
 METRICS = Registry("metric", [_torchmetrics_metrics])
 TRAINERS = Registry("trainer")
+LOGGERS = Registry("logger")  # where logged rows go (the config's "loggers"): logger/loggers.py registers them
 
-REGISTRIES = {r.kind: r for r in (ARCHS, DATA_LOADERS, OPTIMIZERS, LR_SCHEDULERS, LOSSES, METRICS, TRAINERS)}
+REGISTRIES = {r.kind: r for r in (ARCHS, DATA_LOADERS, OPTIMIZERS, LR_SCHEDULERS, LOSSES, METRICS, TRAINERS,
+                                   LOGGERS)}

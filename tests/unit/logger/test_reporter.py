@@ -77,12 +77,13 @@ def test_an_unopened_run_reports_to_the_console_only(tmp_path, monkeypatch):
 
 def test_an_opened_run_reports_to_tensorboard_only_when_asked(tmp_path):
     from config import TrainerSettings
+    from logger.loggers import TensorBoard
     from utils.checkpoint import RunDirs
 
     opened = RunOutputs().open(RunDirs(tmp_path, tmp_path), TrainerSettings(epochs=1, tensorboard=False))
     assert [type(sink) for sink in opened.reporter.sinks] == [ConsoleLines, MetricsFile]
     opened = RunOutputs().open(RunDirs(tmp_path, tmp_path), TrainerSettings(epochs=1, tensorboard=True))
-    assert [type(sink) for sink in opened.reporter.sinks] == [ConsoleLines, TensorBoardSink, MetricsFile]
+    assert [type(sink) for sink in opened.reporter.sinks] == [ConsoleLines, MetricsFile, TensorBoard]
     opened.reporter.close()
 
 
