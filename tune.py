@@ -28,6 +28,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from logger.reporter import read_rows
 from parse_config import ConfigParser, apply_override, read_json, split_path, validate, with_defaults
 from utils.checkpoint import RunDirs
 from utils.errors import UserError, did_you_mean, exit_cli, first_line
@@ -596,24 +597,6 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The complete rows of a metrics.jsonl (none when it does not exist yet; a half-written last line left out)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in text.splitlines(keepends=True):
-        if line.endswith("\n"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
 
 
 def monitored(rows: list[dict], key: str) -> list[tuple[int, float]]:

@@ -256,3 +256,21 @@ def compact(value: Any, most: int = 20) -> str:
         shown = [f"{v:.4g}" for v in value[:most]]
         return "[" + ", ".join(shown) + (f", ... ({len(value)} values)]" if len(value) > most else "]")
     return str(value)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete rows of a metrics.jsonl (none when it does not exist yet; a half-written last line left out)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines(keepends=True):
+        if line.endswith("\n"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
