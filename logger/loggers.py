@@ -16,6 +16,7 @@ import io
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from logger.mlflow_logger import MLflowRun
 from logger.reporter import METRICS_FILE, Sink, TensorBoardSink, read_rows
 from logger.visualization import RunBoard
 from utils.checkpoint import RunDirs
@@ -57,6 +58,9 @@ class CsvFile(Sink):
         writer.writeheader()
         writer.writerows({k: v for k, v in record.items() if _number(v)} for record in records)
         write_text_atomic(self.path, text.getvalue())
+
+
+LOGGERS.register(MLflowRun, name="mlflow")  # its module imports mlflow only when the logger is built
 
 
 def _number(value: Any) -> bool:

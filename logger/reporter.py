@@ -39,6 +39,10 @@ class RunInfo:
 class Sink:
     """One place the reporter's rows go. Every method does nothing here: a sink overrides those it needs."""
 
+    # Modules the sink imports only once it is built (slow or optional ones), each with how to install it: the
+    # config's validation checks they are installed, without importing them.
+    requires: Mapping[str, str] = {}
+
     def start(self, run: RunInfo) -> None:
         """Before this process's first row."""
 
