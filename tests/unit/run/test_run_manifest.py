@@ -1,5 +1,6 @@
-"""run/manifest.py: what a training start records in run.json: its command, the checkout's git state (the root is a
-parameter, so a test points it at a repository of its own), the devices and the data the config names."""
+"""run/manifest.py (a name apart from tests/unit/utils/test_manifest.py: test modules share one namespace): what
+a training start records in run.json: its command, the checkout's git state (the root is a parameter, so a
+test points it at a repository of its own), the devices and the data the config names."""
 from __future__ import annotations
 
 import shutil
