@@ -177,15 +177,28 @@ class Run:
 
     @property
     def duration_s(self) -> float | None:
-        """Seconds the run's starts took (a running one up to now); without run.json, its epochs' sum."""
+        """Seconds the run's starts took (a running one up to now, one that died up to its last file write); without
+        run.json, its epochs' sum."""
         if self.manifest is not None:
             total = self.manifest.get("duration_s") or 0.0
             start = self.last_start
-            if self.status == RUNNING and start.get("started"):
-                total += max(0.0, time.time() - datetime.fromisoformat(start["started"]).timestamp())
+            if start.get("started") and "ended" not in start:
+                until = time.time() if self.status == RUNNING else self._last_write()
+                total += max(0.0, until - datetime.fromisoformat(start["started"]).timestamp())
             return total
         times = [row["epoch_time"] for row in self.epoch_rows if _finite(row.get("epoch_time"))]
         return sum(times) if times else None
+
+    def _last_write(self) -> float:
+        """When a file of the run (its checkpoint or log directory's) last changed."""
+        times = []
+        for directory in (self.checkpoint_dir, self.log_dir):
+            try:
+                with os.scandir(directory) as entries:
+                    times += [entry.stat().st_mtime for entry in entries if entry.is_file()]
+            except OSError:
+                continue
+        return max(times, default=0.0)
 
     def environment(self) -> dict:
         """The newest start's software, devices, git state and variables: what two runs' differences are read from

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from datetime import datetime
 
 import pytest
 
@@ -58,7 +59,11 @@ def test_a_start_without_an_end_is_running_while_its_process_holds_the_lock(tmp_
     manifest = {"status": "running", "started": "2024-01-02T03:04:05+00:00", "duration_s": 0,
                 "starts": [{"started": "2024-01-02T03:04:05+00:00", "outcome": "running"}]}
     directory = make_run(tmp_path, "Net", "r", manifest=manifest)
-    assert Run.read(directory).status == "died"  # no lock: its process is gone (kill -9)
+    started = datetime.fromisoformat(manifest["started"]).timestamp()
+    for path in (directory / "config.json", directory / "run.json", log_dir_of(directory) / "metrics.jsonl"):
+        os.utime(path, (started + 90, started + 90))
+    died = Run.read(directory)
+    assert died.status == "died" and died.duration_s == 90  # no lock: its process is gone (kill -9); last write
     (directory / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
     running = Run.read(directory)
     assert running.status == "running" and running.duration_s > 3600  # up to now
