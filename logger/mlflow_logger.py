@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from logger.reporter import RunInfo, Sink
 from utils.checkpoint import BEST, RunDirs, inference_weights, load_checkpoint
 from utils.errors import PROJECT_ROOT, UserError
+from utils.manifest import git_commit
 from utils.util import write_text_atomic
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class MLflowRun(Sink):
         if params is None:
             params = self._create(experiment_id)
         self._log_params(flatten(config), params)
-        commit = git_commit()
+        commit = git_commit(PROJECT_ROOT)
         self._tags({"command": shlex.join(sys.orig_argv), "run_dir": str(self.dirs.checkpoint_dir),
                     **({MLFLOW_GIT_COMMIT: commit} if commit else {})})
         if run.classes:
@@ -319,16 +319,6 @@ def flatten(config: Mapping | Sequence, prefix: str = "") -> dict[str, str]:
 def _name(key: str) -> str:
     """A key MLflow takes: letters, digits, _ - . / : and spaces, 250 characters at most (others become _)."""
     return re.sub(r"[^\w\-./: ]", "_", key)[:250]
-
-
-def git_commit(root: Path = PROJECT_ROOT) -> str | None:
-    """The commit the project's code is at; None outside a git repository (or without git)."""
-    try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _number(value: Any) -> bool:

@@ -138,6 +138,12 @@ def git_state(root: Path) -> tuple[dict, bytes]:
     return facts, patch + included
 
 
+def git_commit(root: Path) -> str | None:
+    """The commit the checkout holding root is at; None outside a git checkout (or without git)."""
+    head = _git(root, "rev-parse", "HEAD")
+    return head.decode().strip() if isinstance(head, bytes) else None
+
+
 def _git(root: Path, *args: str) -> bytes | str:
     """git's output, or why there is none (a string)."""
     try:
