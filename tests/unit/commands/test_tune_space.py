@@ -84,7 +84,7 @@ def test_study_names_fit_in_run_directory_names(name, ok):
 def search_on(storage, tmp_path, heartbeat=60) -> tune.Search:
     study = optuna.create_study(storage=storage, direction="minimize")
     config = {"name": "Digits_CNN", "trainer": {"monitor": "min val_loss", "save_dir": str(tmp_path)}}
-    return tune.Search(study, storage, tmp_path / "config.json", config, [], ["python"], heartbeat, tmp_path)
+    return tune.Search(study, storage, [tmp_path / "config.json"], config, [], ["python"], heartbeat, tmp_path)
 
 
 def test_of_trials_started_together_for_the_last_places_the_later_ones_hand_theirs_back(tmp_path):
