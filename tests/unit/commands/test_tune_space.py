@@ -117,3 +117,12 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_queued_again_with_it
     retry = study.get_trials()[2]
     assert retry.params == study.get_trials()[1].params and retry.user_attrs["run_dir"] == "runs/1"
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 1
+
+
+def test_a_trial_runs_train_py_on_every_config_file_in_order(tmp_path):
+    search = search_on(optuna.storages.InMemoryStorage(), tmp_path)
+    search.configs = [tmp_path / "base.yaml", tmp_path / "exp.json"]
+    command, _, resumed = search.command(search.study.ask(), {})
+    assert command[command.index("-c"):command.index("--run-id")] == ["-c", str(tmp_path / "base.yaml"),
+                                                                       "-c", str(tmp_path / "exp.json")]
+    assert not resumed
