@@ -34,11 +34,9 @@ def merge_layer(base: dict, override: dict) -> dict:
 
 
 def without_markers(config: Any) -> Any:
-    """A copy of config without its _delete_ keys."""
+    """A copy of config without the _delete_ keys of its sections (sections inside sections; a list is a value)."""
     if isinstance(config, dict):
         return {key: without_markers(value) for key, value in config.items() if key != DELETE}
-    if isinstance(config, list):
-        return [without_markers(value) for value in config]
     return copy.deepcopy(config)
 
 
