@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         # a failed start leaves no directory; one that an earlier --resume auto start left (no checkpoint) is kept
         earlier = args.resume == AUTO and config.named_run_dirs().checkpoint_dir.is_dir()
-        with (open_run(config, trainer, dist) as run,
+        command = ["train.py", *(sys.argv[1:] if argv is None else argv)]  # for run.json
+        with (open_run(config, trainer, dist, command) as run,
               removed_if_it_fails_at_start(run, trainer, new=checkpoint is None and not earlier)):
             if checkpoint is not None:
                 resume(trainer, checkpoint, config)

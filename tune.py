@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import optuna
 import sqlalchemy
@@ -28,6 +28,10 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from logger import reporter
+from logger.loggers import entries
+from logger.mlflow_logger import end_study_run, study_run, tracking_uri
+from logger.reporter import read_rows
 from parse_config import ConfigParser, apply_override, split_path, validate, with_defaults
 from utils.checkpoint import RunDirs
 from utils.errors import UserError, did_you_mean, exit_cli, first_line
@@ -108,10 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     storage = open_storage(args.storage or default_storage(save_dir), args.heartbeat)
     study = open_study(storage, name, "minimize" if mode == "min" else "maximize", pruner)
     record_study(study, config)
+    tracked = mlflow_study(config, name, space, save_dir)
     search = Search(study, storage, [Path(path) for path in args.config], config, space, launcher, args.heartbeat,
-                    save_dir / "studies" / name)
+                    save_dir / "studies" / name, tracked.overrides if tracked else [])
     search.run(args.trials)
     report(study, search.folder)
+    if tracked is not None:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        end_study_run(tracked.uri, tracked.run_id, reporter.FAILED if search.gave_up else reporter.FINISHED,
+                      {f"best_{search.key}": study.best_value} if complete else {})
     if search.gave_up is not None:
         raise UserError(search.gave_up)
 
@@ -356,6 +365,31 @@ def make_pruner(spec: str) -> optuna.pruners.BasePruner:
         raise UserError(f"--pruner {spec}: {cls.__name__} refused {kwargs}: {first_line(e)}") from None
 
 
+@dataclass(frozen=True)
+class TrackedStudy:
+    """The study's MLflow run, which each trial's run is nested under."""
+    uri: str  # the tracking URI
+    run_id: str
+    overrides: list[str]  # what each new trial's train.py is given: the "mlflow" logger with parent_run_id
+
+
+def mlflow_study(config: dict, study: str, space: list[Param], save_dir: Path) -> TrackedStudy | None:
+    """With the "mlflow" logger in the config's "loggers": the study's MLflow run (every worker finds the same one), and
+    the override that gives the logger its tracking URI and that run as parent_run_id; None without it."""
+    specs = config.get("loggers", [])
+    named = entries(specs)
+    found = [i for i, (logger, _) in enumerate(named) if logger == "mlflow"]
+    if not found:
+        return None
+    i, args = found[0], named[found[0]][1]
+    uri = tracking_uri(args.get("tracking_uri"), save_dir)
+    run_id = study_run(uri, config["name"], study, {p.path: {p.kind: list(p.values), "log": p.log, "step": p.step}
+                                                    for p in space})
+    loggers = [*specs[:i], {"type": "mlflow", "args": {**args, "tracking_uri": uri, "parent_run_id": run_id}},
+               *specs[i + 1:]]
+    return TrackedStudy(uri, run_id, [f"loggers={json.dumps(loggers)}"])
+
+
 # ---------------------------------------------------------------- running trials
 
 class TrialFailed(Exception):
@@ -381,9 +415,12 @@ class Search:
     tune.py processes on the same storage."""
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, configs: list[Path], config: dict,
-                 space: list[Param], launcher: list[str], heartbeat: int, folder: Path):
+                 space: list[Param], launcher: list[str], heartbeat: int, folder: Path, extra: Sequence[str] = ()):
+        """configs: the -c files, in order; extra: overrides every new trial's train.py is given after the space's
+        values."""
         self.study, self.storage, self.space, self.launcher = study, storage, space, launcher
-        self.configs, self.heartbeat, self.folder = configs, heartbeat, folder  # the -c files, in order
+        self.extra = list(extra)
+        self.configs, self.heartbeat, self.folder = configs, heartbeat, folder
         self.mode, self.key = parse_monitor(config["trainer"]["monitor"])
         save_dir = Path(config["trainer"]["save_dir"])
         self.models, self.logs = save_dir / "models" / config["name"], save_dir / "log" / config["name"]
@@ -541,7 +578,7 @@ class Search:
                             f"{self.study.study_name!r}; give another --study, or move that directory away")
         overrides = [param.override(values[param.path]) for param in self.space]
         configs = [arg for path in self.configs for arg in ("-c", str(path))]
-        return [*self.launcher, str(TRAIN), *configs, "--run-id", run_id, *overrides], run, False
+        return [*self.launcher, str(TRAIN), *configs, "--run-id", run_id, *overrides, *self.extra], run, False
 
     def follow(self, trial: optuna.Trial, process: subprocess.Popen, metrics: Path) -> None:
         """Until the process ends: report each new monitored value (at the row's step, else its epoch) and, when the
@@ -598,24 +635,6 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The complete rows of a metrics.jsonl (none when it does not exist yet; a half-written last line left out)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in text.splitlines(keepends=True):
-        if line.endswith("\n"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
 
 
 def monitored(rows: list[dict], key: str) -> list[tuple[int, float]]:

@@ -19,6 +19,7 @@ from utils.checkpoint import (MODEL, MONITOR, OPTIMIZER, RNG, SCHEDULER, TRAIN_S
 from utils.distributed import SINGLE, Dist, any_rank
 from utils.errors import UserError
 from utils.interrupt import SignalStop, StopTraining
+from utils.manifest import RunManifest
 from utils.monitor import Monitor
 from utils.schedule import LRSchedule
 from utils.tracker import is_confusion_matrix
@@ -53,19 +54,24 @@ def _outcome(error: BaseException | None) -> str:
 
 
 class RunOutputs:
-    """Where a run writes: checkpoints (checkpointer) and its logged rows (reporter). Until open() is called it
-    writes no file, only the rows' console lines (dry runs, test.py and the ranks other than 0 never call it)."""
+    """Where a run writes: checkpoints (checkpointer), its logged rows (reporter) and how each start went (manifest:
+    run.json). Until open() is called it writes no file, only the rows' console lines (dry runs, test.py and the
+    ranks other than 0 never call it)."""
 
     def __init__(self):
         self.checkpointer = Checkpointer(None)
         self.reporter = make_reporter(None)
+        self.manifest = RunManifest(None)
 
-    def open(self, dirs: RunDirs, settings: Any, loggers: Sequence[str | dict] = DEFAULT_LOGGERS) -> "RunOutputs":
-        """Write into dirs from now on: checkpoints as settings say, and each row to metrics.jsonl and the loggers
-        (the config's "loggers": names or {type, args}; settings.tensorboard false leaves TensorBoard out)."""
+    def open(self, dirs: RunDirs, settings: Any, loggers: Sequence[str | dict] = DEFAULT_LOGGERS,
+             manifest: RunManifest | None = None) -> "RunOutputs":
+        """Write into dirs from now on: checkpoints as settings say, each row to metrics.jsonl and the loggers (the
+        config's "loggers": names or {type, args}; settings.tensorboard false leaves TensorBoard out), and the
+        manifest given (train.py's: run/manifest.py; none by default)."""
         self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last,
                                          settings.save_top_k, settings.monitor, settings.async_checkpoint)
         self.reporter = make_reporter(dirs.log_dir, build_loggers(dirs, loggers, settings.tensorboard))
+        self.manifest = manifest or RunManifest(None)
         return self
 
 
@@ -123,6 +129,7 @@ class BaseTrainer:
         """Train up to settings.epochs. A stop in the middle of an epoch saves the state after its step: early
         stopping then ends training, a signal or trainer.max_time raises StopTraining (as does a signal between
         epochs, after the epoch's checkpoint)."""
+        self.outputs.manifest.start(self.state.epoch, self.global_step)
         self.outputs.reporter.start(RunInfo(self.config, self.logged_keys() or [], self._confusion_matrices(),
                                             self.classes))
         with self.signals:
@@ -154,6 +161,7 @@ class BaseTrainer:
         finally:
             self.outputs.reporter.end(_outcome(error))
             self.outputs.reporter.close()
+            self.outputs.manifest.end(error, self.state.epoch, self.global_step)
             for loader in (self.data_loader, self.valid_data_loader):
                 if isinstance(loader, EpochDataLoader):
                     loader.close()  # persistent workers end with training

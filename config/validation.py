@@ -7,6 +7,7 @@ anything is built.
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import math
@@ -133,6 +134,9 @@ def check_loggers(loggers: Any) -> list[str]:
             problems.append(f"{path}.args must be an object {{...}}")
         else:
             problems.extend(check_args(cls, spec.get("args", {}), f"{path}.args", 1))
+            problems.extend(f"{path}: the {spec['type']!r} logger needs {module}, which is not installed; {fix}"
+                            for module, fix in getattr(cls, "requires", {}).items()
+                            if importlib.util.find_spec(module) is None)
         names.append(spec["type"])
     problems.extend(f"loggers: {name!r} appears twice; give each logger once" for name in sorted(set(names))
                     if names.count(name) > 1)

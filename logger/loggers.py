@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from logger.reporter import METRICS_FILE, Sink, TensorBoardSink
+from logger.mlflow_logger import MLflowRun
+from logger.reporter import METRICS_FILE, Sink, TensorBoardSink, read_rows
 from logger.visualization import RunBoard
 from utils.checkpoint import RunDirs
 from utils.registry import LOGGERS
@@ -51,7 +51,7 @@ class CsvFile(Sink):
         self.write()
 
     def write(self) -> None:
-        records = _records(self.source)
+        records = read_rows(self.source)
         columns = list(dict.fromkeys(key for record in records for key, value in record.items() if _number(value)))
         text = io.StringIO()
         writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
@@ -60,23 +60,11 @@ class CsvFile(Sink):
         write_text_atomic(self.path, text.getvalue())
 
 
+LOGGERS.register(MLflowRun, name="mlflow")  # its module imports mlflow only when the logger is built
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _records(path: Path) -> list[dict]:
-    """metrics.jsonl's records (a half-written last line, from a crash, is left out)."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def entries(specs: Iterable[str | dict], tensorboard: bool = True) -> list[tuple[str, dict]]:

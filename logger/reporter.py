@@ -39,6 +39,10 @@ class RunInfo:
 class Sink:
     """One place the reporter's rows go. Every method does nothing here: a sink overrides those it needs."""
 
+    # Modules the sink imports only once it is built (slow or optional ones), each with how to install it: the
+    # config's validation checks they are installed, without importing them.
+    requires: Mapping[str, str] = {}
+
     def start(self, run: RunInfo) -> None:
         """Before this process's first row."""
 
@@ -256,3 +260,21 @@ def compact(value: Any, most: int = 20) -> str:
         shown = [f"{v:.4g}" for v in value[:most]]
         return "[" + ", ".join(shown) + (f", ... ({len(value)} values)]" if len(value) > most else "]")
     return str(value)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete rows of a metrics.jsonl (none when it does not exist yet; a half-written last line left out)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines(keepends=True):
+        if line.endswith("\n"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows

@@ -9,6 +9,7 @@ thin command-line layers over this package, and no command imports another.
     inputs.py    open_inputs: what --input names (the test split, or files through the loader's inference_source)
     training.py  load_config (with -r), finished, assemble (seeded, built, checked), open_run, resume, fast_dev_run,
                  removed_if_it_fails_at_start (no run directory left by a failed start)
+    manifest.py  open_manifest: what run.json records of a start (command, git state, software, data fingerprint)
 
 Importing it imports parse_config, which registers the user's models, losses, metrics, data loaders and trainers.
 """

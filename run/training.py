@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import itertools
 import shutil
+import sys
 from typing import Iterator, Sequence
 
 from base import BaseTrainer
@@ -16,6 +17,7 @@ from parse_config import SCHEMA, ConfigParser, TrainerSettings, differing_keys
 from run.build import build_trainer
 from run.data import test_split_problems
 from run.devices import choose_device
+from run.manifest import open_manifest
 from trainer.checks import check_first_batch
 from utils import distributed
 from utils.checkpoint import MONITOR, RunDirs, find_checkpoint, holds_state, unwrap
@@ -111,25 +113,28 @@ def assemble(config: ConfigParser, device_flag: str | None = None, dist: Dist = 
 
 
 @contextlib.contextmanager
-def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> Iterator[RunDirs]:
+def open_run(config: ConfigParser, trainer: BaseTrainer, dist: Dist,
+             command: Sequence[str] | None = None) -> Iterator[RunDirs]:
     """While open, the run directory (the main rank creates it, or reuses it on resume): logs, TensorBoard,
-    metrics.jsonl and checkpoints go there, written by that rank only, which holds the directory's lock (a second
-    process training the same run waits for the first to end, utils/run_lock.py)."""
+    metrics.jsonl, checkpoints and run.json go there, written by that rank only, which holds the directory's lock (a
+    second process training the same run waits for the first to end, utils/run_lock.py). command: the command's words
+    for run.json (default: sys.argv)."""
     lock = RunLock()  # taken before anything in the directory is read or written
     made = config.make_run_dirs(lambda dirs: lock.acquire(dirs.checkpoint_dir)) if dist.is_main else None
     run = distributed.broadcast(made, src=dist.main)  # chosen once
     try:
-        yield _opened(run, config, trainer, dist)
+        yield _opened(run, config, trainer, dist, sys.argv if command is None else command)
     finally:
         lock.release()
 
 
-def _opened(run: RunDirs, config: ConfigParser, trainer: BaseTrainer, dist: Dist) -> RunDirs:
+def _opened(run: RunDirs, config: ConfigParser, trainer: BaseTrainer, dist: Dist, command: Sequence[str]) -> RunDirs:
     verbosity = config["trainer"]["verbosity"]
     setup_logging(run.log_dir if dist.is_main else None, verbosity=verbosity if dist.is_main else 0)
     get_logger("trainer", verbosity)
-    if dist.is_main:
-        trainer.outputs.open(run, trainer.settings, config["loggers"])
+    if dist.is_main:  # run.json's start is written as training starts (after a resume has loaded its checkpoint)
+        trainer.outputs.open(run, trainer.settings, config["loggers"],
+                             open_manifest(run.checkpoint_dir, config, trainer, command))
         if config.resume is None:  # a start in a directory an earlier start left without a checkpoint (--resume auto)
             trainer.outputs.reporter.resume(0, None)  # forgets the rows it wrote: they are trained again
     get_logger("train", verbosity).info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)

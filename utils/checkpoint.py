@@ -25,6 +25,7 @@ from torch import nn
 from utils.background import BackgroundWriter
 from utils.errors import UserError
 from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR, parse_monitor
+from utils.run_records import log_dir_of
 from utils.util import write_text_atomic
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)\.pth$")
@@ -277,11 +278,10 @@ def _monitored(checkpoint: dict) -> str:
 
 
 def run_dirs_of(checkpoint: Path) -> RunDirs:
-    """The run directories a checkpoint belongs to: <save>/models/<name>/<id> and <save>/log/<name>/<id>."""
+    """The run directories a checkpoint belongs to: <save>/models/<name>/<id> and <save>/log/<name>/<id> (a checkpoint
+    moved out of that layout: log/ beside it)."""
     ckpt_dir = checkpoint.resolve().parent
-    if len(ckpt_dir.parents) >= 3 and ckpt_dir.parents[1].name == "models":
-        return RunDirs(ckpt_dir, ckpt_dir.parents[2] / "log" / ckpt_dir.parent.name / ckpt_dir.name)
-    return RunDirs(ckpt_dir, ckpt_dir / "log")  # a checkpoint moved out of the layout: log beside it
+    return RunDirs(ckpt_dir, log_dir_of(ckpt_dir))
 
 
 _UNRANKED = object()  # a checkpoint that does not say what its epoch's monitored value was

@@ -1,4 +1,5 @@
-"""Small helpers: JSON files, seeding."""
+"""Small helpers: JSON files, seeding. NumPy and torch are imported by the function that seeds them, so that a
+command that only reads files (runs.py) starts without them."""
 from __future__ import annotations
 
 import json
@@ -7,17 +8,18 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 RUN_ID_FORMAT = "%m%d_%H%M%S"  # a run directory's default name: the start time, e.g. 1122_054040
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace path's content with text through a temporary file and a rename: never half a file."""
+def write_text_atomic(path: str | Path, text: str | bytes) -> None:
+    """Replace path's content with text (bytes: written as they are) through a temporary file and a rename: never
+    half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -28,6 +30,9 @@ def write_json(content: Any, path: str | Path) -> None:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (every device)."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -115,9 +115,13 @@ def test_sigterm_at_a_random_moment_then_resume_is_bit_identical(tmp_path, strai
         pytest.skip("the run finished before the signal")
     assert process.returncode == 128 + signal.SIGTERM, err
     assert f"python train.py -r {ckpt_dir}" in out + err
+    stopped = json.loads((ckpt_dir / "run.json").read_text())  # run.json says how the process ended
+    assert (stopped["status"], stopped["exit_code"], stopped["starts"][0]["reason"]) == ("stopped", 143, "SIGTERM")
     train.main(["-r", str(ckpt_dir)])
     assert_identical(straight.state, final_state(ckpt_dir))
     assert read_metrics(log_dir, timing=False) == straight.rows
+    starts = json.loads((ckpt_dir / "run.json").read_text())["starts"]
+    assert [s["outcome"] for s in starts] == ["stopped", "finished"] and starts[1]["from_step"] == starts[0]["step"]
 
 
 # train.py run with one more exit handler, registered first so that it runs last: the process signals itself

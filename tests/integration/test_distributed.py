@@ -136,6 +136,9 @@ def test_ddp_writes_one_run_directory_and_one_set_of_files(shared):
     assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1
     assert [(r["epoch"], r["step"]) for r in read_metrics(log_dir)] == [(1 + (s - 1) // 10, s) for s in STEPS]
     assert sorted(p.name for p in ckpt_dir.glob("*.pth")) == FILES
+    manifest = json.loads((ckpt_dir / "run.json").read_text())  # written by rank 0 alone
+    [start] = manifest["starts"]
+    assert (manifest["status"], start["world_size"], start["variables"]["WORLD_SIZE"]) == ("finished", 2, "2")
     for name in FILES:
         state = torch.load(ckpt_dir / name, weights_only=True)
         assert not any(k.startswith("module.") for k in state["state_dict"]), name

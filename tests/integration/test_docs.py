@@ -3,6 +3,7 @@ user pastes them, train on a folder of images and write the files it names; the 
 linking every docs page); every link between the pages resolves; every command's flags are in docs/commands.md."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -67,21 +68,34 @@ def test_the_readme_is_a_front_door():
 def test_every_command_flag_is_documented_in_docs_commands():
     import export
     import predict
+    import runs
     import test as test_script
     import train
     import tune
 
     page = COMMANDS_PAGE.read_text()
     parsers = {"train.py": train.build_parser(train.OPTIONS), "test.py": test_script.build_parser(),
-               "predict.py": predict.build_parser(), "export.py": export.build_parser(), "tune.py": tune.build_parser()}
+               "predict.py": predict.build_parser(), "export.py": export.build_parser(), "tune.py": tune.build_parser(),
+               "runs.py": runs.build_parser()}
     for command, parser in parsers.items():
         described = section(page, f"## {command}")
-        for action in parser._actions:
+        for action in actions(parser):
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):
                     assert f"`{flag}" in described, f"docs/commands.md, ## {command}: document {flag}"
     for short in ("-c", "-r", "-d cpu", "--out", "new_project.py", "test.py -r", "torchrun"):
         assert short in page, short
+
+
+def actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """A parser's arguments and its sub-commands' (runs.py list, show, ...)."""
+    found = []
+    for action in parser._actions:
+        found.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                found += actions(subparser)
+    return found
 
 
 def slug(heading: str) -> str:

@@ -221,7 +221,10 @@ def test_a_trial_whose_worker_was_killed_is_retried_by_resuming_its_run(tmp_path
 
 @pytest.mark.slow
 def test_two_workers_share_one_study(tmp_path, processes):
+    """... and one MLflow store (a new SQLite file, which both workers and their trials start on at once): a run for
+    the study, each trial's nested under it."""
     config, space, save = write_inputs(tmp_path)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "loggers": ["mlflow"]}))
     command = ["-c", str(config), "--space", str(space), "--trials", "4"]
     processes.append(other := start_tune(*command))
     assert run_cli(tune.main, command) == 0  # this process is the second worker
@@ -232,6 +235,16 @@ def test_two_workers_share_one_study(tmp_path, processes):
     assert len(complete) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.WAITING}
     run_dirs = {t.user_attrs["run_dir"] for t in complete}
     assert len(run_dirs) == 4 and all((Path(d) / "model_best.pth").is_file() for d in run_dirs)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{save / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("Digits_CNN").experiment_id])
+    [study] = [run for run in runs if run.data.tags.get("tune.study") == "Digits_CNN"]
+    assert study.info.status == "FINISHED" and study.data.metrics["best_val_loss"] == load(save).best_value
+    trial_runs = {run.info.run_name: run for run in runs if run is not study}
+    assert set(trial_runs) == {Path(d).name for d in run_dirs}
+    assert all(run.data.tags["mlflow.parentRunId"] == study.info.run_id and run.info.status == "FINISHED"
+               for run in trial_runs.values())
 
 
 def test_the_space_is_checked_against_the_config_before_anything_runs(tmp_path, capsys):

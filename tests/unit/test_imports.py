@@ -15,8 +15,8 @@ from conftest import ROOT
 # too) beside each other: no command imports another, each is a thin layer over run/.
 LAYERS = {"utils": 0, "logger": 1, "base": 2, "model": 3, "data_loader": 3, "trainer": 3, "config": 4,
           "parse_config": 5, "run": 6, "train": 7, "test": 7, "new_project": 7, "predict": 7, "export": 7, "tune": 7,
-          "benchmarks": 7}
-COMMANDS = ("train", "test", "new_project", "predict", "export", "tune")
+          "runs": 7, "benchmarks": 7}
+COMMANDS = ("train", "test", "new_project", "predict", "export", "tune", "runs")
 
 
 def project_modules() -> dict[str, Path]:
