@@ -8,8 +8,9 @@ import data_loader  # noqa: F401  (registers the data loaders)
 import model  # noqa: F401  (registers models, losses and metrics)
 import trainer  # noqa: F401  (registers the trainers)
 from config import (SCHEMA, ConfigParser, EMASettings, TrainerSettings, apply_override, coerce, deep_merge,
-                    differing_keys, merge_changes, parse_overrides, read_json, split_path, validate, with_defaults)
+                    differing_keys, merge_changes, parse_overrides, read_config, read_json, split_path, validate,
+                    with_defaults)
 
 __all__ = ["SCHEMA", "ConfigParser", "EMASettings", "TrainerSettings", "apply_override", "coerce", "deep_merge",
-           "differing_keys", "merge_changes", "parse_overrides", "read_json", "split_path", "validate",
+           "differing_keys", "merge_changes", "parse_overrides", "read_config", "read_json", "split_path", "validate",
            "with_defaults"]

@@ -19,7 +19,9 @@ LISTABLE = ["arch", "data_loader", "optimizer", "lr_scheduler", "loss", "metric"
 def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
     """The train.py command line: config, resume, device, run id, custom options and overrides."""
     parser = argparse.ArgumentParser(description="Train a model from a config file.")
-    parser.add_argument("-c", "--config", help="config file path (with -r: settings merged onto the checkpoint's)")
+    parser.add_argument("-c", "--config", action="append",
+                        help="config file, JSON or YAML; give it again to merge several in order (with -r: settings "
+                             "merged onto the checkpoint's)")
     parser.add_argument("-r", "--resume", help="checkpoint file, or run directory (its newest checkpoint); auto: "
                                                "with -c and --run-id, resume that run if it has a checkpoint, else "
                                                "start it")
@@ -27,6 +29,9 @@ def build_parser(options: list[CustomArgs]) -> argparse.ArgumentParser:
     parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config, build everything, print the model summary and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config, each value with its source (file and line, option, "
+                             "override, default), and exit")
     parser.add_argument("--list", metavar="KIND", choices=LISTABLE, help="print the names usable for KIND and exit")
     parser.add_argument("--fast-dev-run", action="store_true",
                         help="train one batch, validate one batch and evaluate one test batch as test.py does; "
@@ -85,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         finder = finder_options(args, sys.argv[1:] if argv is None else argv, dist)  # None without --find-lr
         config, checkpoint, dist = load_config(args, OPTIONS, dist)
+        if args.print_config:
+            if dist.is_main:
+                print(config.describe())
+            return
         done = finished(checkpoint, config) if checkpoint is not None and not args.dry_run else None
         if done:  # status 0: a job that requeues itself re-runs its command after the run has ended
             if dist.is_main:

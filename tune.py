@@ -32,7 +32,7 @@ from logger import reporter
 from logger.loggers import entries
 from logger.mlflow_logger import end_study_run, study_run, tracking_uri
 from logger.reporter import read_rows
-from parse_config import ConfigParser, apply_override, read_json, split_path, validate, with_defaults
+from parse_config import ConfigParser, apply_override, split_path, validate, with_defaults
 from utils.checkpoint import RunDirs
 from utils.errors import UserError, did_you_mean, exit_cli, first_line
 from utils.interrupt import SignalStop
@@ -66,7 +66,8 @@ PDEATHSIG_SHIM = ("import ctypes, os, signal, sys\n"
 def build_parser() -> argparse.ArgumentParser:
     """The tune.py command line."""
     parser = argparse.ArgumentParser(description="Search hyper-parameters with Optuna; every trial is a train.py run.")
-    parser.add_argument("-c", "--config", help="the config file every trial starts from")
+    parser.add_argument("-c", "--config", action="append",
+                        help="the config file every trial starts from (JSON or YAML; again to merge several)")
     parser.add_argument("--space", help="JSON file mapping config paths to distributions")
     parser.add_argument("--trials", type=int, help="the study's total of finished (complete or pruned) trials")
     parser.add_argument("--study", help="study name (default: the config's name)")
@@ -98,11 +99,11 @@ def main(argv: list[str] | None = None) -> None:
                         f"(or --report to show a study)")
     if args.trials < 1:
         raise UserError(f"--trials {args.trials}: give the number of trials the study should finish, 1 or more")
-    config = ConfigParser(read_json(args.config)).config
+    config = ConfigParser.from_args(args, overrides=[]).config
     mode, key = parse_monitor(config["trainer"]["monitor"])
     if mode is None:
-        raise UserError(f"trainer.monitor is 'off' in {args.config}: tune.py needs a value to minimise or maximise; "
-                        f"set it, e.g. \"monitor\": \"min val_loss\"")
+        raise UserError(f"trainer.monitor is 'off' in {' + '.join(args.config)}: tune.py needs a value to minimise or "
+                        f"maximise; set it, e.g. \"monitor\": \"min val_loss\"")
     space = read_space(Path(args.space), config)
     pruner = make_pruner(args.pruner)
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     study = open_study(storage, name, "minimize" if mode == "min" else "maximize", pruner)
     record_study(study, config)
     tracked = mlflow_study(config, name, space, save_dir)
-    search = Search(study, storage, Path(args.config), config, space, launcher, args.heartbeat,
+    search = Search(study, storage, [Path(path) for path in args.config], config, space, launcher, args.heartbeat,
                     save_dir / "studies" / name, tracked.overrides if tracked else [])
     search.run(args.trials)
     report(study, search.folder)
@@ -413,12 +414,13 @@ class Search:
     """Runs a study's trials as train.py processes until --trials of them are finished, sharing the work with other
     tune.py processes on the same storage."""
 
-    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, config_path: Path, config: dict,
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, configs: list[Path], config: dict,
                  space: list[Param], launcher: list[str], heartbeat: int, folder: Path, extra: Sequence[str] = ()):
-        """extra: overrides every new trial's train.py is given after the space's values."""
+        """configs: the -c files, in order; extra: overrides every new trial's train.py is given after the space's
+        values."""
         self.study, self.storage, self.space, self.launcher = study, storage, space, launcher
         self.extra = list(extra)
-        self.config_path, self.heartbeat, self.folder = config_path, heartbeat, folder
+        self.configs, self.heartbeat, self.folder = configs, heartbeat, folder
         self.mode, self.key = parse_monitor(config["trainer"]["monitor"])
         save_dir = Path(config["trainer"]["save_dir"])
         self.models, self.logs = save_dir / "models" / config["name"], save_dir / "log" / config["name"]
@@ -575,8 +577,8 @@ class Search:
             raise UserError(f"run directory {run.checkpoint_dir} already exists, from an earlier study named "
                             f"{self.study.study_name!r}; give another --study, or move that directory away")
         overrides = [param.override(values[param.path]) for param in self.space]
-        return ([*self.launcher, str(TRAIN), "-c", str(self.config_path), "--run-id", run_id, *overrides,
-                 *self.extra], run, False)
+        configs = [arg for path in self.configs for arg in ("-c", str(path))]
+        return [*self.launcher, str(TRAIN), *configs, "--run-id", run_id, *overrides, *self.extra], run, False
 
     def follow(self, trial: optuna.Trial, process: subprocess.Popen, metrics: Path) -> None:
         """Until the process ends: report each new monitored value (at the row's step, else its epoch) and, when the
@@ -673,7 +675,7 @@ def format_params(values: dict) -> str:
 def open_for_report(args: argparse.Namespace) -> tuple[optuna.Study, Path]:
     """The existing study --report names, and its folder <save_dir>/studies/<study>/ (save_dir from -c, else the
     one recorded in the study)."""
-    config = ConfigParser(read_json(args.config)).config if args.config else None
+    config = ConfigParser.from_args(args, overrides=[]).config if args.config else None
     if config is None and not (args.study and args.storage):
         raise UserError("--report without -c needs --study NAME and --storage URL")
     name = study_name(args.study, config["name"] if config else "")

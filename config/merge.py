@@ -1,9 +1,13 @@
-"""Merging configs: a -c file onto a checkpoint's config, and the schema's defaults into a config."""
+"""Merging configs: a config file onto its bases (a section with _delete_: true replaces instead of merging), a -c
+file onto a checkpoint's config, and the schema's defaults into a config."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from config.schema import REQUIRED, SCHEMA
+
+DELETE = "_delete_"  # in a section: replace the section it would merge into (MMEngine's key)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -17,9 +21,29 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def merge_layer(base: dict, override: dict) -> dict:
+    """A copy of base with override merged in: dicts recursively, other values replace; a dict of override whose
+    _delete_ is true replaces base's (its marker kept, for the next merge: without_markers drops them)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and value.get(DELETE) is not True and isinstance(out.get(key), dict):
+            out[key] = merge_layer(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def without_markers(config: Any) -> Any:
+    """A copy of config without the _delete_ keys of its sections (sections inside sections; a list is a value)."""
+    if isinstance(config, dict):
+        return {key: without_markers(value) for key, value in config.items() if key != DELETE}
+    return copy.deepcopy(config)
+
+
 def merge_changes(config: dict, changes: dict) -> dict:
-    """A -c file deep-merged onto a checkpoint's config; a section whose type changes takes only the new args."""
-    out = deep_merge(config, changes)
+    """A -c file merged onto a checkpoint's config (merge_layer); a section whose type changes takes only the new
+    args."""
+    out = merge_layer(config, changes)
     for key, new in changes.items():
         old = config.get(key)
         if isinstance(new, dict) and isinstance(old, dict) and "type" in new and new["type"] != old.get("type"):

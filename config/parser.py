@@ -2,9 +2,10 @@
 config names and settings objects for the sections a settings class declares.
 
 Parsing is pure: it reads files but writes nothing. The run directory is created by one explicit call,
-`ConfigParser.make_run_dirs()`. Precedence, lowest first: the checkpoint's config (with -r), the -c file
-(deep-merged onto it, but a section whose type changes takes only the new args), declared options such as
---lr/--bs, then key.path=value overrides in the order given.
+`ConfigParser.make_run_dirs()`. Precedence, lowest first: the checkpoint's config (with -r), the -c files in order
+(each after its _base_ files; together merged onto the checkpoint's config, but a section whose type changes takes
+only the new args), declared options such as --lr/--bs, then key.path=value overrides in the order given. The
+source of every value is kept (config/sources.py).
 
 The registries know the user's classes once the model, data_loader and trainer packages are imported:
 parse_config.py, this package's face, imports them.
@@ -19,11 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from config.compose import compose, config_paths
 from config.fields import from_section
-from config.files import read_json
-from config.merge import merge_changes, with_defaults
-from config.overrides import apply_override, parse_overrides
+from config.merge import merge_changes, with_defaults, without_markers
+from config.overrides import apply_override, parse_overrides, split_path
 from config.schema import SETTINGS
+from config.sources import leaves, located, paths_of, render, replaced, settle
 from config.validation import metric_name, validate
 from utils.checkpoint import RunDirs, run_dirs_of
 from utils.errors import UserError, first_line, raised_by_a_library
@@ -31,18 +33,25 @@ from utils.registry import LOSSES, METRICS, Registry
 from utils.util import RUN_ID_FORMAT, write_json
 
 
+SOURCES_FILE = "config_sources.json"  # beside a run's config.json: the source of each value
+
+
 class ConfigParser:
     """A validated config (a plain dict) plus where it came from; builds registered objects."""
 
     def __init__(self, config: dict, resume: Path | None = None, run_id: str | None = None,
-                 reuse_run_dir: bool = False):
-        config = with_defaults(config)
-        problems = validate(config)
+                 reuse_run_dir: bool = False, sources: dict[str, str] | None = None):
+        filled = with_defaults(config)
+        problems = validate(filled)
         if problems:
-            raise UserError(problems)
-        if config["seed"] is None:  # recorded in the run's config.json, so the run can be repeated
-            config["seed"] = random.SystemRandom().randrange(2**31)
-        self.config = config
+            raise UserError(located(problems, sources or {}))
+        if filled["seed"] is None:  # recorded in the run's config.json, so the run can be repeated
+            filled["seed"] = random.SystemRandom().randrange(2**31)
+            if sources is not None:
+                sources = {**sources, "seed": "drawn at random (seed was null)"}
+        self.config = filled
+        # where each value came from, by dotted key (None: a config given as a dict, not read from files)
+        self.sources = settle(sources, filled) if sources is not None else None
         self.resume = resume  # the checkpoint resumed from (the run directory it belongs to is reused)
         self.run_id = run_id
         self.reuse_run_dir = reuse_run_dir  # --resume auto: a run directory --run-id names that has no state yet
@@ -52,33 +61,38 @@ class ConfigParser:
     def from_args(cls, args: Any, options: Sequence = (), overrides: Sequence[str] | None = None, *,
                   resume: Path | None = None, checkpoint_config: dict | None = None,
                   reuse_run_dir: bool = False) -> "ConfigParser":
-        """Build from parsed CLI args: the config file (merged onto checkpoint_config, the config of the
-        checkpoint at resume, when resuming), declared options, key=value overrides, run_id. reuse_run_dir: a run
-        directory named by run_id that exists already is started in (--resume auto) rather than refused."""
-        if checkpoint_config is not None:
-            config = checkpoint_config
-            if args.config:
-                config = merge_changes(config, read_json(args.config))
-                if config.get("seed") is None:  # null: choose one; the run chose it (the -c of --resume auto)
-                    config["seed"] = checkpoint_config.get("seed")
-        elif args.config:
-            config = read_json(args.config)
-        else:
+        """Build from parsed CLI args: the -c files (args.config: one path or a list, composed; merged onto
+        checkpoint_config, the config of the checkpoint at resume, when resuming), declared options, key=value
+        overrides, run_id. reuse_run_dir: a run directory named by run_id that exists already is started in
+        (--resume auto) rather than refused."""
+        paths = config_paths(args.config)
+        if checkpoint_config is None and not paths:
             raise UserError("no config given: add -c config.json (or -r CHECKPOINT to resume)")
-        config = with_defaults(config)
+        config, sources = compose(paths)
+        if checkpoint_config is not None:
+            sources = {**dict.fromkeys(paths_of(checkpoint_config), f"checkpoint {resume}"), **sources}
+            config = merge_changes(checkpoint_config, config)
+            if paths and config.get("seed") is None:  # null: choose one; the run chose it (the -c of --resume auto)
+                config["seed"] = checkpoint_config.get("seed")
+                sources["seed"] = f"checkpoint {resume}"
+        config = with_defaults(without_markers(config))
         problems = []
         for opt in options:
             value = getattr(args, _dest(opt.flags), None)
             if value is not None:
                 apply_override(config, opt.target, None, value=value, add=True)
+                sources = replaced(sources, ".".join(split_path(opt.target)), f"option {opt.flags[0]}", config)
         for path, text, add in parse_overrides(overrides if overrides is not None else args.overrides):
             try:
                 apply_override(config, path, text, add=add)
             except UserError as e:
                 problems.extend(e.problems)
+                continue
+            sources = replaced(sources, ".".join(split_path(path)), f"override {'+' * add}{path}={text}", config)
         if problems:
-            raise UserError(problems + validate(with_defaults(config)))
-        return cls(config, resume=resume, run_id=getattr(args, "run_id", None), reuse_run_dir=reuse_run_dir)
+            raise UserError(problems + located(validate(with_defaults(config)), sources))
+        return cls(config, resume=resume, run_id=getattr(args, "run_id", None), reuse_run_dir=reuse_run_dir,
+                   sources=sources)
 
     # -- dict-like access, as in the original template
     def __getitem__(self, key: str) -> Any:
@@ -110,6 +124,10 @@ class ConfigParser:
         return {metric_name(spec): _build_callable(spec, METRICS, f"metrics.{i}")
                 for i, spec in enumerate(self.config["metrics"])}
 
+    def describe(self) -> str:
+        """The resolved config, a value a line, each with its source (train.py --print-config)."""
+        return render(self.config, self.sources or {})
+
     def settings(self, section: str = "trainer") -> Any:
         """The settings object of a section declared by a settings class (SETTINGS), e.g. TrainerSettings."""
         return from_section(SETTINGS[section], self.config[section])
@@ -133,6 +151,9 @@ class ConfigParser:
         before_writing(dirs)
         dirs.log_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.config, dirs.checkpoint_dir / "config.json")
+        if self.sources is not None:
+            sources = settle(self.sources, self.config, "set by the run (e.g. the data's class names)")
+            write_json({key: sources[key] for key in leaves(self.config)}, dirs.checkpoint_dir / SOURCES_FILE)
         self.run_dirs = dirs
         return dirs
 

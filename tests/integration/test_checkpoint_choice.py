@@ -46,7 +46,7 @@ def unmonitored_run(restore_logging, tmp_path_factory) -> Path:
 
 def test_the_default_config_keeps_the_newest_checkpoint_and_model_best_only(best_run):
     kept = sorted(p.name for p in best_run.iterdir() if p.name not in ("run.json", "run.patch"))  # the manifest
-    assert kept == ["checkpoint-epoch3.pth", "config.json", "latest", "model_best.pth"]
+    assert kept == ["checkpoint-epoch3.pth", "config.json", "config_sources.json", "latest", "model_best.pth"]
     assert (best_run / "latest").read_text().strip() == "checkpoint-epoch3.pth"
     assert torch.load(best_run / "model_best.pth", weights_only=True)["epoch"] == 1
     assert "save_period" not in json.loads((ROOT / "config.json").read_text())["trainer"]  # the shipped default

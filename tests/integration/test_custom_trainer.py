@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 import train
 from base import BaseDataLoader
 from conftest import read_metrics, run_cli, run_dir
+from parse_config import read_config
 from utils.errors import run_cli as run_main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_logging")]  # train.main sets up logging
@@ -61,7 +62,7 @@ def test_a_custom_trainer_is_listed_chosen_and_evaluated_the_same_by_validation_
     with open(project / "trainer" / "trainer.py", "a") as f:
         f.write(CUSTOM_TRAINER)
     n_valid = write_arrays(project / "data" / "arrays")
-    config = json.loads((project / "configs" / "arrays.json").read_text())
+    config = read_config(project / "configs" / "arrays.json")  # its _base_ files were copied too
     config["trainer"].update(type="ShiftedEval", epochs=2, save_dir=str(tmp_path / "saved"), verbosity=0,
                              tensorboard=False)
     config["data_loader"]["args"].update(validation_split=0.25, batch_size=16)

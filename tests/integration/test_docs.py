@@ -175,8 +175,7 @@ def a_users_folder(tmp_path, monkeypatch):
     """A working directory as the walkthrough's user has it: the shipped config and data/pets/{train,test,new}."""
     from fake_data import write_image, write_image_folder
 
-    (tmp_path / "configs").mkdir()
-    shutil.copy(ROOT / "configs" / "image_folder.json", tmp_path / "configs")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")  # image_folder.json and the _base_ files it lists
     write_image_folder(tmp_path / "data/pets/train", CLASSES, size=(24, 20))
     write_image_folder(tmp_path / "data/pets/test", {name: 2 for name in CLASSES}, size=(24, 20))
     for i in range(5):

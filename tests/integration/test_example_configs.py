@@ -13,10 +13,13 @@ import test as test_script
 import train
 from conftest import ROOT
 from fake_data import write_arrays, write_cifar, write_image_csv, write_image_folder, write_mnist
-from parse_config import ConfigParser, read_json
+from parse_config import ConfigParser, read_config, read_json
 
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))
+BASES = sorted((ROOT / "configs" / "_base_").glob("*.yaml"))
+# What each config in configs/ held before the examples were shrunk onto _base_ files: they must still resolve to it.
+BEFORE_BASES = json.loads((ROOT / "tests" / "fixtures" / "shipped_configs_resolved.json").read_text())
 
 # Tiny files in the real formats where a config expects its data (paths relative to the working directory).
 DATA = {
@@ -51,7 +54,7 @@ def test_the_example_configs_are_there():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_example_config_trains_one_epoch_and_evaluates(path, tmp_path, monkeypatch):
-    config = json.loads(path.read_text())
+    config = read_config(path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torchvision weights names are read from there
     DATA.get(path.stem, lambda: None)()
@@ -81,10 +84,21 @@ def test_shipped_config_validates():
     assert config["trainer"]["len_epoch"] is None and config["lr_scheduler"]["interval"] == "epoch"
 
 
-CONFIG_FILES = sorted((ROOT / "configs").rglob("*.json")) if (ROOT / "configs").is_dir() else []
+CONFIG_FILES = sorted(p for p in (ROOT / "configs").glob("*") if p.suffix in (".json", ".yaml", ".yml"))
 
 
-@pytest.mark.skipif(not CONFIG_FILES, reason="no configs/ directory with *.json files")
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_file_validates(path):
-    ConfigParser(read_json(path))
+    ConfigParser(read_config(path))
+
+
+def test_the_shipped_configs_resolve_to_what_they_held_before_they_had_bases():
+    assert {path.stem for path in CONFIGS} == set(BEFORE_BASES)
+    for path in CONFIGS:
+        assert read_config(path) == BEFORE_BASES[path.stem], path.name
+        assert "_base_" in read_json(path), f"{path.name}: list the _base_ files it shares sections with"
+
+
+def test_every_base_file_is_listed_by_an_example():
+    listed = {(path.parent / base).resolve() for path in CONFIGS for base in read_json(path)["_base_"]}
+    assert BASES and set(BASES) <= listed

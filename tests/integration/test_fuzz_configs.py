@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import train
 from conftest import ROOT
+from parse_config import read_config
 from utils.errors import run_cli
 
 pytestmark = pytest.mark.slow
@@ -125,7 +126,7 @@ def check_dry_run(config: dict) -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(CONFIGS), st.lists(MUTATION, min_size=1, max_size=3))
 def test_a_mutated_shipped_config_builds_or_is_error_lines_never_a_traceback(source, mutations):
-    check_dry_run(mutate(json.loads(source.read_text()), mutations))
+    check_dry_run(mutate(read_config(source), mutations))
 
 
 DIGITS = ROOT / "config.json"  # its data ships with scikit-learn: the mistakes reach the first batch
@@ -139,7 +140,7 @@ DIGITS = ROOT / "config.json"  # its data ships with scikit-learn: the mistakes 
 @example(ROOT / "configs" / "image_folder.json", [("test_path", "test_dir")])
 @example(ROOT / "configs" / "resnet_digits.json", [("channels", 3)])
 def test_a_shipped_config_with_a_mistake_of_meaning_builds_or_is_error_lines_never_a_traceback(source, mistakes):
-    config = json.loads(source.read_text())
+    config = read_config(source)
     for mistake in mistakes:
         config = make_mistake(config, mistake)
     check_dry_run(config)

@@ -150,6 +150,10 @@ def test_scaffolded_real_project_trains_and_tests(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert not (new / "new_project.py").exists() and not (new / ".git").exists()
     assert not (new / "tests/integration/test_new_project.py").exists()
+    from config.compose import read_config
+
+    for example in ("cifar10.json", "image_folder.json"):  # the _base_ files its examples list came along
+        assert read_config(new / "configs" / example) == read_config(ROOT / "configs" / example)
 
     train = subprocess.run(
         [sys.executable, "train.py", "-c", "config.json", "trainer.epochs=1", "--run-id", "scaffold"],

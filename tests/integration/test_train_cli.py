@@ -65,7 +65,8 @@ def test_run_id_overrides_and_run_directory_layout(tmp_path, write_config):
                 "optimizer.args.lr=0.01"])
     ckpt_dir, log_dir = run_dir(tmp_path / "saved", "r1")
     assert sorted(p.name for p in ckpt_dir.iterdir() if p.name != "run.patch") == [  # run.patch: a dirty checkout's
-        "checkpoint-epoch2.pth", "checkpoint-epoch3.pth", "config.json", "latest", "model_best.pth", "run.json"]
+        "checkpoint-epoch2.pth", "checkpoint-epoch3.pth", "config.json", "config_sources.json", "latest",
+        "model_best.pth", "run.json"]
     assert (ckpt_dir / "latest").read_text().strip() == "checkpoint-epoch3.pth"
     saved_config = json.loads((ckpt_dir / "config.json").read_text())
     assert saved_config["trainer"]["epochs"] == 3 and saved_config["optimizer"]["args"]["lr"] == 0.01

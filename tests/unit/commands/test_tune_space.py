@@ -84,7 +84,7 @@ def test_study_names_fit_in_run_directory_names(name, ok):
 def search_on(storage, tmp_path, heartbeat=60) -> tune.Search:
     study = optuna.create_study(storage=storage, direction="minimize")
     config = {"name": "Digits_CNN", "trainer": {"monitor": "min val_loss", "save_dir": str(tmp_path)}}
-    return tune.Search(study, storage, tmp_path / "config.json", config, [], ["python"], heartbeat, tmp_path)
+    return tune.Search(study, storage, [tmp_path / "config.json"], config, [], ["python"], heartbeat, tmp_path)
 
 
 def test_of_trials_started_together_for_the_last_places_the_later_ones_hand_theirs_back(tmp_path):
@@ -117,3 +117,12 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_queued_again_with_it
     retry = study.get_trials()[2]
     assert retry.params == study.get_trials()[1].params and retry.user_attrs["run_dir"] == "runs/1"
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 1
+
+
+def test_a_trial_runs_train_py_on_every_config_file_in_order(tmp_path):
+    search = search_on(optuna.storages.InMemoryStorage(), tmp_path)
+    search.configs = [tmp_path / "base.yaml", tmp_path / "exp.json"]
+    command, _, resumed = search.command(search.study.ask(), {})
+    assert command[command.index("-c"):command.index("--run-id")] == ["-c", str(tmp_path / "base.yaml"),
+                                                                       "-c", str(tmp_path / "exp.json")]
+    assert not resumed

@@ -615,7 +615,7 @@ def test_nan_and_infinity_are_refused_wherever_a_number_is_used_but_extra(tmp_pa
     status, lines = run_train(capsys, "-c", str(path), "trainer.clip_grad_norm=-Infinity")
     assert status == 2 and sorted(lines) == [
         "error: config key 'optimizer.args.lr' is NaN: NaN and Infinity are not numbers a config can use; "
-        "write a finite number",
+        f"write a finite number ({path} line 1)",
         "error: config key 'trainer.clip_grad_norm' is -Infinity: NaN and Infinity are not numbers a config can "
         "use; write a finite number"]
 

@@ -2,7 +2,6 @@
 printout."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from config.arguments import check_args
 from conftest import ROOT
 from model.cnn import CNN, ChannelLayerNorm, DropPath, ResBlock, set_drop_path, set_dropout
 from model.summary import layer_table
+from parse_config import read_config
 from utils.errors import UserError
 from utils.registry import ARCHS
 
@@ -309,7 +309,7 @@ def test_num_classes_adds_global_pooling_flatten_and_a_linear_head():
 
 def test_cnn_is_built_through_the_registry_from_a_config():
     for path in CONFIGS:
-        arch = json.loads((ROOT / path).read_text())["arch"]
+        arch = read_config(ROOT / path)["arch"]
         cls = ARCHS.get(arch["type"], "arch.type")
         assert cls is CNN and check_args(cls, arch["args"], "arch.args") == []
         model = cls(**arch["args"])
