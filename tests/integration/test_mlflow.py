@@ -225,5 +225,5 @@ def test_without_mlflow_a_config_that_names_it_stops_with_one_line(tmp_path, mon
     config = write_config(tmp_path, "sqlite:///unused.db")
     assert run_cli(train.main, ["-c", str(config)]) == 2
     assert capsys.readouterr().err == ("error: loggers.0: the 'mlflow' logger needs mlflow, which is not installed; "
-                                       "pip install -r requirements-mlflow.txt\n")
+                                       f"pip install -r requirements-mlflow.txt ({config} line 1)\n")
     assert not (tmp_path / "saved").exists()
