@@ -10,6 +10,7 @@ from config.merge import with_defaults
 from config.schema import REQUIRED, SCHEMA, flat_keys, section_at
 from utils.errors import UserError, did_you_mean
 from utils.json_types import describe, type_ok
+from utils.util import flatten
 
 
 def split_path(path: str) -> list[str]:
@@ -102,15 +103,6 @@ def parse_overrides(items: Iterable[str]) -> list[tuple[str, str, bool]]:
 
 def differing_keys(old: dict, new: dict, sections: Iterable[str]) -> list[str]:
     """Dotted keys under sections whose values differ between two configs."""
-    old_paths, new_paths = _leaves(old), _leaves(new)
+    old_paths, new_paths = flatten(old), flatten(new)
     return sorted(k for k in set(old_paths) | set(new_paths)
                   if k.split(".")[0] in sections and old_paths.get(k) != new_paths.get(k))
-
-
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict) or not node:
-        return {prefix.rstrip("."): node}
-    out = {}
-    for key, value in node.items():
-        out.update(_leaves(value, f"{prefix}{key}."))
-    return out

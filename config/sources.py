@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any, Iterable
 
+from utils.util import flatten
+
 DEFAULT = "default"
 
 
@@ -20,15 +22,9 @@ def paths_of(config: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def leaves(config: dict, prefix: str = "") -> dict[str, Any]:
+def leaves(config: dict) -> dict[str, Any]:
     """The values of a config that --print-config shows, by dotted key: all but non-empty objects (a list is one)."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    return flatten(config)
 
 
 def replaced(sources: dict[str, str], key: str, source: str, config: dict) -> dict[str, str]:

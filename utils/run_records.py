@@ -22,6 +22,7 @@ from utils.errors import UserError, did_you_mean
 from utils.manifest import FAILED, FINISHED, RUNNING, STOPPED, TIME_LIMIT, read_manifest
 from utils.monitor import parse_monitor
 from utils.run_lock import NAME as LOCK_FILE
+from utils.util import flatten
 
 DIED, UNKNOWN = "died", "unknown"  # a start that ended without recording how (kill -9); an older run, not finished
 STATUSES = (FINISHED, STOPPED, TIME_LIMIT, FAILED, RUNNING, DIED, UNKNOWN)
@@ -311,12 +312,3 @@ def differences(a: Mapping, b: Mapping) -> list[tuple[str, Any, Any]]:
             if flat_a.get(key, MISSING) != flat_b.get(key, MISSING)]
 
 
-def flatten(value: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; an empty object stays as it is."""
-    flat = {}
-    for key, item in value.items():
-        if isinstance(item, Mapping) and item:
-            flat.update(flatten(item, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = item
-    return flat

@@ -6,7 +6,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 RUN_ID_FORMAT = "%m%d_%H%M%S"  # a run directory's default name: the start time, e.g. 1122_054040
 
@@ -36,3 +36,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """A config's values by dotted key: {"a": {"b": 1}} -> {"a.b": 1}; an empty object, a list and any other value is
+    one value."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
