@@ -1,6 +1,6 @@
-"""Parameters chosen by name: glob patterns (fnmatch syntax, case-sensitive) over a model's named_parameters(),
-as trainer.freeze and optimizer.param_groups give them. A pattern that matches nothing is a problem naming the
-config key, the pattern and the nearest names."""
+"""Parameters and modules chosen by name: glob patterns (fnmatch syntax, case-sensitive) over a model's
+named_parameters() (trainer.freeze, optimizer.param_groups) or named_modules() (trainer.activation_checkpointing).
+A pattern that matches nothing is a problem naming the config key, the pattern and the nearest names."""
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
@@ -22,13 +22,19 @@ def matching(names: Iterable[str], patterns: Iterable[str]) -> list[str]:
     return [name for name in names if any(fnmatchcase(name, p) for p in patterns)]
 
 
-def unmatched(names: list[str], patterns: Iterable[str], path: str, owner: str) -> list[str]:
-    """'<path>: 'x.*' matches no parameter of <owner>. Did you mean ...?' for each pattern matching none of names."""
-    return [f"{path}: {pattern!r} matches no parameter of {owner}.{_nearest(pattern, names)}"
+def unmatched(names: list[str], patterns: Iterable[str], path: str, owner: str, kind: str = "parameter") -> list[str]:
+    """'<path>: 'x.*' matches no <kind> of <owner>. Did you mean ...?' for each pattern matching none of names."""
+    return [f"{path}: {pattern!r} matches no {kind} of {owner}.{_nearest(pattern, names, kind)}"
             for pattern in patterns if not matching(names, [pattern])]
 
 
-def _nearest(pattern: str, names: list[str]) -> str:
+def outermost(names: list[str], patterns: Iterable[str]) -> list[str]:
+    """The names the patterns match, less those inside another matched one ('a.b' inside 'a')."""
+    chosen = matching(names, patterns)
+    return [name for name in chosen if not any(name.startswith(other + ".") for other in chosen)]
+
+
+def _nearest(pattern: str, names: list[str], kind: str = "parameter") -> str:
     """The nearest names or module prefixes ('features.*'), else the model's top-level prefixes."""
     prefixes = {".".join(name.split(".")[:i]) + ".*": None for name in names for i in range(1, name.count(".") + 1)}
     hint = did_you_mean(pattern, [*names, *prefixes])
@@ -36,7 +42,7 @@ def _nearest(pattern: str, names: list[str]) -> str:
         return hint
     tops = list(dict.fromkeys(name.split(".")[0] + (".*" if "." in name else "") for name in names))
     more = ", ..." if len(tops) > 8 else ""
-    return f" Its parameters are under {', '.join(repr(t) for t in tops[:8])}{more}"
+    return f" Its {kind}s are under {', '.join(repr(t) for t in tops[:8])}{more}"
 
 
 def parameter_groups(named: list[tuple[str, Any]], entries: list[dict], no_decay_bias_norm: bool,
