@@ -106,6 +106,10 @@ class TrainerSettings:
                                        "only on the last)", minimum=1)
     clip_grad_norm: float | None = setting(None, "clip the gradients' total norm to this value before each "
                                                  "optimizer step; null = off", positive=True)
+    activation_checkpointing: list[str] = setting([], "glob patterns of module names (named_modules(), e.g. "
+                                                      "[\"layer*\"]) whose forward recomputes its activations in "
+                                                      "the backward pass, to save memory; [] = off",
+                                                  check=_patterns_ok, rule="a list of glob patterns (strings)")
     sync_batchnorm: bool = setting(False, "under torchrun on GPUs, convert BatchNorm layers to SyncBatchNorm")
     dist_backend: str | None = setting(None, "torch.distributed backend under torchrun; null = nccl on GPU, "
                                              "gloo on CPU")

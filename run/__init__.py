@@ -3,7 +3,8 @@ thin command-line layers over this package, and no command imports another.
 
     devices.py   choose_device: the one device chooser (torchrun ranks, n_gpu, -d cpu, one GPU for inference)
     data.py      build_data: training and validation loaders, or the test split; each rank's share
-    model.py     build_model, place_model (device, compile, DDP/DataParallel), trained_model (from a checkpoint)
+    model.py     build_model, place_model (device, activation checkpointing, compile, DDP/DataParallel),
+                 trained_model (from a checkpoint)
     build.py     build_trainer: data, model, loss, metrics, optimizer, schedule, trainer; build_evaluator
     artifact.py  artifact_metadata: what an exported file carries (preprocessing, class names, arch)
     inputs.py    open_inputs: what --input names (the test split, or files through the loader's inference_source)
