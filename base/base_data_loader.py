@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import struct
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -74,14 +75,15 @@ class EpochSampler(Sampler[int]):
 
 
 class WorkerStart:
-    """What a loader's worker process does first (then the user's worker_init_fn): it ignores the stop signals
-    (SIGINT, SIGTERM, SIGUSR1). They are the main process's to handle, which finishes its step and saves with its
-    workers still serving; and a signal sent to the whole job reaches the workers too: Ctrl-C in a terminal, torchrun
-    stopping its ranks' process groups, a scheduler signalling every process of a job. Left to themselves, SIGTERM
-    and SIGUSR1 would kill a worker, and the main process would fail without saving. The main process ends its workers
-    itself; one whose main process died is killed at once on Linux (PR_SET_PDEATHSIG: else torch's watchdog notices
-    within seconds, while the worker still holds the dead process's connections, which under torchrun keeps the
-    other ranks waiting for a peer that is gone)."""
+    """What a loader's worker process does first (then the user's worker_init_fn): the stop signals (SIGINT, SIGTERM,
+    SIGUSR1) are the main process's to handle, which finishes its step and saves with its workers still serving; but
+    a signal sent to the whole job reaches the workers too: Ctrl-C in a terminal, torchrun stopping its ranks' process
+    groups, a scheduler signalling every process of a job. Left to themselves, SIGTERM and SIGUSR1 would kill a
+    worker, and the main process would fail without saving. So a worker ignores SIGINT and SIGUSR1, and takes a
+    SIGTERM only from its main process (which ends its workers so, at its exit among others): on Linux a thread waits
+    for it and reads who sent it; elsewhere SIGTERM keeps torch's handling. A worker whose main process died is killed
+    at once on Linux (PR_SET_PDEATHSIG: else torch's watchdog notices within seconds, while the worker still holds
+    the dead process's connections, which under torchrun keeps the other ranks waiting for a peer that is gone)."""
 
     def __init__(self, user_init: Callable[[int], None] | None):
         self.user_init = user_init
@@ -89,10 +91,21 @@ class WorkerStart:
 
     def __call__(self, worker_id: int) -> None:
         for signum in SignalStop.SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+            if signum != signal.SIGTERM:
+                signal.signal(signum, signal.SIG_IGN)
+        if hasattr(signal, "sigwaitinfo"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # kept for the thread below
+            threading.Thread(target=_exit_on_sigterm_from, args=(self.parent,), daemon=True).start()
         signal_when_parent_dies(signal.SIGKILL, self.parent)
         if self.user_init is not None:
             self.user_init(worker_id)
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    """In a worker: exit on a SIGTERM that its main process sent (as torch's worker does); ignore any other."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 class EpochDataLoader(DataLoader):

@@ -325,6 +325,23 @@ def test_a_signal_to_the_whole_process_group_stops_with_a_save_while_workers_loa
     assert torch.load(tmp_path / "run" / "checkpoint-step8.pth", weights_only=True)["global_step"] == 8
 
 
+def test_a_process_whose_loader_workers_are_alive_at_its_exit_exits(tmp_path):
+    """multiprocessing ends the workers still alive at the exit with SIGTERM and waits for them: a worker takes a
+    SIGTERM from its main process (the ones from elsewhere it ignores)."""
+    script = tmp_path / "exit.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
+        from pathlib import Path
+        from tiny_trainers import build
+
+        batches = iter(build(Path({str(tmp_path / "run")!r}), epochs=1, workers=2).data_loader)
+        next(batches)  # the workers serve the rest of the epoch, kept until the exit
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_an_unwritable_save_directory_is_a_clear_error(tmp_path, capfd):
     # in this process: utils.errors.run_cli gives train.py's status and prints its error lines (test_train_cli
     # checks that the process exits with that status); an exception would fail the test here
