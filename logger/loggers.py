@@ -14,10 +14,10 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from logger.mlflow_logger import MLflowRun
-from logger.reporter import METRICS_FILE, Sink, TensorBoardSink, read_rows
+from logger.reporter import METRICS_FILE, Sink, TensorBoardSink, is_number, read_rows
 from logger.visualization import RunBoard
 from utils.checkpoint import RunDirs
 from utils.registry import LOGGERS
@@ -52,19 +52,16 @@ class CsvFile(Sink):
 
     def write(self) -> None:
         records = read_rows(self.source)
-        columns = list(dict.fromkeys(key for record in records for key, value in record.items() if _number(value)))
+        columns = list(dict.fromkeys(key for record in records for key, value in record.items() if is_number(value)))
         text = io.StringIO()
         writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: v for k, v in record.items() if _number(v)} for record in records)
+        writer.writerows({k: v for k, v in record.items() if is_number(v)} for record in records)
         write_text_atomic(self.path, text.getvalue())
 
 
 LOGGERS.register(MLflowRun, name="mlflow")  # its module imports mlflow only when the logger is built
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def entries(specs: Iterable[str | dict], tensorboard: bool = True) -> list[tuple[str, dict]]:

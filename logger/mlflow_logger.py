@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from logger.reporter import RunInfo, Sink
+from logger.reporter import RunInfo, Sink, is_number
 from utils.checkpoint import BEST, RunDirs, inference_weights, load_checkpoint
 from utils.errors import PROJECT_ROOT, UserError
 from utils.manifest import git_commit
@@ -149,7 +149,7 @@ class MLflowRun(Sink):
 
     def log(self, row: dict, best: Mapping[str, float]) -> None:
         step = row.get("step", row["epoch"])
-        self._metrics({key: value for key, value in row.items() if key != "step" and _number(value)}, step)
+        self._metrics({key: value for key, value in row.items() if key != "step" and is_number(value)}, step)
         by_class = {key: value for key, value in row.items() if isinstance(value, (list, dict))}
         if by_class:
             place = {key: row[key] for key in ("epoch", "step") if key in row}
@@ -320,9 +320,6 @@ def _name(key: str) -> str:
     """A key MLflow takes: letters, digits, _ - . / : and spaces, 250 characters at most (others become _)."""
     return re.sub(r"[^\w\-./: ]", "_", key)[:250]
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _batches(items: list, size: int) -> Iterator[list]:

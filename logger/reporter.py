@@ -278,3 +278,8 @@ def read_rows(path: Path) -> list[dict]:
             if isinstance(row, dict):
                 rows.append(row)
     return rows
+
+
+def is_number(value: Any) -> bool:
+    """Whether a row's value is a number to chart (not a bool, a list or values by class)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -37,10 +37,6 @@ class BackgroundWriter:
         if pending is not None:
             pending.result()
 
-    @property
-    def busy(self) -> bool:
-        return self._pending is not None and not self._pending.done()
-
     def close(self) -> None:
         """Wait for the write in flight (its error is raised), then let the thread and the buffers go."""
         try:
