@@ -164,3 +164,16 @@ def test_save_every_steps_beside_checkpoint_every_is_one_error(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err == ("error: trainer.save_every_steps and trainer.checkpoint_every both say when to checkpoint; keep one "
                    '(trainer.save_every_steps=null, and checkpoint_every {"steps": N})\n')
+
+
+@pytest.mark.slow
+def test_a_run_with_activation_checkpointing_stopped_mid_epoch_resumes_bit_for_bit(tmp_path, capsys):
+    """trainer.activation_checkpointing keeps the promise of an exact resume: a stop in the middle of the first epoch
+    and the same command again end as a straight run with the same setting."""
+    config = config_file(tmp_path, epochs=2, activation_checkpointing=["features"])
+    assert run_cli(train.main, ["-c", str(config), "--run-id", "straight"]) == 0
+    assert run_cli(train.main, auto(config, "auto", "trainer.max_time=1e-6")) == 0  # stops at its first chance
+    ckpt_dir = run_dir(tmp_path / "saved", "auto")[0]
+    assert torch.load(ckpt_dir / (ckpt_dir / "latest").read_text().strip(), weights_only=True)["batch_in_epoch"] > 0
+    assert run_cli(train.main, auto(config, "auto", "trainer.max_time=null")) == 0
+    assert_same_run(tmp_path / "saved", "auto")
