@@ -22,6 +22,8 @@ from utils.interrupt import SignalStop, StopTraining
 from utils.manifest import RunManifest
 from utils.monitor import Monitor
 from utils.schedule import LRSchedule
+from utils.sharded import (RANK_BUFFERS, SHARDED, SHARDED_PARTS, SOURCE, RankBuffers, ShardedOptimizer, ShardedWeights,
+                           load_shards, this_ranks_state)
 from utils.tracker import is_confusion_matrix
 
 
@@ -64,14 +66,21 @@ class RunOutputs:
         self.manifest = RunManifest(None)
 
     def open(self, dirs: RunDirs, settings: Any, loggers: Sequence[str | dict] = DEFAULT_LOGGERS,
-             manifest: RunManifest | None = None) -> "RunOutputs":
+             manifest: RunManifest | None = None, store: Any = None) -> "RunOutputs":
         """Write into dirs from now on: checkpoints as settings say, each row to metrics.jsonl and the loggers (the
         config's "loggers": names or {type, args}; settings.tensorboard false leaves TensorBoard out), and the
-        manifest given (train.py's: run/manifest.py; none by default)."""
-        self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last,
-                                         settings.save_top_k, settings.monitor, settings.async_checkpoint)
+        manifest given (train.py's: run/manifest.py; none by default). store: how a checkpoint is written (a sharded
+        run's ShardedStore; default: a .pth file)."""
+        self.take_part(dirs, settings, store)
         self.reporter = make_reporter(dirs.log_dir, build_loggers(dirs, loggers, settings.tensorboard))
         self.manifest = manifest or RunManifest(None)
+        return self
+
+    def take_part(self, dirs: RunDirs, settings: Any, store: Any = None) -> "RunOutputs":
+        """Write checkpoints into dirs as settings say, through store, and nothing else: what a rank other than the
+        main one does in a sharded run (its shards), and the checkpoint half of open()."""
+        self.checkpointer = Checkpointer(dirs.checkpoint_dir, settings.save_period, settings.keep_last,
+                                         settings.save_top_k, settings.monitor, settings.async_checkpoint, store)
         return self
 
 
@@ -240,6 +249,10 @@ class BaseTrainer:
     # -- checkpoint state: one loop over named parts each way (utils/checkpoint.py)
     def checkpoint_parts(self) -> dict[str, Stateful]:
         """The stateful parts a checkpoint holds, by name; a subclass adds its own to these."""
+        if self.settings.fsdp2 is not None:  # shards by parameter name and each rank's buffers (utils/sharded.py)
+            return {TRAIN_STATE: self.state, MODEL: ShardedWeights(self.model), RANK_BUFFERS: RankBuffers(self.model),
+                    OPTIMIZER: ShardedOptimizer(self.model, self.optimizer), SCHEDULER: self.schedule,
+                    MONITOR: self.monitor, RNG: RandomState()}
         return {TRAIN_STATE: self.state, MODEL: ModelWeights(self.model), OPTIMIZER: self.optimizer,
                 SCHEDULER: self.schedule, MONITOR: self.monitor, RNG: RandomState()}
 
@@ -252,6 +265,16 @@ class BaseTrainer:
     def load_state_dict(self, state: dict, load_optimizer: bool = True) -> None:
         """Restore a checkpoint; training continues after its last step (the reporter forgets rows written after
         it)."""
-        restore(self.checkpoint_parts(), state, skip=() if load_optimizer else (OPTIMIZER, SCHEDULER))
+        parts, skip = self.checkpoint_parts(), () if load_optimizer else (OPTIMIZER, SCHEDULER)
+        if SHARDED in state:  # a sharded checkpoint's folder: every rank loads its shards and its own random states
+            if self.settings.fsdp2 is None:
+                raise UserError(f"{state[SOURCE]} is a sharded checkpoint (trainer.strategy fsdp2); resume it with "
+                                f"trainer.strategy fsdp2, or evaluate it with test.py")
+            load_shards(parts, state, skip)
+            state, note = this_ranks_state(state, self.dist.rank, self.dist.world_size, self.config.get("seed"))
+            if note:
+                self.logger.warning("Resumed %s: %s.", state[SOURCE], note)
+            skip = (*skip, *SHARDED_PARTS)
+        restore(parts, state, skip=skip)
         self.outputs.reporter.resume(self.state.epoch,
                                      self.state.global_step if self.state.batch_in_epoch else None)

@@ -3,9 +3,11 @@ of every key, and the rules across keys; see config/fields.py). A new trainer fe
 TrainerSettings; the schema, the defaults, the range checks and docs/config.md follow from it."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from config.fields import setting
+from config.fields import from_section, range_problems, setting
+from utils.json_types import describe, json_types, type_ok
 from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR
 
 
@@ -65,6 +67,57 @@ class CheckpointEvery:
         return []
 
 
+DDP, FSDP2 = "ddp", "fsdp2"  # trainer.strategy's types
+
+
+@dataclass(frozen=True, kw_only=True)
+class FSDP2Settings:
+    """trainer.strategy {"type": "fsdp2", "args": {...}}: torch's fully_shard over the ranks of a torchrun job."""
+
+    shard: list[str] = setting([], "glob patterns of module names (named_modules(), e.g. [\"layer*\"]) sharded as "
+                                   "units of their own, the outermost matches; the model itself always is one",
+                               check=_patterns_ok, rule="a list of glob patterns (strings)")
+    reshard_after_forward: bool = setting(True, "free the gathered parameters after each unit's forward (least "
+                                                "memory); false = keep them until the backward (fewer all-gathers)")
+    param_dtype: str | None = setting(None, "the dtype units compute in (parameters all-gathered in it): 'bf16', "
+                                            "'fp16' or 'fp32'; null = the parameters' own",
+                                      choices=("bf16", "fp16", "fp32"))
+    reduce_dtype: str | None = setting(None, "the dtype gradients are reduce-scattered in; null = param_dtype's",
+                                       choices=("bf16", "fp16", "fp32"))
+    cpu_offload: bool = setting(False, "keep the sharded parameters, gradients and optimizer state in CPU memory "
+                                       "(GPUs only; the optimizer steps on the CPU)")
+
+
+def strategy_problems(value: object) -> list[str]:
+    """What is wrong with a trainer.strategy value (the type check has passed: a string or an object)."""
+    usage = ('"ddp", or {"type": "fsdp2", "args": {...}} with args among ' +
+             ", ".join(f.name for f in dataclasses.fields(FSDP2Settings)))
+    if isinstance(value, str):
+        return [] if value in (DDP, FSDP2) else [f"trainer.strategy must be {usage}; got {value!r}"]
+    if not isinstance(value, dict):
+        return []
+    problems = [f"trainer.strategy.{key} is not a strategy key; it takes type and args ({usage})"
+                for key in value if key not in ("type", "args")]
+    kind, args = value.get("type"), value.get("args", {})
+    if kind not in (DDP, FSDP2):
+        problems.append(f"trainer.strategy.type must be {DDP!r} or {FSDP2!r}; got {kind!r}")
+    if not isinstance(args, dict):
+        return problems + [f"trainer.strategy.args must be an object, got {args!r}"]
+    if kind == DDP and args:
+        problems.append(f"trainer.strategy ddp takes no args; got {', '.join(args)}")
+    if kind != FSDP2:
+        return problems
+    kinds = json_types(FSDP2Settings)
+    for key, item in args.items():
+        if key not in kinds:
+            problems.append(f"trainer.strategy.args.{key} is not an FSDP2 setting; it takes "
+                            f"{', '.join(kinds)}")
+        elif not type_ok(item, kinds[key]):
+            problems.append(f"trainer.strategy.args.{key} must be {describe(kinds[key])}, got {item!r}")
+    return problems + range_problems(FSDP2Settings, {k: v for k, v in args.items() if k in kinds},
+                                     "trainer.strategy.args.")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainerSettings:
     """What the trainer section of a config sets (train.py reads it; the trainer receives this object)."""
@@ -110,6 +163,10 @@ class TrainerSettings:
                                                       "[\"layer*\"]) whose forward recomputes its activations in "
                                                       "the backward pass, to save memory; [] = off",
                                                   check=_patterns_ok, rule="a list of glob patterns (strings)")
+    strategy: str | dict = setting(DDP, "how a torchrun job spreads the model: \"ddp\" (a full copy on each rank) or "
+                                        "{\"type\": \"fsdp2\", \"args\": {...}}: parameters, gradients and optimizer "
+                                        "state sharded over the ranks, sharded checkpoints (docs/training.md)",
+                                   rule='"ddp" or {"type": "fsdp2", "args": {...}}')
     sync_batchnorm: bool = setting(False, "under torchrun on GPUs, convert BatchNorm layers to SyncBatchNorm")
     dist_backend: str | None = setting(None, "torch.distributed backend under torchrun; null = nccl on GPU, "
                                              "gloo on CPU")
@@ -156,6 +213,7 @@ class TrainerSettings:
         if values.get("save_every_steps") is not None and values.get("checkpoint_every") is not None:
             problems.append("trainer.save_every_steps and trainer.checkpoint_every both say when to checkpoint; keep "
                             "one (trainer.save_every_steps=null, and checkpoint_every {\"steps\": N})")
+        problems.extend(strategy_problems(values.get("strategy", DDP)))
         top_k, monitor = values.get("save_top_k"), values.get("monitor")
         if type(top_k) is int and isinstance(monitor, str) and monitor.split() == ["off"]:  # a mistyped one: above
             problems.append(SAVE_TOP_K_NEEDS_MONITOR)
@@ -169,6 +227,14 @@ class TrainerSettings:
         if every is None:
             return self.save_every_steps, None
         return every.steps, None if every.minutes is None else every.minutes * 60
+
+    @property
+    def fsdp2(self) -> FSDP2Settings | None:
+        """The FSDP2 settings when trainer.strategy is fsdp2 (sharded model and checkpoints), else None."""
+        value = self.strategy
+        if value == FSDP2 or isinstance(value, dict) and value.get("type") == FSDP2:
+            return from_section(FSDP2Settings, value.get("args", {}) if isinstance(value, dict) else {})
+        return None
 
     @property
     def max_time_seconds(self) -> float | None:

@@ -14,6 +14,7 @@ from parse_config import ConfigParser
 from utils.checkpoint import ModelWeights, inference_weights
 from utils.distributed import Dist
 from utils.errors import UserError
+from utils.fsdp import check_fsdp2, shard_model
 from utils.params import outermost, unmatched
 from utils.registry import ARCHS
 
@@ -38,13 +39,25 @@ def load_initial_weights(model: torch.nn.Module, arch: dict) -> None:
 def place_model(model: torch.nn.Module, device: torch.device, device_ids: list[int], settings,
                 dist: Dist) -> torch.nn.Module:
     """The model on its device (channels_last, activation checkpointing and compiled if the trainer settings ask),
-    in DDP under torchrun, in DataParallel on several GPUs otherwise."""
+    under torchrun sharded by FSDP2 (trainer.strategy fsdp2) or in DDP, in DataParallel on several GPUs otherwise."""
     memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
     model = model.to(device, memory_format=memory_format)
     if settings.activation_checkpointing:
         checkpoint_activations(model, settings.activation_checkpointing)
+    fsdp2 = settings.fsdp2
+    if fsdp2 is not None:  # checked in one process too, so that --dry-run finds what FSDP2 cannot do
+        check_fsdp2(model, fsdp2, settings, device)
+        if dist.enabled:
+            model = shard_model(model, fsdp2, device, dist.world_size)
+        else:
+            logging.getLogger("train").info("trainer.strategy fsdp2 in one process: nothing to shard over, the model "
+                                            "trains whole%s; checkpoints are sharded ones all the same.",
+                                            " (args.param_dtype and reduce_dtype apply with 2+ ranks)"
+                                            if fsdp2.param_dtype or fsdp2.reduce_dtype else "")
     if settings.compile is not False:
         model = torch.compile(model, **(settings.compile if isinstance(settings.compile, dict) else {}))
+    if fsdp2 is not None:
+        return model
     if dist.enabled:
         if settings.sync_batchnorm:
             if device.type != "cuda":

@@ -23,8 +23,10 @@ from utils import distributed
 from utils.checkpoint import MONITOR, RunDirs, find_checkpoint, holds_state, unwrap
 from utils.distributed import SINGLE, Dist
 from utils.errors import UserError
+from utils.fsdp import full_weights
 from utils.monitor import Monitor
 from utils.run_lock import RunLock
+from utils.sharded import ShardedStore
 from utils.util import seed_everything
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainerSettings)}
@@ -132,13 +134,30 @@ def _opened(run: RunDirs, config: ConfigParser, trainer: BaseTrainer, dist: Dist
     verbosity = config["trainer"]["verbosity"]
     setup_logging(run.log_dir if dist.is_main else None, verbosity=verbosity if dist.is_main else 0)
     get_logger("trainer", verbosity)
+    store = sharded_store(run, trainer.settings, dist)
     if dist.is_main:  # run.json's start is written as training starts (after a resume has loaded its checkpoint)
         trainer.outputs.open(run, trainer.settings, config["loggers"],
-                             open_manifest(run.checkpoint_dir, config, trainer, command))
+                             open_manifest(run.checkpoint_dir, config, trainer, command), store)
         if config.resume is None:  # a start in a directory an earlier start left without a checkpoint (--resume auto)
             trainer.outputs.reporter.resume(0, None)  # forgets the rows it wrote: they are trained again
+    elif store is not None:  # the other ranks of a sharded run write their shards of each checkpoint
+        trainer.outputs.take_part(run, trainer.settings, store)
     get_logger("train", verbosity).info("Run directory: %s (logs: %s)", run.checkpoint_dir, run.log_dir)
     return run
+
+
+def sharded_store(run: RunDirs, settings: TrainerSettings, dist: Dist) -> ShardedStore | None:
+    """How a run with trainer.strategy fsdp2 writes its checkpoints (every rank its shards into one folder); None
+    for any other run. The run directory must be one that every rank sees (a shared disk): a UserError otherwise."""
+    if settings.fsdp2 is None:
+        return None
+    if dist.enabled:
+        blind = [rank for rank, sees in enumerate(distributed.all_gather(run.checkpoint_dir.is_dir())) if not sees]
+        if blind:
+            raise UserError(f"trainer.strategy fsdp2: every rank writes its shards into {run.checkpoint_dir}, but "
+                            f"rank(s) {', '.join(map(str, blind))} do not see it; put trainer.save_dir on a disk "
+                            f"that every machine shares")
+    return ShardedStore(dist.rank, dist.world_size, dist.is_main)
 
 
 @contextlib.contextmanager
@@ -194,7 +213,7 @@ def fast_dev_run(trainer: BaseTrainer, config: ConfigParser) -> None:
         logger.warning("Fast dev run: test.py could not build the test split: %s", e)
         evaluator = None
     if evaluator is not None:
-        evaluator.model.load_state_dict(unwrap(trainer.model).state_dict())
+        evaluator.model.load_state_dict(full_weights(trainer.model))  # whole tensors of a sharded model
         results = evaluator.evaluate(itertools.islice(evaluator.data_loader, 1), desc="test")
         logger.info("Fast dev run, one test batch: %s", ", ".join(f"{k} {compact(v)}" for k, v in results.items()))
     logger.info("Fast dev run passed: one batch each of training, validation%s ran; nothing was written.",

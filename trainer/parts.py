@@ -37,6 +37,7 @@ from base.base_trainer import RunOutputs, TrainState
 from utils.checkpoint import TRACKER, unwrap
 from utils.distributed import Dist, any_rank, rewrap
 from utils.errors import UserError
+from utils.fsdp import whole
 from utils.interrupt import SignalStop, StopTraining
 from utils.params import matching, unmatched
 from utils.part import Part
@@ -421,7 +422,7 @@ def limited(n: int, limit: int | float | None) -> int:
 
 
 class Histograms(Part):
-    """Every parameter's histogram after each epoch."""
+    """Every parameter's histogram after each epoch (a sharded one's whole tensor: every rank takes part)."""
 
     def __init__(self, outputs: RunOutputs):
         self.outputs = outputs
@@ -432,7 +433,7 @@ class Histograms(Part):
 
     def on_epoch_end(self, loop: Loop) -> None:
         for name, param in loop.model.named_parameters():
-            self.outputs.reporter.log_histogram(name, param, loop.epoch)
+            self.outputs.reporter.log_histogram(name, whole(param), loop.epoch)
 
 
 class Freezing(Part):

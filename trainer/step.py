@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.fsdp import gradients_unsynced
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SECOND_ORDER = {"AdaHessian", "SophiaH"}  # pytorch_optimizer's, which need loss.backward(create_graph=True)
@@ -54,8 +55,8 @@ class Stepper:
         finite = self._finite(loss)
         if finite:
             scaled = loss / group if group > 1 else loss
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync:  # DDP all-reduces gradients only on the group's last backward
+            sync = contextlib.nullcontext() if last else gradients_unsynced(self.model)
+            with sync:  # DDP all-reduces (FSDP2 reduce-scatters) gradients only on the group's last backward
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward(create_graph=self.create_graph)
         if last:
             if self.scaler is not None:

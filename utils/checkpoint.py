@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
@@ -28,8 +29,9 @@ from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR, parse_monitor
 from utils.run_records import log_dir_of
 from utils.util import write_text_atomic
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)\.pth$")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)(\.pth)?$")  # a file, or a sharded run's folder
 BEST = "model_best.pth"
+BEST_SHARDED = "model_best"  # a sharded run's folder (utils/sharded.py)
 LATEST = "latest"  # a small text file holding the newest checkpoint's file name
 _log = logging.getLogger("trainer")  # "Saved <file>", once a file is in place
 
@@ -183,22 +185,48 @@ def load_checkpoint(path: str | Path, use: str = RESUME, fix: str | None = None)
     """Read a checkpoint safely (weights_only, onto the CPU); every failure is a clear UserError. use: what the command
     does with it (RESUME, EVALUATE, ...), for the messages; fix: what to do when the file is damaged."""
     path = Path(path)
-    if not path.is_file():
+    fix = fix or f"{use} an earlier checkpoint"
+    if _sharded_folder(path):  # resuming reads the plain values (each rank its shards, later); the others join them
+        from utils.sharded import consolidated, read_plain
+
+        ckpt = read_plain(path, use, fix) if use == RESUME else consolidated(path)
+        needed = ("config", "epoch") if use == RESUME else ("state_dict", "config", "epoch")
+    elif not path.is_file():
         raise UserError(f"checkpoint {path} not found; give a checkpoint file or a run directory to -r")
-    ckpt = read_torch_file(path, "checkpoint", fix or f"{use} an earlier checkpoint")
-    missing = [k for k in ("state_dict", "config", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
+    else:
+        ckpt = read_torch_file(path, "checkpoint", fix)
+        needed = ("state_dict", "config", "epoch")
+    missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UserError(f"{path} is not a checkpoint of this template: it lacks {', '.join(missing)}")
     if ckpt.get(FORMAT, 1) > FORMAT_VERSION:
         raise UserError(f"checkpoint {path} has format {ckpt[FORMAT]}, newer than this template reads "
                         f"({FORMAT_VERSION}); update the template's code to the version that wrote it")
+    if use == RESUME and ckpt.get("consolidated_from"):
+        raise UserError(f"{path} holds only the weights of the sharded checkpoint {ckpt['consolidated_from']} (for "
+                        f"test.py, predict.py and export.py); resume from that folder: -r {path.parent}")
     return ckpt
 
 
+def _sharded_folder(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    from utils.sharded import is_sharded_checkpoint
+
+    return is_sharded_checkpoint(path)
+
+
+def _mtime(path: Path) -> int:
+    """When a checkpoint was written: a file's modification time, a sharded folder's plain file's."""
+    return (path / "train_state.pth" if path.is_dir() else path).stat().st_mtime_ns
+
+
 def checkpoints_in(directory: Path) -> list[Path]:
-    """checkpoint-epoch<N>.pth and checkpoint-step<N>.pth files in directory, newest first."""
-    found = [p for p in directory.glob("checkpoint-*.pth") if CHECKPOINT_RE.search(p.name)]
-    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    """checkpoint-epoch<N>.pth and checkpoint-step<N>.pth files (a sharded run's checkpoint-epoch<N> and
+    checkpoint-step<N> folders) in directory, newest first."""
+    found = [p for p in directory.glob("checkpoint-*") if CHECKPOINT_RE.search(p.name)
+             and (p.is_file() or _sharded_folder(p))]
+    return sorted(found, key=_mtime, reverse=True)
 
 
 def find_checkpoint(path: str | Path, use: str = RESUME) -> tuple[Path, dict]:
@@ -206,7 +234,7 @@ def find_checkpoint(path: str | Path, use: str = RESUME) -> tuple[Path, dict]:
     checkpoints and model_best.pth newest first; a truncated or corrupt file there is reported and skipped.
     use: what the command does with it (RESUME, EVALUATE, ...), for the messages."""
     path = Path(path)
-    if not path.is_dir():
+    if not path.is_dir() or _sharded_folder(path):
         return path, load_checkpoint(path, use)
     candidates = _newest_first(path)
     if not candidates:
@@ -229,9 +257,17 @@ def _newest_first(run_dir: Path) -> list[Path]:
     """The checkpoint files of a run directory, newest first: the one `latest` names, then by modification time."""
     pointer = run_dir / LATEST
     named = [run_dir / pointer.read_text().strip()] if pointer.is_file() else []
-    others = checkpoints_in(run_dir) + ([run_dir / BEST] if (run_dir / BEST).is_file() else [])
-    others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    return list(dict.fromkeys(p for p in named + others if p.is_file()))
+    best = _best_in(run_dir)
+    others = checkpoints_in(run_dir) + ([best] if best is not None else [])
+    others.sort(key=_mtime, reverse=True)
+    return list(dict.fromkeys(p for p in named + others if p.is_file() or _sharded_folder(p)))
+
+
+def _best_in(run_dir: Path) -> Path | None:
+    """The run directory's model_best.pth, or a sharded run's model_best folder; None when it has neither."""
+    if (run_dir / BEST).is_file():
+        return run_dir / BEST
+    return run_dir / BEST_SHARDED if _sharded_folder(run_dir / BEST_SHARDED) else None
 
 
 def checkpoint_to_use(path: str | Path, use: str, last: bool = False) -> tuple[Path, dict, str]:
@@ -239,14 +275,14 @@ def checkpoint_to_use(path: str | Path, use: str, last: bool = False) -> tuple[P
     run directory its model_best.pth when it has one, else (or with last: --last) its newest valid state. Returns
     (path, checkpoint, why: the words that say why this file, for the line the command prints)."""
     path = Path(path)
-    if not path.is_dir():
+    if not path.is_dir() or _sharded_folder(path):
         if last:
             raise UserError(f"--last picks the newest checkpoint of a run directory, but -r {path} is a file; give "
                             f"the run directory, or leave out --last")
         checkpoint = load_checkpoint(path, use)
         return path, checkpoint, f"{_state_of(checkpoint)}: the file given"
-    best = path / BEST
-    if best.is_file() and not last:
+    best = _best_in(path)
+    if best is not None and not last:
         checkpoint = load_checkpoint(best, use, fix=f"{use} the newest checkpoint instead with --last, or give a "
                                                     f"checkpoint file to -r")
         newest = _newest_first(path)[0]
@@ -321,13 +357,21 @@ class Checkpointer:
 
     In the background (trainer.async_checkpoint) each save copies the state off the training path and returns; one
     thread writes the files, decides what stays and updates `latest` as a synchronous save does, one save at a time.
-    wait() returns when the files are in place (and raises a failed write's error); close() also ends the thread."""
+    wait() returns when the files are in place (and raises a failed write's error); close() also ends the thread.
+
+    The store writes one state: a .pth file (FileStore), or a sharded run's folder (utils/sharded.py ShardedStore),
+    which every rank writes with a Checkpointer of its own; the main rank's alone (store.main) decides what stays,
+    deletes, logs and keeps `latest`."""
 
     def __init__(self, directory: Path | None, save_period: int | None = None, keep_last: int | None = None,
-                 save_top_k: int | None = None, monitor: str = "off", background: bool = False):
+                 save_top_k: int | None = None, monitor: str = "off", background: bool = False,
+                 store: Any = None):
         """monitor: trainer.monitor ('max val_accuracy', 'min val_loss' or 'off'), which save_top_k ranks by;
-        background: write in a background thread."""
+        background: write in a background thread; store: how a state is written (default: a .pth file)."""
         self.directory = None if directory is None else Path(directory)
+        self.store = store or FileStore()
+        self.manages = self.store.main  # decides what stays, deletes, logs and keeps `latest`
+        self.best = self.directory / f"model_best{self.store.suffix}" if self.directory is not None else None
         if save_period is None and keep_last is None and save_top_k is None:
             keep_last = 1  # the default: the newest state to resume from (and model_best.pth), nothing more
         self.save_period = save_period or 1  # null: every epoch file is kept by the period, keep_last decides
@@ -345,13 +389,13 @@ class Checkpointer:
         # save_top_k: each epoch file in the directory and its stored value (None: never among the best). On resume
         # the files already there are read back; one that cannot be read or does not say is left alone.
         self._ranked: dict[Path, float | None] = {}
-        if save_top_k is not None and self.directory is not None and self.directory.is_dir():
-            for path in self.directory.glob("checkpoint-epoch*.pth"):
-                if CHECKPOINT_RE.search(path.name):
+        if save_top_k is not None and self.manages and self.directory is not None and self.directory.is_dir():
+            for path in checkpoints_in(self.directory):
+                if path.name.startswith("checkpoint-epoch"):
                     self._rank_stored(path)
-        if self.directory is not None and self.directory.is_dir():
+        if self.manages and self.directory is not None and self.directory.is_dir():
             for tmp in self.directory.glob(".*.tmp"):  # a write that a kill cut short: never a complete state
-                tmp.unlink(missing_ok=True)
+                _remove(tmp)
         self._writer = BackgroundWriter() if background and self.directory is not None else None
 
     @property
@@ -379,7 +423,8 @@ class Checkpointer:
     def _rank_stored(self, path: Path) -> None:
         """Rank an epoch file written before this process by the value it stores (mmap: not read whole)."""
         try:
-            value = monitored_value(torch.load(path, map_location="cpu", weights_only=True, mmap=True), self.key)
+            stored = path / "train_state.pth" if path.is_dir() else path
+            value = monitored_value(torch.load(stored, map_location="cpu", weights_only=True, mmap=True), self.key)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
             logging.getLogger("train").warning("save_top_k leaves %s in place: it cannot be read (%s)", path,
                                                str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -405,15 +450,18 @@ class Checkpointer:
             self._submit(self._save_epoch, state, epoch, is_best, is_last)
 
     def _save_epoch(self, state: dict, epoch: int, is_best: bool, is_last: bool) -> None:
-        path = self._write(state, f"checkpoint-epoch{epoch}.pth")
+        path = self._write(state, f"checkpoint-epoch{epoch}{self.store.suffix}")
+        if is_best:
+            self.store.write(state, self.best)
+        if not self.manages:
+            return
         if self._replaceable is not None and self._replaceable != path:
-            self._replaceable.unlink(missing_ok=True)  # only now that the new state is on disk
+            _remove(self._replaceable)  # only now that the new state is on disk
         kept = self._kept(path.name) or is_last
         self._replaceable = None if kept else path
         written = [path] if kept else []
         if is_best:
-            atomic_save(state, self.directory / BEST)
-            written.append(self.directory / BEST)
+            written.append(self.best)
         if self.save_top_k is not None:  # only now that the new state (and model_best.pth) is on disk
             value = monitored_value(state, self.key)
             if value is not _UNRANKED:
@@ -425,13 +473,13 @@ class Checkpointer:
     def _drop_all_but_top_k(self, newest: Path) -> None:
         """Delete the ranked epoch files but the save_top_k best and the newest (called once the newest is in
         place). Strictly better wins: among equal values the older epoch stays."""
-        self._ranked = {p: v for p, v in self._ranked.items() if p.is_file()}  # keep_last may have deleted some
+        self._ranked = {p: v for p, v in self._ranked.items() if p.exists()}  # keep_last may have deleted some
         sign = -1 if self.mode == "max" else 1
         valued = sorted((p for p, v in self._ranked.items() if v is not None),
                         key=lambda p: (sign * self._ranked[p], _epoch_of(p)))
         keep = set(valued[:self.save_top_k]) | {newest}
         for path in [p for p in self._ranked if p not in keep]:
-            path.unlink(missing_ok=True)
+            _remove(path)
             del self._ranked[path]
 
     def save_best(self, state: dict) -> None:
@@ -440,30 +488,53 @@ class Checkpointer:
             self._submit(self._save_best, state)
 
     def _save_best(self, state: dict) -> None:
-        atomic_save(state, self.directory / BEST)
-        _log.info("Saved %s", self.directory / BEST)
+        self.store.write(state, self.best)
+        if self.manages:
+            _log.info("Saved %s", self.best)
 
     def save_step(self, state: dict, global_step: int) -> Path | None:
         """Write checkpoint-step<N>.pth: the state after global step N, in the middle of an epoch. Returns the file
         (complete once wait() returns)."""
         if self.directory is None:
             return None
-        name = f"checkpoint-step{global_step}.pth"
+        name = f"checkpoint-step{global_step}{self.store.suffix}"
         self._submit(self._save_step, state, name)
         return self.directory / name
 
     def _save_step(self, state: dict, name: str) -> None:
-        _log.info("Saved %s", self._write(state, name))
+        path = self._write(state, name)
+        if self.manages:
+            _log.info("Saved %s", path)
 
     def _write(self, state: dict, name: str) -> Path:
         path = self.directory / name
-        atomic_save(state, path)
-        write_text_atomic(self.directory / LATEST, name + "\n")
+        self.store.write(state, path)
         self.latest = path
+        if not self.manages:
+            return path
+        write_text_atomic(self.directory / LATEST, name + "\n")
         if self.keep_last:  # only now that the new file is in place
             for old in checkpoints_in(self.directory)[self.keep_last:]:
-                old.unlink(missing_ok=True)
+                _remove(old)
         return path
+
+
+class FileStore:
+    """Writes a checkpoint state as one .pth file (atomic_save); the one process that writes manages the files."""
+
+    suffix = ".pth"
+    main = True
+
+    def write(self, state: dict, path: Path) -> None:
+        atomic_save(state, path)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint file, or a sharded checkpoint's folder."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def inference_weights(checkpoint: dict) -> dict:

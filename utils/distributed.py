@@ -121,9 +121,16 @@ def read_on_one_rank(path: str | Path, read: Callable[[Path], Any], ctx: Dist,
 
 def lowest_rank_with(flag: bool) -> int | None:
     """The lowest rank whose flag is true, the same on every rank; None when no rank's is."""
-    flags = [None] * dist.get_world_size()
-    dist.all_gather_object(flags, flag)
-    return next((rank for rank, has in enumerate(flags) if has), None)
+    return next((rank for rank, has in enumerate(all_gather(flag)) if has), None)
+
+
+def all_gather(obj: Any) -> list:
+    """Every rank's obj, in rank order ([obj] in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
 
 
 def device_of(ctx: Dist, n_gpu: int) -> torch.device:

@@ -1,0 +1,106 @@
+"""trainer.strategy fsdp2: torch's fully_shard (FSDP2) over the ranks of a torchrun job, and the few places where a
+sharded model is handled otherwise than a plain one (gradient sync in accumulation, whole tensors for a histogram,
+the full weights). The model's parameters become DTensors sharded on dim 0 over a 1-D device mesh; their names and
+the module tree are unchanged, so trainer.freeze, optimizer.param_groups and activation checkpointing name them as
+before."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+from utils.params import outermost, unmatched
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}
+
+
+def fsdp2_problems(model: nn.Module, args: Any, settings: Any, device: torch.device) -> list[str]:
+    """What in the config FSDP2 cannot honour for this model and device (args: the FSDP2Settings; settings: the
+    TrainerSettings): checked in every process, so that --dry-run finds it without torchrun."""
+    names = [name for name, _ in model.named_modules() if name]
+    problems = [f"{p} (--dry-run prints the model's layers)"
+                for p in unmatched(names, args.shard, "trainer.strategy.args.shard", type(model).__name__, "module")]
+    if settings.ema is not None:
+        problems.append("trainer.ema does not work with trainer.strategy fsdp2 (its average would be a whole copy of "
+                        "the model on every rank); set trainer.ema to null, or use strategy ddp")
+    if settings.sync_batchnorm:
+        problems.append("trainer.sync_batchnorm works with trainer.strategy ddp only; set it to false")
+    if args.cpu_offload and device.type != "cuda":
+        problems.append("trainer.strategy.args.cpu_offload moves the shards off the GPUs, but this run is on the "
+                        "CPU; set it to false")
+    return problems
+
+
+def shard_model(model: nn.Module, args: Any, device: torch.device, world_size: int) -> nn.Module:
+    """fully_shard over all ranks of the job: each module args.shard names (the outermost matches, innermost first),
+    then the model itself. The mesh is made explicitly on the run's device type (gloo's CPU mesh on the CPU, also
+    on a machine with GPUs), so that FSDP2 never guesses it. Returns the model, sharded in place."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    options = {"mesh": mesh, "reshard_after_forward": args.reshard_after_forward,
+               "mp_policy": MixedPrecisionPolicy(param_dtype=DTYPES[args.param_dtype],
+                                                 reduce_dtype=DTYPES[args.reduce_dtype]),
+               "offload_policy": CPUOffloadPolicy() if args.cpu_offload else OffloadPolicy()}
+    units = outermost([name for name, _ in model.named_modules() if name], args.shard)
+    for name in reversed(units):
+        fully_shard(model.get_submodule(name), **options)
+    fully_shard(model, **options)
+    logging.getLogger("train").info("FSDP2: %s sharded over %d ranks in %d units (%s and the model itself).",
+                                    type(model).__name__, world_size, len(units) + 1, ", ".join(units) or "none")
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether model (or the module a compile wrapper holds) was sharded by fully_shard."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+
+
+@contextlib.contextmanager
+def gradients_unsynced(model: nn.Module) -> Iterator[None]:
+    """The backward passes inside keep their gradients on this rank (accumulation's inner micro-steps): DDP's
+    no_sync, FSDP2's set_requires_gradient_sync(False); a plain model has nothing to sync."""
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif is_sharded(model):
+        inner = getattr(model, "_orig_mod", model)
+        inner.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            inner.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded parameter (an all-gather: every rank calls it), else the tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict on every rank (a collective when it is sharded), unwrapped names."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from utils.checkpoint import unwrap
+
+    plain = unwrap(model)
+    if not is_sharded(plain):
+        return plain.state_dict()
+    return get_model_state_dict(plain, options=StateDictOptions(full_state_dict=True))
+
+
+def check_fsdp2(model: nn.Module, args: Any, settings: Any, device: torch.device) -> None:
+    problems = fsdp2_problems(model, args, settings, device)
+    if problems:
+        raise UserError(problems)
