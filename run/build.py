@@ -24,7 +24,7 @@ def build_trainer(config: ConfigParser, device: torch.device, device_ids: list[i
     with nothing to monitor and no console output but its results."""
     settings = config.settings()
     if not training:
-        settings = dataclasses.replace(settings, monitor="off", verbosity=0)
+        settings = dataclasses.replace(settings, monitor="off", verbosity=0, strategy="ddp")  # one process, whole
     data_loader, valid_data_loader = build_data(config, training, dist)
     for loader in (data_loader, valid_data_loader):
         if hasattr(loader, "set_device"):  # in-memory images are converted there, after the copy

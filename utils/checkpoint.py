@@ -178,7 +178,7 @@ def read_torch_file(path: Path, what: str, fix: str) -> Any:
 
 
 # What a command does with a checkpoint, as its messages say it: train.py resumes, test.py evaluates, ...
-RESUME, EVALUATE, PREDICT, EXPORT = "resume from", "evaluate", "predict with", "export"
+RESUME, EVALUATE, PREDICT, EXPORT, START = "resume from", "evaluate", "predict with", "export", "start a new run from"
 
 
 def load_checkpoint(path: str | Path, use: str = RESUME, fix: str | None = None) -> dict:

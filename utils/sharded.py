@@ -17,11 +17,13 @@ background writer may use while training runs collectives on the default one.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -144,8 +146,9 @@ class ShardedStore:
             if self.main:
                 plain = {k: v for k, v in state.items() if k not in (*SHARDED_PARTS, RANK_BUFFERS)}
                 _save(tmp / PLAIN, {**plain, SHARDED: {"world_size": self.world_size, "parts": parts}})
-            dcp.save({name: state[name] for name in parts}, storage_writer=dcp.FileSystemWriter(tmp),
-                     process_group=self.group, no_dist=self.group is None)
+            with _alone(self.group):
+                dcp.save({name: state[name] for name in parts}, storage_writer=dcp.FileSystemWriter(tmp),
+                         process_group=self.group, no_dist=self.group is None)
         except OSError as e:
             raise UserError(f"cannot write sharded checkpoint {path}: {e.strerror or e}; free space or fix "
                             f"permissions of {path.parent} (earlier checkpoints are untouched)") from None
@@ -153,6 +156,15 @@ class ShardedStore:
             replace_folder(tmp, path)
         if self.group is not None:
             dist.barrier(group=self.group)  # the folder is in place before any rank starts the next one
+
+
+@contextlib.contextmanager
+def _alone(group: Any) -> Iterator[None]:
+    """Around DCP in one process (no group): without its warning that it assumes one process, which it is told."""
+    with warnings.catch_warnings():
+        if group is None:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _save(path: Path, obj: Any) -> None:
@@ -195,7 +207,8 @@ def load_shards(parts: dict, checkpoint: dict, skip: tuple = ()) -> None:
     group = checkpoint_group()
     state = {name: parts[name].state_dict() for name in names}
     try:
-        dcp.load(state, checkpoint_id=folder, process_group=group, no_dist=group is None)
+        with _alone(group):
+            dcp.load(state, checkpoint_id=folder, process_group=group, no_dist=group is None)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"the sharded checkpoint {folder} cannot be loaded ({message}); every rank must see the "

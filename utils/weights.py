@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from utils.checkpoint import BEST, find_checkpoint, inference_weights, read_torch_file
+from utils.checkpoint import START, checkpoint_to_use, inference_weights, read_torch_file
 from utils.errors import UserError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel/DataParallel, torch.compile
@@ -66,7 +66,7 @@ def read_weights(source: str | Path, arch_type: str | None = None) -> tuple[dict
     """(state dict, where it came from) for arch.weights: a file, a run directory or a torchvision weights name."""
     path = Path(source)
     if path.is_dir():
-        chosen, checkpoint = find_checkpoint(path / BEST if (path / BEST).is_file() else path)
+        chosen, checkpoint, _ = checkpoint_to_use(path, START)  # a sharded run's folder: its weights joined
         return inference_weights(checkpoint), str(chosen)
     if path.is_file():
         return state_dict_in(path), str(path)
