@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from utils.errors import UserError
 from utils.params import outermost, unmatched
@@ -29,6 +30,12 @@ def fsdp2_problems(model: nn.Module, args: Any, settings: Any, device: torch.dev
                         "the model on every rank); set trainer.ema to null, or use strategy ddp")
     if settings.sync_batchnorm:
         problems.append("trainer.sync_batchnorm works with trainer.strategy ddp only; set it to false")
+    norms = [name for name, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if args.param_dtype not in (None, "fp32") and norms:
+        problems.append(f"trainer.strategy.args.param_dtype {args.param_dtype!r}: the batch norm layers "
+                        f"{', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''} would compute in it while their "
+                        f"running statistics stay float32, which torch's batch_norm refuses; leave param_dtype null "
+                        f"and set trainer.amp \"{args.param_dtype}\" (autocast keeps norm layers in float32)")
     if args.cpu_offload and device.type != "cuda":
         problems.append("trainer.strategy.args.cpu_offload moves the shards off the GPUs, but this run is on the "
                         "CPU; set it to false")
