@@ -43,8 +43,8 @@ def fsdp2_problems(model: nn.Module, args: Any, settings: Any, device: torch.dev
 
 
 def shard_model(model: nn.Module, args: Any, device: torch.device, world_size: int) -> nn.Module:
-    """fully_shard over all ranks of the job: each module args.shard names (the outermost matches, innermost first),
-    then the model itself. The mesh is made explicitly on the run's device type (gloo's CPU mesh on the CPU, also
+    """fully_shard over all ranks of the job: each module args.shard names (the outermost matches that hold parameters,
+    the last first), then the model itself. The mesh is made explicitly on the run's device type (gloo's CPU mesh on the CPU, also
     on a machine with GPUs), so that FSDP2 never guesses it. Returns the model, sharded in place."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
@@ -54,12 +54,15 @@ def shard_model(model: nn.Module, args: Any, device: torch.device, world_size: i
                "mp_policy": MixedPrecisionPolicy(param_dtype=DTYPES[args.param_dtype],
                                                  reduce_dtype=DTYPES[args.reduce_dtype]),
                "offload_policy": CPUOffloadPolicy() if args.cpu_offload else OffloadPolicy()}
-    units = outermost([name for name, _ in model.named_modules() if name], args.shard)
+    # the outermost modules named that hold parameters (a ReLU's unit would only cost hooks)
+    units = [name for name in outermost([name for name, _ in model.named_modules() if name], args.shard)
+             if next(model.get_submodule(name).parameters(), None) is not None]
+    arch = type(model).__name__
     for name in reversed(units):
         fully_shard(model.get_submodule(name), **options)
     fully_shard(model, **options)
-    logging.getLogger("train").info("FSDP2: %s sharded over %d ranks in %d units (%s and the model itself).",
-                                    type(model).__name__, world_size, len(units) + 1, ", ".join(units) or "none")
+    logging.getLogger("train").info("FSDP2: %s sharded over %d ranks in %d units (%s and the model itself).", arch,
+                                    world_size, len(units) + 1, ", ".join(units) or "none")
     return model
 
 
