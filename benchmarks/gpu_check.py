@@ -1,6 +1,6 @@
 """The GPU fast path, proved in one command on a CUDA machine (sized for under 5 minutes on one H100 or H200).
 
-Six sections, in order; one that raises prints `FAILED <section>: <type>: <message>` and its traceback, and
+Seven sections, in order; one that raises prints `FAILED <section>: <type>: <message>` and its traceback, and
 the next one runs. The exit status is 1 when any failed, else 0; the last line sums up, with the ratios.
 
 1. default: the shipped config.json (scikit-learn digits) as train.py runs it, for 3 epochs: wall time, val_accuracy.
@@ -19,6 +19,9 @@ the next one runs. The exit status is 1 when any failed, else 0; the last line s
 6. checkpoint: section 3's fp32 Trainer writing a checkpoint every epoch (monitor min val_loss), in the background
    (trainer.async_checkpoint, the default) and on the training path, against the same Trainer writing none: all of
    train(), its last write included (benchmarks/checkpointing.py measures the same on the CPU).
+7. sharding: benchmarks/sharding.py with a rank per GPU (2 at most; with one GPU nothing is sharded): per-rank
+   parameters, gradients and AdamW state, peak GPU memory and step time of trainer.strategy fsdp2 against DDP, and
+   the activations one forward keeps with and without activation checkpointing.
 
     python benchmarks/gpu_check.py                        # on a CUDA machine; without one it says so and exits 0
     python benchmarks/gpu_check.py --device cpu --smoke   # the same code on tiny data on the CPU (the tests run it)
@@ -536,8 +539,19 @@ def checkpoint_cost(ctx: Context) -> None:
           f"({ctx.ratios['checkpoint background']:.2f})")
 
 
+def sharding(ctx: Context) -> None:
+    """7. benchmarks/sharding.py: FSDP2's per-rank state and peak memory against DDP's, activation checkpointing."""
+    smoke = ["--width", "64", "--layers", "2", "--steps", "2"] if ctx.sizes is SMOKE else []
+    # FSDP2 shards over 2 GPUs (1 GPU: nothing to shard); on the CPU 2 gloo processes, 1 in the smoke run
+    ranks = min(2, torch.cuda.device_count()) if ctx.cuda else 1 if smoke else 2
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import sharding as benchmark
+
+    benchmark.main(["--ranks", str(ranks), *smoke, *([] if ctx.cuda else ["--cpu"])])
+
+
 SECTIONS = {"default": default_config, "sync": no_sync_per_step, "throughput": throughput, "resume": fp16_resume,
-            "memory": peak_memory, "checkpoint": checkpoint_cost}
+            "memory": peak_memory, "checkpoint": checkpoint_cost, "sharding": sharding}
 
 
 def run_section(name: str, section: Callable[[Context], None], ctx: Context) -> bool:

@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from config.fields import REQUIRED
+from config.fields import REQUIRED, schema_rows
 from config.schema import SCHEMA
+from config.settings import FSDP2Settings
 from utils.json_types import describe
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"
@@ -29,6 +30,9 @@ def reference(schema: dict = SCHEMA) -> str:
     """The Markdown page: the top-level keys, then one table per section (nested sections after their parent)."""
     parts = [INTRO, _table("Top-level keys", "", {k: v for k, v in schema.items() if not isinstance(v, dict)})]
     parts += _sections(schema, "")
+    parts.append(_table("`trainer.strategy.args` of `{\"type\": \"fsdp2\"}`", _cell(
+        FSDP2Settings.__doc__.strip().split("\n")[0] + " Each key is optional; docs/distributed.md shows a config."),
+        schema_rows(FSDP2Settings), "trainer.strategy.args."))
     return "\n\n".join(parts) + "\n"
 
 

@@ -165,7 +165,7 @@ class TrainerSettings:
                                                   check=_patterns_ok, rule="a list of glob patterns (strings)")
     strategy: str | dict = setting(DDP, "how a torchrun job spreads the model: \"ddp\" (a full copy on each rank) or "
                                         "{\"type\": \"fsdp2\", \"args\": {...}}: parameters, gradients and optimizer "
-                                        "state sharded over the ranks, sharded checkpoints (docs/training.md)",
+                                        "state sharded over the ranks, sharded checkpoints (docs/distributed.md)",
                                    rule='"ddp" or {"type": "fsdp2", "args": {...}}')
     sync_batchnorm: bool = setting(False, "under torchrun on GPUs, convert BatchNorm layers to SyncBatchNorm")
     dist_backend: str | None = setting(None, "torch.distributed backend under torchrun; null = nccl on GPU, "

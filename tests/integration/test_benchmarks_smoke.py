@@ -149,3 +149,16 @@ def test_the_memory_baseline_writes_the_tensorboard_scalars_ours_writes(benchmar
     (tmp_path / "plain").mkdir()  # as the benchmark's save directory: made by the parent
     assert memory.baseline(str(tmp_path / "small"), str(tmp_path / "plain"), 1) == 0
     assert not (tmp_path / "plain" / "log").exists() and (tmp_path / "plain" / "checkpoint-epoch1.pth").is_file()
+
+
+def test_sharding_benchmark_measures_ddp_fsdp2_and_activation_checkpointing(capsys, monkeypatch):
+    """benchmarks/sharding.py in this process on a 1-rank group (its 2-rank run spawns processes): each strategy's
+    state in bytes, the activations kept with and without checkpointing, the ratio last."""
+    lines = run_benchmark("sharding.py", "--ranks", "1", "--width", "64", "--layers", "2", "--steps", "2",
+                          capsys=capsys, monkeypatch=monkeypatch)
+    assert re.fullmatch(r"ratio fsdp2/ddp per-rank parameters, gradients and optimizer state: 1\.00", lines[-1])
+    kept = re.search(r"keeps ([\d.]+) MiB for the backward pass against ([\d.]+) MiB without \(ratio (0\.\d\d)\)",
+                     lines[-2])
+    assert kept and float(kept[3]) < 1  # checkpointing keeps less
+    assert [line.split()[0] for line in lines[-4:-2]] == ["ddp", "fsdp2"]
+    assert "peak device memory not measured" in lines[-3] or not torch.cuda.is_available()

@@ -54,7 +54,7 @@ def test_the_smoke_run_on_the_cpu_passes_every_section():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "FAILED" not in result.stdout
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("gpu_check: cpu: 6/6 sections passed; ratio trainer/raw fp32 ")
+    assert last.startswith("gpu_check: cpu: 7/7 sections passed; ratio trainer/raw fp32 ")
     assert re.search(r"checkpoint every epoch/none: background, on the path \d+\.\d\d \d+\.\d\d$", last)
     assert "n/a" not in last
 
