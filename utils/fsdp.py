@@ -61,8 +61,9 @@ def shard_model(model: nn.Module, args: Any, device: torch.device, world_size: i
     for name in reversed(units):
         fully_shard(model.get_submodule(name), **options)
     fully_shard(model, **options)
-    logging.getLogger("train").info("FSDP2: %s sharded over %d ranks in %d units (%s and the model itself).", arch,
-                                    world_size, len(units) + 1, ", ".join(units) or "none")
+    if torch.distributed.get_rank() == 0:
+        logging.getLogger("train").info("FSDP2: %s sharded over %d ranks in %d unit%s (%s).", arch, world_size,
+                                        len(units) + 1, "s" if units else "", ", ".join([*units, "the model itself"]))
     return model
 
 

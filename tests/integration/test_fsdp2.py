@@ -94,7 +94,7 @@ def test_fsdp2_writes_sharded_folders_and_logs_the_numbers_a_single_process_logs
         ".metadata", "__0_0.distcp", "__1_0.distcp", "rank-0.pth", "rank-1.pth", "train_state.pth"]
     assert not list(ckpt_dir.glob(".*.tmp")) and not list(ckpt_dir.glob("*.pth"))
     assert (ckpt_dir / "latest").read_text().strip() == "checkpoint-epoch3"
-    assert ("FSDP2: DigitsModel sharded over 2 ranks in 4 units (features, head.2, head.5 and the model itself)"
+    assert ("FSDP2: DigitsModel sharded over 2 ranks in 4 units (features, head.2, head.5, the model itself)"
             in (log_dir / "info.log").read_text())  # head.* names the head's layers; those with parameters
     rows, single = read_metrics(log_dir, timing=False), read_metrics(run_dir(straight / "saved", "single")[1], False)
     assert [r["step"] for r in rows] == [r["step"] for r in single] == STEPS
