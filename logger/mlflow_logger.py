@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from logger.reporter import RunInfo, Sink, is_number
-from utils.checkpoint import BEST, RunDirs, inference_weights, load_checkpoint
+from utils.checkpoint import EVALUATE, RunDirs, best_in, inference_weights, load_checkpoint
 from utils.errors import PROJECT_ROOT, UserError
 from utils.manifest import git_commit
 from utils.util import write_text_atomic
@@ -178,7 +178,7 @@ class MLflowRun(Sink):
             return
         try:
             self.client.log_dict(self.run_id, dict(self.run.config), "config.json")
-            self._log_weights(Path(self.dirs.checkpoint_dir) / BEST)
+            self._log_weights(Path(self.dirs.checkpoint_dir))
             plots = sorted({*Path(self.dirs.log_dir).glob("*.png"), *Path(self.dirs.checkpoint_dir).glob("*.png")})
             for plot in plots:
                 self.client.log_artifact(self.run_id, str(plot), "plots")
@@ -189,15 +189,17 @@ class MLflowRun(Sink):
         except Exception as e:
             _log.error("MLflow: run %s could not be marked %s: %s", self.run_id, outcome, e)
 
-    def _log_weights(self, best: Path) -> None:
-        """model_best.pth's inference weights (the averaged ones where the run kept an average) as
-        model/model_best.safetensors, with its arch and epoch in the file's metadata."""
-        if not best.is_file():
+    def _log_weights(self, checkpoint_dir: Path) -> None:
+        """model_best.pth's inference weights (the averaged ones where the run kept an average; a sharded run's
+        model_best folder, its shards joined) as model/model_best.safetensors, with its arch and epoch in the file's
+        metadata."""
+        best = best_in(checkpoint_dir)
+        if best is None:
             return
         import torch
         from safetensors.torch import save_file
 
-        checkpoint = load_checkpoint(best)
+        checkpoint = load_checkpoint(best, EVALUATE)
         weights = {name: tensor.detach().clone().contiguous()  # a copy of each: tied weights share storage
                    for name, tensor in inference_weights(checkpoint).items() if isinstance(tensor, torch.Tensor)}
         with tempfile.TemporaryDirectory() as folder:

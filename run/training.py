@@ -20,7 +20,7 @@ from run.devices import choose_device
 from run.manifest import open_manifest
 from trainer.checks import check_first_batch
 from utils import distributed
-from utils.checkpoint import MONITOR, RunDirs, find_checkpoint, holds_state, unwrap
+from utils.checkpoint import MONITOR, RunDirs, find_checkpoint, holds_state
 from utils.distributed import SINGLE, Dist
 from utils.errors import UserError
 from utils.fsdp import full_weights

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
 import random
 import re
@@ -24,9 +23,12 @@ import torch
 from torch import nn
 
 from utils.background import BackgroundWriter
+from utils.checkpoint_format import (EMA, FORMAT, FORMAT_VERSION, MODEL, MONITOR, OPTIMIZER, RNG, SCALER,  # noqa: F401
+                                     SCHEDULER, TRACKER, TRAIN_STATE, atomic_save, read_torch_file, unwrap)
 from utils.errors import UserError
 from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR, parse_monitor
 from utils.run_records import log_dir_of
+from utils.sharded import PLAIN, consolidated, is_sharded_checkpoint, read_plain
 from utils.util import write_text_atomic
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)(\.pth)?$")  # a file, or a sharded run's folder
@@ -35,14 +37,6 @@ BEST_SHARDED = "model_best"  # a sharded run's folder (utils/sharded.py)
 LATEST = "latest"  # a small text file holding the newest checkpoint's file name
 _log = logging.getLogger("trainer")  # "Saved <file>", once a file is in place
 
-# Format 1 (before format_version existed) had the same keys: it loads as it is.
-FORMAT_VERSION = 2
-FORMAT = "format_version"
-# The parts' names in a checkpoint (format 1's keys, kept).
-TRAIN_STATE = "train_state"  # its values (epoch, global_step, batch_in_epoch) sit at the top level, as DESIGN says
-EMA = "ema"  # the checkpoint part: {"state_dict": the averaged weights (unwrapped names), "updates": count}
-MODEL, OPTIMIZER, SCHEDULER, SCALER = "state_dict", "optimizer", "lr_scheduler", "scaler"
-MONITOR, TRACKER, RNG = "monitor", "epoch_tracker", "rng"
 
 
 class Stateful(Protocol):
@@ -78,17 +72,6 @@ class RunDirs:
     """Where one run writes: checkpoints and config copy, logs and event files."""
     checkpoint_dir: Path
     log_dir: Path
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DataParallel, DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def rng_state() -> dict:
@@ -147,36 +130,6 @@ class ModelWeights:
                             f"resume with the arch the checkpoint was trained with") from None
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside path, fsync, then rename over path."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; free space or fix "
-                        f"permissions of {path.parent} (earlier checkpoints are untouched)") from None
-
-
-def read_torch_file(path: Path, what: str, fix: str) -> Any:
-    """torch.load onto the CPU with weights_only (no code runs); a refused or corrupt file is a UserError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))  # the object it would build
-        if unsafe is None:  # not a pickle torch can read at all
-            raise UserError(f"{what} {path} is not a file torch.save wrote, or it is corrupt; {fix}") from None
-        raise UserError(f"{what} {path} was refused: it holds a {unsafe[1]} object, not only tensors and plain "
-                        f"values, and loading it could run code. Only load files you trust, re-saved with plain "
-                        f"data") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{what} {path} is truncated or corrupt ({str(e).splitlines()[0]}); {fix}") from None
-
-
 # What a command does with a checkpoint, as its messages say it: train.py resumes, test.py evaluates, ...
 RESUME, EVALUATE, PREDICT, EXPORT, START = "resume from", "evaluate", "predict with", "export", "start a new run from"
 
@@ -187,8 +140,6 @@ def load_checkpoint(path: str | Path, use: str = RESUME, fix: str | None = None)
     path = Path(path)
     fix = fix or f"{use} an earlier checkpoint"
     if _sharded_folder(path):  # resuming reads the plain values (each rank its shards, later); the others join them
-        from utils.sharded import consolidated, read_plain
-
         ckpt = read_plain(path, use, fix) if use == RESUME else consolidated(path)
         needed = ("config", "epoch") if use == RESUME else ("state_dict", "config", "epoch")
     elif not path.is_file():
@@ -209,16 +160,12 @@ def load_checkpoint(path: str | Path, use: str = RESUME, fix: str | None = None)
 
 
 def _sharded_folder(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    from utils.sharded import is_sharded_checkpoint
-
     return is_sharded_checkpoint(path)
 
 
 def _mtime(path: Path) -> int:
     """When a checkpoint was written: a file's modification time, a sharded folder's plain file's."""
-    return (path / "train_state.pth" if path.is_dir() else path).stat().st_mtime_ns
+    return (path / PLAIN if path.is_dir() else path).stat().st_mtime_ns
 
 
 def checkpoints_in(directory: Path) -> list[Path]:
@@ -257,13 +204,13 @@ def _newest_first(run_dir: Path) -> list[Path]:
     """The checkpoint files of a run directory, newest first: the one `latest` names, then by modification time."""
     pointer = run_dir / LATEST
     named = [run_dir / pointer.read_text().strip()] if pointer.is_file() else []
-    best = _best_in(run_dir)
+    best = best_in(run_dir)
     others = checkpoints_in(run_dir) + ([best] if best is not None else [])
     others.sort(key=_mtime, reverse=True)
     return list(dict.fromkeys(p for p in named + others if p.is_file() or _sharded_folder(p)))
 
 
-def _best_in(run_dir: Path) -> Path | None:
+def best_in(run_dir: Path) -> Path | None:
     """The run directory's model_best.pth, or a sharded run's model_best folder; None when it has neither."""
     if (run_dir / BEST).is_file():
         return run_dir / BEST
@@ -281,7 +228,7 @@ def checkpoint_to_use(path: str | Path, use: str, last: bool = False) -> tuple[P
                             f"the run directory, or leave out --last")
         checkpoint = load_checkpoint(path, use)
         return path, checkpoint, f"{_state_of(checkpoint)}: the file given"
-    best = _best_in(path)
+    best = best_in(path)
     if best is not None and not last:
         checkpoint = load_checkpoint(best, use, fix=f"{use} the newest checkpoint instead with --last, or give a "
                                                     f"checkpoint file to -r")
@@ -423,7 +370,7 @@ class Checkpointer:
     def _rank_stored(self, path: Path) -> None:
         """Rank an epoch file written before this process by the value it stores (mmap: not read whole)."""
         try:
-            stored = path / "train_state.pth" if path.is_dir() else path
+            stored = path / PLAIN if path.is_dir() else path
             value = monitored_value(torch.load(stored, map_location="cpu", weights_only=True, mmap=True), self.key)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
             logging.getLogger("train").warning("save_top_k leaves %s in place: it cannot be read (%s)", path,

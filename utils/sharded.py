@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.checkpoint import (FORMAT, MODEL, OPTIMIZER, RNG, atomic_save, read_torch_file, unwrap)
+from utils.checkpoint_format import FORMAT, FORMAT_VERSION, MODEL, OPTIMIZER, RNG, atomic_save, read_torch_file, unwrap
 from utils.errors import UserError
 from utils.util import seed_everything
 
@@ -240,7 +240,8 @@ def this_ranks_state(checkpoint: dict, rank: int, world_size: int, seed: int | N
 def consolidated(folder: Path) -> dict:
     """A sharded checkpoint as a regular one (plain values and the whole weights, no optimizer state), for test.py,
     predict.py, export.py and --init-from: made once with torch's dcp_to_torch_save and kept as
-    folder/consolidated.pth (read from there afterwards; where the folder is read-only, made in memory each time)."""
+    folder/consolidated.pth (read from there afterwards; where the folder is read-only, made in memory each time; in a
+    torchrun job, where every rank may join them, written by rank 0)."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     target = folder / CONSOLIDATED
@@ -259,7 +260,9 @@ def consolidated(folder: Path) -> dict:
             from None
     finally:
         whole.unlink(missing_ok=True)
-    checkpoint.setdefault(FORMAT, 2)
+    checkpoint.setdefault(FORMAT, FORMAT_VERSION)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return checkpoint  # every rank of a job joins them (--init-from); rank 0 alone keeps the file
     try:
         atomic_save(checkpoint, target)
         logging.getLogger("train").info("Consolidated the sharded checkpoint %s into %s.", folder, target)

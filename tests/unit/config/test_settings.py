@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from config.fields import REQUIRED, Section, from_section, range_problems, schema_rows, setting
-from config.settings import CheckpointEvery, EMASettings, TrainerSettings
+from config.settings import CheckpointEvery, EMASettings, FSDP2Settings, TrainerSettings, strategy_problems
 from parse_config import SCHEMA, validate, with_defaults
 from utils.json_types import NONE
 
@@ -195,3 +195,23 @@ def tiny(tmp_path):
     from conftest import tiny_config
 
     return tiny_config(tmp_path)
+
+
+@pytest.mark.parametrize("value, problems", [
+    ("ddp", []), ("fsdp2", []), ({"type": "fsdp2", "args": {"shard": ["layer*"], "param_dtype": "bf16"}}, []),
+    ("fsdp", ['trainer.strategy must be "ddp", or {"type": "fsdp2", "args": {...}} with args among shard, '
+              'reshard_after_forward, param_dtype, reduce_dtype, cpu_offload; got \'fsdp\'']),
+    ({"type": "fsdp2", "args": {"shards": [], "cpu_offload": "yes", "reduce_dtype": "bf17"}},
+     ["trainer.strategy.args.shards is not an FSDP2 setting; it takes shard, reshard_after_forward, param_dtype, "
+      "reduce_dtype, cpu_offload", "trainer.strategy.args.cpu_offload must be true or false, got 'yes'",
+      "trainer.strategy.args.reduce_dtype must be 'bf16', 'fp16', 'fp32' or null, got 'bf17'"]),
+    ({"type": "ddp", "args": {"x": 1}}, ["trainer.strategy ddp takes no args; got x"]),
+])
+def test_strategy_problems_name_the_key_and_what_it_takes(value, problems):
+    assert strategy_problems(value) == problems
+
+
+def test_the_fsdp2_settings_are_read_from_either_spelling():
+    assert TrainerSettings(epochs=1).fsdp2 is None
+    assert TrainerSettings(epochs=1, strategy="fsdp2").fsdp2 == FSDP2Settings()
+    assert TrainerSettings(epochs=1, strategy={"type": "fsdp2", "args": {"shard": ["a"]}}).fsdp2.shard == ["a"]
