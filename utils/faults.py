@@ -2,7 +2,8 @@
 itself with SIGKILL right after global optimizer step 17 (every other part of the step done: its checkpoint written,
 its validation logged). `signal=TERM` (or INT, USR1) sends that signal instead. It fires on torchrun's first attempt
 only (TORCHELASTIC_RESTART_COUNT unset or 0), so the job torchrun restarts (--max-restarts) trains past that step.
-Without torchrun the one process is rank 0."""
+Several faults separated by `;` fire one per attempt, in order: "rank=1,step=14,signal=TERM;rank=0,step=22" stops
+the first attempt by SIGTERM and kills the second. Without torchrun the one process is rank 0."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,8 @@ from utils.part import Part
 
 VARIABLE = "TRAIN_FAULT"
 SIGNALS = ("KILL", "TERM", "INT", "USR1")
-FORMAT = f'{VARIABLE}="rank=R,step=N" or "rank=R,step=N,signal={"|".join(SIGNALS)}"'
+FORMAT = (f'{VARIABLE}="rank=R,step=N" or "rank=R,step=N,signal={"|".join(SIGNALS)}", several separated by ";" '
+          f'(one per torchrun attempt)')
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,16 @@ class InjectedFault(Part):
 
     @classmethod
     def from_environment(cls, rank: int, world_size: int, environ: Mapping[str, str] = os.environ) -> Part:
-        """The fault TRAIN_FAULT names for this rank on torchrun's first attempt; else a do-nothing Part. The value is
-        checked on every rank and attempt (a bad one fails at once)."""
+        """The fault TRAIN_FAULT names for this rank on this torchrun attempt (the first fault on the first attempt, the
+        second on the next, ...); else a do-nothing Part. The value is checked on every rank and attempt (a bad one
+        fails at once)."""
         text = environ.get(VARIABLE, "").strip()
         if not text:
             return Part()
-        fault = parse(text, world_size)
-        first_attempt = environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0")
-        return cls(fault) if first_attempt and fault.rank == rank else Part()
+        faults = [parse(one, world_size) for one in text.split(";")]
+        attempt = int(environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+        fault = faults[attempt] if attempt < len(faults) else None
+        return cls(fault) if fault is not None and fault.rank == rank else Part()
 
     def on_step_end(self, loop: Any) -> None:
         if loop.stepped and loop.global_step == self.fault.step:

@@ -115,19 +115,22 @@ def test_frozen_features_stay_put_under_fsdp2_until_they_unfreeze(straight):
     assert all(not torch.equal(epoch1[k], epoch2[k]) for k in features if k.endswith("weight"))  # trained in epoch 2
 
 
-@pytest.mark.parametrize("fault", ["signal=TERM", "signal=KILL"])
-def test_a_stopped_or_killed_fsdp2_run_restarted_by_torchrun_ends_bit_for_bit_as_the_straight_one(
-        straight, tmp_path, digit_images, fault):
-    """Rank 1 gets SIGTERM (it stops at the next sync point, step 16, and every rank saves its shards) or SIGKILL (the
-    job dies; the newest complete folder is step 12's) after optimizer step 14, in the middle of epoch 2; torchrun restarts the
-    job with --resume auto, which resumes the newest folder: the records, and the last folder's shards, random
-    states and buffers, are the straight run's bit for bit."""
+def test_an_fsdp2_run_stopped_by_sigterm_then_killed_ends_bit_for_bit_as_the_straight_one(straight, tmp_path,
+                                                                                         digit_images):
+    """torchrun --max-restarts=2 with --resume auto and two faults, one per attempt: rank 1 gets SIGTERM after
+    optimizer step 14, in the middle of epoch 2 (every rank stops at the next sync point, step 16, and saves its
+    shards); the restarted job resumes step 16's folder, and rank 0 is killed (SIGKILL) after step 22, in the middle
+    of epoch 3 (the job dies without saving; the newest complete folder is epoch 2's). The third attempt resumes it
+    and ends as the straight run: its records, and its last folders' shards, random states and buffers, bit for
+    bit."""
     result = torchrun("-c", fsdp2_config(tmp_path, 64, digit_images), "--run-id", "fsdp2", "--resume", "auto",
-                      launcher=("--max-restarts=1",), env={"TRAIN_FAULT": f"rank=1,step=14,{fault}"})
+                      launcher=("--max-restarts=2",),
+                      env={"TRAIN_FAULT": "rank=1,step=14,signal=TERM;rank=0,step=22,signal=KILL"})
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt_dir, log_dir = run_dir(tmp_path / "saved", "fsdp2")
-    resumed = "checkpoint-step16" if fault == "signal=TERM" else "checkpoint-step12"
-    assert f"Resumed from {ckpt_dir / resumed}" in (log_dir / "info.log").read_text()
+    said = (log_dir / "info.log").read_text()
+    assert f"Resumed from {ckpt_dir / 'checkpoint-step16'}" in said
+    assert f"Resumed from {ckpt_dir / 'checkpoint-epoch2'}" in said
     assert read_metrics(log_dir, timing=False) == read_metrics(run_dir(straight / "saved", "fsdp2")[1], timing=False)
     for name in ("checkpoint-epoch3", "model_best"):
         assert_same_folders(run_dir(straight / "saved", "fsdp2")[0] / name, ckpt_dir / name)

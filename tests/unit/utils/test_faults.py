@@ -1,5 +1,6 @@
 """Tests for utils/faults.py: TRAIN_FAULT names a rank, a step and a signal; a bad value is one error naming the
-variable; the fault fires once, after that optimizer step, on the rank it names, on torchrun's first attempt only."""
+variable; the fault fires once, after that optimizer step, on the rank it names, on torchrun's first attempt only
+(several, separated by ';': one per attempt)."""
 from __future__ import annotations
 
 import signal
@@ -43,6 +44,17 @@ def test_the_fault_is_armed_on_its_rank_on_torchruns_first_attempt_only():
     assert type(InjectedFault.from_environment(0, 1, {})) is Part
     with pytest.raises(UserError, match="TRAIN_FAULT"):  # checked on every rank, armed or not
         InjectedFault.from_environment(0, 2, {"TRAIN_FAULT": "rank=one"})
+
+
+def test_several_faults_fire_one_per_torchrun_attempt():
+    faults = {"TRAIN_FAULT": "rank=1,step=14,signal=TERM;rank=0,step=22"}
+    first = InjectedFault.from_environment(1, 2, faults)
+    second = InjectedFault.from_environment(0, 2, {**faults, "TORCHELASTIC_RESTART_COUNT": "1"})
+    assert first.fault == Fault(1, 14, signal.SIGTERM) and second.fault == Fault(0, 22, signal.SIGKILL)
+    assert type(InjectedFault.from_environment(1, 2, {**faults, "TORCHELASTIC_RESTART_COUNT": "1"})) is Part
+    assert type(InjectedFault.from_environment(0, 2, {**faults, "TORCHELASTIC_RESTART_COUNT": "2"})) is Part
+    with pytest.raises(UserError, match="rank must be a rank of this job"):  # each one checked, on every attempt
+        InjectedFault.from_environment(0, 2, {"TRAIN_FAULT": "rank=0,step=3;rank=5,step=4"})
 
 
 def test_it_fires_once_right_after_that_optimizer_step(tmp_path):
