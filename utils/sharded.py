@@ -135,27 +135,44 @@ class ShardedStore:
         """Write state as the folder path, through a temporary folder beside it; returns on every rank once the
         folder is in place."""
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
         tmp = path.with_name(f".{path.name}.tmp")
+        problem = None  # a failed write on any rank fails the save on every rank, which all reach each collective
         try:
             tmp.mkdir(parents=True, exist_ok=True)
             position = {k: state[k] for k in ("epoch", "global_step", "batch_in_epoch") if k in state}
             own = {name: state.get(name) for name in RANK_LOCAL}
             _save(tmp / rank_file(self.rank), {**own, "rank": self.rank, "world_size": self.world_size, **position})
-            parts = [name for name in SHARDED_PARTS if state.get(name) is not None]
             if self.main:
                 plain = {k: v for k, v in state.items() if k not in (*SHARDED_PARTS, RANK_BUFFERS)}
+                parts = [name for name in SHARDED_PARTS if state.get(name) is not None]
                 _save(tmp / PLAIN, {**plain, SHARDED: {"world_size": self.world_size, "parts": parts}})
-            with _alone(self.group):
-                dcp.save({name: state[name] for name in parts}, storage_writer=dcp.FileSystemWriter(tmp),
-                         process_group=self.group, no_dist=self.group is None)
         except OSError as e:
-            raise UserError(f"cannot write sharded checkpoint {path}: {e.strerror or e}; free space or fix "
-                            f"permissions of {path.parent} (earlier checkpoints are untouched)") from None
+            problem = e.strerror or str(e)
+        try:
+            with _alone(self.group):
+                dcp.save({name: state[name] for name in SHARDED_PARTS if state.get(name) is not None},
+                         storage_writer=dcp.FileSystemWriter(tmp), process_group=self.group,
+                         no_dist=self.group is None)
+        except (CheckpointException, OSError) as e:
+            problem = problem or str(e).splitlines()[0]
+        if _on_any_rank(problem is not None, self.group):
+            raise UserError(f"cannot write sharded checkpoint {path}: {problem or 'another rank failed to write'}; "
+                            f"free space or fix permissions of {path.parent} (earlier checkpoints are untouched)")
         if self.main:  # every rank's files are in: DCP's last step, on this rank, follows every rank's writes
             replace_folder(tmp, path)
         if self.group is not None:
             dist.barrier(group=self.group)  # the folder is in place before any rank starts the next one
+
+
+def _on_any_rank(flag: bool, group: Any) -> bool:
+    """True on every rank of group when it is on any (flag itself without a group)."""
+    if group is None:
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())
 
 
 @contextlib.contextmanager

@@ -100,3 +100,23 @@ def test_a_rank_other_than_the_main_one_writes_its_part_and_manages_nothing(tmp_
     checkpointer.save_step({"epoch": 1}, 15)
     assert written == ["checkpoint-epoch1", "model_best", "checkpoint-step15"]
     assert not (tmp_path / LATEST).exists() and (tmp_path / ".checkpoint-epoch1.tmp").exists()
+
+
+def test_a_failed_write_is_a_clear_error_and_the_earlier_folder_stays(tmp_path, monkeypatch):
+    import errno
+
+    import utils.sharded as sharded
+
+    model, optimizer = model_and_optimizer()
+    checkpointer = Checkpointer(tmp_path, keep_last=1, store=ShardedStore(0, 1, main=True))
+    checkpointer.save(state(model, optimizer, 1), 1, is_best=False, is_last=False)
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sharded, "_save", full)
+    with pytest.raises(UserError, match="cannot write sharded checkpoint .*checkpoint-epoch2: No space left on device"):
+        checkpointer.save(state(model, optimizer, 2), 2, is_best=False, is_last=False)
+    assert not (tmp_path / "checkpoint-epoch2").exists() and (tmp_path / LATEST).read_text().strip() == \
+        "checkpoint-epoch1"
+    assert load_checkpoint(tmp_path / "checkpoint-epoch1", RESUME)["epoch"] == 1
