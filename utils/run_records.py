@@ -27,7 +27,7 @@ from utils.util import flatten
 DIED, UNKNOWN = "died", "unknown"  # a start that ended without recording how (kill -9); an older run, not finished
 STATUSES = (FINISHED, STOPPED, TIME_LIMIT, FAILED, RUNNING, DIED, UNKNOWN)
 METRICS_FILE = "metrics.jsonl"
-LATEST_EPOCH = re.compile(r"checkpoint-epoch(\d+)\.pth")
+LATEST_EPOCH = re.compile(r"checkpoint-epoch(\d+)(\.pth)?")  # a file, or a sharded run's folder
 LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")  # info.log's first line starts with its time
 # A start's entries that say when and how it ran rather than what it ran with: left out of environment differences.
 NOT_ENVIRONMENT = ("command", "cwd", "pid", "resumed_from", "started", "ended", "duration_s", "from_epoch", "from_step",
