@@ -275,6 +275,10 @@ class BaseTrainer:
             if note:
                 self.logger.warning("Resumed %s: %s.", state[SOURCE], note)
             skip = (*skip, *SHARDED_PARTS)
+        elif self.settings.fsdp2 is not None:
+            raise UserError("trainer.strategy fsdp2 resumes its own sharded checkpoint folders, and this checkpoint is a "
+                            ".pth file; start a new run from its weights instead: --init-from CHECKPOINT (or resume it "
+                            "with trainer.strategy \"ddp\")")
         restore(parts, state, skip=skip)
         self.outputs.reporter.resume(self.state.epoch,
                                      self.state.global_step if self.state.batch_in_epoch else None)

@@ -120,3 +120,21 @@ def test_a_failed_write_is_a_clear_error_and_the_earlier_folder_stays(tmp_path, 
     assert not (tmp_path / "checkpoint-epoch2").exists() and (tmp_path / LATEST).read_text().strip() == \
         "checkpoint-epoch1"
     assert load_checkpoint(tmp_path / "checkpoint-epoch1", RESUME)["epoch"] == 1
+
+
+def test_a_pth_checkpoint_is_not_resumed_as_a_sharded_run_and_the_other_way_round(tmp_path):
+    """Switching trainer.strategy between ddp and fsdp2 on resume is one clear error each way (--init-from starts a
+    new run from the weights instead)."""
+    from tiny_trainers import build
+
+    trainer = build(tmp_path / "pth", epochs=1)
+    trainer.train()
+    checkpoint = load_checkpoint(tmp_path / "pth" / "checkpoint-epoch1.pth", RESUME)
+    sharded = build(tmp_path / "sharded", epochs=1, strategy="fsdp2")
+    with pytest.raises(UserError, match="resumes its own sharded checkpoint folders, and this checkpoint is a .pth"):
+        sharded.load_state_dict(checkpoint)
+    ShardedStore(0, 1, main=True).write(sharded.state_dict(), tmp_path / "sharded" / "checkpoint-epoch1")
+    folder = load_checkpoint(tmp_path / "sharded" / "checkpoint-epoch1", RESUME)
+    with pytest.raises(UserError, match="is a sharded checkpoint .trainer.strategy fsdp2.; resume it with"):
+        build(tmp_path / "again", epochs=2).load_state_dict(folder)
+    sharded.load_state_dict(folder)  # its own kind loads
