@@ -36,6 +36,9 @@ def fsdp2_problems(model: nn.Module, args: Any, settings: Any, device: torch.dev
                         f"{', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''} would compute in it while their "
                         f"running statistics stay float32, which torch's batch_norm refuses; leave param_dtype null "
                         f"and set trainer.amp \"{args.param_dtype}\" (autocast keeps norm layers in float32)")
+    if device.type == "cuda" and settings.dist_backend not in (None, "nccl"):
+        problems.append(f"trainer.strategy fsdp2 on GPUs needs the nccl backend (trainer.dist_backend is "
+                        f"{settings.dist_backend!r}, whose collectives FSDP2 cannot use there); set it to null")
     if args.cpu_offload and device.type != "cuda":
         problems.append("trainer.strategy.args.cpu_offload moves the shards off the GPUs, but this run is on the "
                         "CPU; set it to false")

@@ -138,3 +138,22 @@ def test_a_pth_checkpoint_is_not_resumed_as_a_sharded_run_and_the_other_way_roun
     with pytest.raises(UserError, match="is a sharded checkpoint .trainer.strategy fsdp2.; resume it with"):
         build(tmp_path / "again", epochs=2).load_state_dict(folder)
     sharded.load_state_dict(folder)  # its own kind loads
+
+
+def test_what_fsdp2_cannot_honour_is_listed_at_once():
+    """utils/fsdp.py's checks, without a process group: every problem of a config in one list."""
+    import types
+
+    from utils.fsdp import fsdp2_problems
+
+    model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    args = types.SimpleNamespace(shard=["2", "layer*"], param_dtype="bf16", cpu_offload=True)
+    settings = types.SimpleNamespace(ema=object(), sync_batchnorm=True, dist_backend="gloo")
+    problems = fsdp2_problems(model, args, settings, torch.device("cuda"))
+    assert [p.split(" ")[0] for p in problems] == [
+        "trainer.strategy.args.shard:", "trainer.ema", "trainer.sync_batchnorm", "trainer.strategy.args.param_dtype",
+        "trainer.strategy"]
+    assert "'layer*' matches no module of Sequential" in problems[0] and "the batch norm layers 1 " in problems[3]
+    assert fsdp2_problems(model, types.SimpleNamespace(shard=["0"], param_dtype=None, cpu_offload=False),
+                          types.SimpleNamespace(ema=None, sync_batchnorm=False, dist_backend=None),
+                          torch.device("cpu")) == []
