@@ -142,7 +142,8 @@ def test_a_two_rank_sharded_checkpoint_resumes_in_one_process_and_says_what_chan
     shutil.copytree(run_dir(straight / "saved", "fsdp2")[1], tmp_path / "log" / "Digits_CNN" / "fsdp2")
     for later in ("checkpoint-step24", "checkpoint-step30", "checkpoint-epoch3"):
         shutil.rmtree(ckpt_dir / later)
-    before = weights(ckpt_dir / "checkpoint-step18")["state_dict"]
+    joined = weights(ckpt_dir / "checkpoint-step18")
+    before = joined["state_dict"]
     train.main(["-r", str(ckpt_dir / "checkpoint-step18"), f"trainer.save_dir={json.dumps(str(tmp_path))}"])
     said = (tmp_path / "log" / "Digits_CNN" / "fsdp2" / "info.log").read_text()
     assert "written by 2 ranks and is resumed on 1" in said and "resharded the model and optimizer" in said
@@ -162,6 +163,12 @@ def test_a_two_rank_sharded_checkpoint_resumes_in_one_process_and_says_what_chan
     trainer.load_state_dict(checkpoint)
     loaded = trainer.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in before.items())
+    from utils.sharded import ShardedOptimizer
+
+    moments = ShardedOptimizer(trainer.model, trainer.optimizer).state_dict()["state"]  # by parameter name
+    saved = _flat(joined["optimizer"]["state"])
+    assert saved and _flat(moments).keys() == saved.keys()
+    assert all(torch.equal(v, saved[k]) for k, v in _flat(moments).items())
 
 
 def test_test_predict_and_init_from_read_a_sharded_run(straight, tmp_path):
