@@ -63,7 +63,7 @@ def init(backend: str | None, timeout_s: int, main: int = 0) -> Dist:
         torch.cuda.set_device(local)
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_initialized() and _started[-1:] != [(backend, timeout_s)]:
-        dist.destroy_process_group()
+        shutdown()
     if not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s)
         store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
@@ -184,6 +184,23 @@ def rewrap(model: torch.nn.Module) -> torch.nn.Module:
         gradient_as_bucket_view=model.gradient_as_bucket_view)
 
 
+_side_groups: dict[str, Any] = {}  # gloo_group's, by name: dropped before the process group is destroyed
+
+
+def gloo_group(name: str) -> Any:
+    """A gloo group of every rank for one purpose (name), made once per process group, by every rank at the same
+    point: sharded checkpoints are written over one from a background thread, apart from training's collectives.
+    None in a process without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if name not in _side_groups:
+        _side_groups[name] = dist.new_group(backend="gloo")
+    return _side_groups[name]
+
+
 def shutdown() -> None:
+    """Leave the process group (and the groups gloo_group made: one still referenced when the process exits makes
+    gloo abort it, 'terminate called without an active exception')."""
+    _side_groups.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from utils.checkpoint_format import FORMAT, FORMAT_VERSION, MODEL, OPTIMIZER, RNG, atomic_save, read_torch_file, unwrap
+from utils.distributed import gloo_group
 from utils.errors import UserError
 from utils.util import seed_everything
 
@@ -53,18 +54,10 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / PLAIN).is_file() and (path / ".metadata").is_file()
 
 
-_groups: dict[int, Any] = {}
-
-
 def checkpoint_group() -> Any:
-    """The gloo group sharded checkpoints are written and read over (made once, by every rank at the same point);
-    None in a process without a process group (DCP then reads and writes alone)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    key = id(dist.group.WORLD)
-    if key not in _groups:
-        _groups[key] = dist.new_group(backend="gloo")
-    return _groups[key]
+    """The gloo group sharded checkpoints are written and read over (utils/distributed.py gloo_group; None in a
+    process without a process group: DCP then reads and writes alone)."""
+    return gloo_group("checkpoints")
 
 
 class ShardedWeights:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from run.model import checkpoint_activations  # noqa: E402
 from trainer.step import Stepper  # noqa: E402
+from utils.distributed import shutdown  # noqa: E402
 from utils.fsdp import full_weights, shard_model, whole  # noqa: E402
 from utils.sharded import ShardedOptimizer, ShardedStore, ShardedWeights  # noqa: E402
 
@@ -115,6 +116,47 @@ def mixed_precision(rank, world) -> list[str]:
     return problems
 
 
+def mixed_precision_by_autocast(rank, world) -> list[str]:
+    """trainer.amp under FSDP2 through the Stepper: bf16 autocast trains as one process does (within bf16's
+    precision); fp16 with its GradScaler skips a step on every rank when one rank's gradient shard is not finite
+    (the ranks agree on the skip and on the new scale), and steps on every rank otherwise."""
+    problems = []
+    reference, sharded = net(norm=False), shard_model(net(norm=False), FSDP2, torch.device("cpu"), world)
+    for model, share in ((reference, None), (sharded, rank)):
+        stepper = Stepper(model, torch.optim.AdamW(model.parameters(), lr=0.01), torch.device("cpu"), amp="bf16")
+        for x, y in batches(2, share, world):
+            stepper.step(lambda: (loss_of(model, x, y), None), 0, 1)
+    whole_weights = full_weights(sharded)
+    problems += [f"bf16: {k} differs by {(v - whole_weights[k]).abs().max().item():.3g}"
+                 for k, v in reference.state_dict().items() if not torch.allclose(v, whole_weights[k], atol=2e-2)]
+    model = shard_model(net(norm=False), FSDP2, torch.device("cpu"), world)
+    stepper = Stepper(model, torch.optim.AdamW(model.parameters(), lr=0.01), torch.device("cpu"), amp="fp16")
+    x, y = batches(1, rank, world)[0]
+    before = {k: v.clone() for k, v in full_weights(model).items()}
+
+    step = stepper.scaler.step
+
+    def poisoned_step(optimizer):  # an infinite gradient in rank 1's shard alone, found when the scaler unscales
+        if rank == 1:
+            model.head[3].weight.grad.to_local().view(-1)[0] = float("inf")
+        return step(optimizer)
+
+    stepper.scaler.step = poisoned_step
+    stepper.step(lambda: (loss_of(model, x, y), None), 0, 1)
+    after = full_weights(model)
+    if any(not torch.equal(before[k], after[k]) for k in before):
+        problems.append("fp16: a step with an infinite gradient on one rank changed the weights")
+    scales = [None] * world
+    dist.all_gather_object(scales, stepper.scaler.get_scale())
+    if len(set(scales)) != 1 or scales[0] >= 65536.0:
+        problems.append(f"fp16: the ranks' scales after the skipped step are {scales}")
+    stepper.scaler.step = step
+    stepper.step(lambda: (loss_of(model, x, y), None), 0, 1)
+    if all(torch.equal(after[k], v) for k, v in full_weights(model).items()):
+        problems.append("fp16: the next step, with finite gradients, did not train")
+    return problems
+
+
 def background_equals_synchronous(rank, world, folder: Path) -> list[str]:
     """A sharded folder written in the background (the Checkpointer's writer thread) holds what the synchronous
     write holds, shard for shard, rank file for rank file."""
@@ -193,6 +235,7 @@ def main(out: str) -> None:
         "activation checkpointing under FSDP2": lambda: activation_checkpointing(rank, world, "fsdp2"),
         "accumulation and clipping under FSDP2": lambda: accumulation_and_clipping(rank, world),
         "mixed precision under FSDP2": lambda: mixed_precision(rank, world),
+        "trainer.amp under FSDP2": lambda: mixed_precision_by_autocast(rank, world),
         "background sharded checkpoint": lambda: background_equals_synchronous(rank, world, folder),
         "each rank's own state back": lambda: each_rank_gets_its_own_state_back(rank, world, folder),
     }
@@ -202,7 +245,7 @@ def main(out: str) -> None:
     if rank == 0:
         merged = {name: [f"rank {r}: {p}" for r, res in enumerate(gathered) for p in res[name]] for name in checks}
         Path(out).write_text(json.dumps(merged, indent=1))
-    dist.destroy_process_group()
+    shutdown()  # the checkpoint group too
 
 
 if __name__ == "__main__":

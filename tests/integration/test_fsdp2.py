@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+import export as export_script
 import predict as predict_script
 import test as test_script
 import train
@@ -171,7 +172,7 @@ def test_a_two_rank_sharded_checkpoint_resumes_in_one_process_and_says_what_chan
     assert all(torch.equal(v, saved[k]) for k, v in _flat(moments).items())
 
 
-def test_test_predict_and_init_from_read_a_sharded_run(straight, tmp_path):
+def test_test_predict_export_and_init_from_read_a_sharded_run(straight, tmp_path):
     ckpt_dir, _ = run_dir(straight / "saved", "fsdp2")
     results = test_script.main(["-r", str(ckpt_dir)])  # model_best: its shards joined once into consolidated.pth
     consolidated = torch.load(ckpt_dir / "model_best" / "consolidated.pth", weights_only=True)
@@ -182,6 +183,8 @@ def test_test_predict_and_init_from_read_a_sharded_run(straight, tmp_path):
     out = tmp_path / "predictions.csv"
     predict_script.main(["-r", str(ckpt_dir / "checkpoint-epoch3"), "--input", "test", "--out", str(out)])
     assert len(out.read_text().splitlines()) == 361
+    exported = export_script.main(["-r", str(ckpt_dir), "--format", "safetensors", "--out", str(tmp_path / "m.st")])
+    assert exported["differences"] and (tmp_path / "m.st").is_file()  # checked against PyTorch by export.py
     train.main(["-c", str(straight / "config_128.json"), "--run-id", "tuned", "--init-from", str(ckpt_dir),
                 "trainer.epochs=1", "trainer.strategy=\"ddp\"", f"trainer.save_dir={json.dumps(str(tmp_path))}"])
     assert (tmp_path / "models" / "Digits_CNN" / "tuned" / "checkpoint-epoch1.pth").is_file()
@@ -191,14 +194,15 @@ def test_test_predict_and_init_from_read_a_sharded_run(straight, tmp_path):
 
 def test_the_pieces_under_two_ranks(tmp_path):
     """fsdp2_checks.py: activation checkpointing's gradients under DDP and FSDP2, accumulation and clipping against
-    one process, bf16 units, a background folder equal to a synchronous one, each rank's own state back."""
+    one process, bf16 units, trainer.amp (bf16 against one process; fp16's GradScaler skipping on every rank when one
+    rank's shard is not finite), a background folder equal to a synchronous one, each rank's own state back."""
     out = tmp_path / "checks.json"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(ROOT / "tests" / "integration" / "fsdp2_checks.py"), str(out)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     problems = json.loads(out.read_text())
-    assert len(problems) == 6 and problems == {name: [] for name in problems}
+    assert len(problems) == 7 and problems == {name: [] for name in problems}
 
 
 @pytest.mark.parametrize("strategy, extra, message", [
