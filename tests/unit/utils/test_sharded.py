@@ -157,3 +157,28 @@ def test_what_fsdp2_cannot_honour_is_listed_at_once():
     assert fsdp2_problems(model, types.SimpleNamespace(shard=["0"], param_dtype=None, cpu_offload=False),
                           types.SimpleNamespace(ema=None, sync_batchnorm=False, dist_backend=None),
                           torch.device("cpu")) == []
+
+
+def test_save_top_k_ranks_folders_by_their_plain_values_also_after_a_restart(tmp_path):
+    """save_top_k over sharded folders: the k best by the value train_state.pth stores, and the newest; a new
+    Checkpointer (a resumed run) reads the folders already there back."""
+    from utils.monitor import Monitor
+
+    model, optimizer = model_and_optimizer()
+
+    def save(checkpointer, epoch, value):
+        monitor = Monitor("max val_accuracy")
+        monitor.update({"epoch": epoch, "val_accuracy": value})
+        checkpointer.save(state(model, optimizer, epoch, monitor=monitor.state_dict()), epoch, is_best=False,
+                          is_last=False)
+
+    def folders():
+        return sorted(p.name for p in tmp_path.glob("checkpoint-epoch*"))
+
+    checkpointer = Checkpointer(tmp_path, save_top_k=1, monitor="max val_accuracy", store=ShardedStore(0, 1, True))
+    for epoch, value in enumerate([0.5, 0.9, 0.7], 1):
+        save(checkpointer, epoch, value)
+    assert folders() == ["checkpoint-epoch2", "checkpoint-epoch3"]
+    resumed = Checkpointer(tmp_path, save_top_k=1, monitor="max val_accuracy", store=ShardedStore(0, 1, True))
+    save(resumed, 4, 0.95)
+    assert folders() == ["checkpoint-epoch4"]
