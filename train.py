@@ -126,17 +126,18 @@ def main(argv: list[str] | None = None) -> None:
 def train(trainer: BaseTrainer, resume_with: str) -> None:
     """trainer.train(); stopped by a signal, say how to resume (resume_with: the command) and exit with the signal's
     status; stopped by trainer.max_time, say how to resume and return (exit 0)."""
+    logger = get_logger("train")
+    say = logger.warning if trainer.dist.is_main else logger.info  # once for the job (other ranks log quietly)
     try:
         trainer.train()
     except StopTraining as stop:
         if stop.reason == StopTraining.SIGNAL:
-            get_logger("train").warning("Stopped by %s after global step %d. Resume with:\n    %s",
-                                        signal.Signals(stop.signum).name, trainer.global_step, resume_with)
+            say("Stopped by %s after global step %d. Resume with:\n    %s", signal.Signals(stop.signum).name,
+                trainer.global_step, resume_with)
             raise SystemExit(stop.exit_code) from None
         # trainer.max_time: a planned stop, exit 0, so that a scheduled job can requeue itself
-        get_logger("train").warning("trainer.max_time (%s) reached after global step %d; saved %s. Resume with:\n"
-                                    "    %s", trainer.settings.max_time, trainer.global_step, stop.checkpoint,
-                                    resume_with)
+        say("trainer.max_time (%s) reached after global step %d; saved %s. Resume with:\n    %s",
+            trainer.settings.max_time, trainer.global_step, stop.checkpoint, resume_with)
 
 
 def print_summary(trainer: BaseTrainer) -> None:
