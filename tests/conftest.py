@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,13 @@ def run_dir(save_dir: Path, run_id: str, name: str = "Digits_CNN") -> tuple[Path
 
 
 TIMING = ("epoch_time", "samples_per_sec")  # differ between otherwise identical runs
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server or a rendezvous a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_metrics(log_dir: Path, timing: bool = True) -> list[dict]:

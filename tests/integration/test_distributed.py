@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 import test as test_script
 import train
-from conftest import ROOT, TIMING, read_metrics, run_dir, tiny_config
+from conftest import ROOT, TIMING, free_port, read_metrics, run_dir, tiny_config
 from utils.checkpoint import find_checkpoint
 
 # each test starts torchrun, or reads the runs of a fixture that did; train.main and test.main set up logging
@@ -278,12 +277,6 @@ def project_copy(where: Path) -> Path:
     shutil.copytree(ROOT, where, ignore=shutil.ignore_patterns(".git", "saved", "__pycache__", ".pytest_cache",
                                                                 ".hypothesis", "tests", "benchmarks"))
     return where
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def two_nodes(copies: list[Path], *args: str) -> list[subprocess.CompletedProcess]:

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import train
-from conftest import ROOT, read_metrics, run_dir, tiny_config
+from conftest import ROOT, TIMING, free_port, read_metrics, run_dir, tiny_config
 from logger.mlflow_logger import RUN_ID_FILE, flatten
 from utils.checkpoint import inference_weights, load_checkpoint
 from utils.errors import run_cli
@@ -26,15 +25,6 @@ from utils.errors import run_cli
 pytestmark = pytest.mark.usefixtures("restore_logging")
 needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
                                   reason="mlflow is not installed: pip install -r requirements-mlflow.txt")
-
-TIMING = ("epoch_time", "samples_per_sec")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

@@ -4,7 +4,6 @@ hyperparameters and final and best values in the HParams dashboard."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ import urllib.request
 import pytest
 
 import train
-from conftest import read_metrics, run_dir, tiny_config
+from conftest import free_port, read_metrics, run_dir, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_logging")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
