@@ -249,12 +249,14 @@ class BaseTrainer:
     # -- checkpoint state: one loop over named parts each way (utils/checkpoint.py)
     def checkpoint_parts(self) -> dict[str, Stateful]:
         """The stateful parts a checkpoint holds, by name; a subclass adds its own to these."""
-        if self.settings.fsdp2 is not None:  # shards by parameter name and each rank's buffers (utils/sharded.py)
-            return {TRAIN_STATE: self.state, MODEL: ShardedWeights(self.model), RANK_BUFFERS: RankBuffers(self.model),
-                    OPTIMIZER: ShardedOptimizer(self.model, self.optimizer), SCHEDULER: self.schedule,
-                    MONITOR: self.monitor, RNG: RandomState()}
-        return {TRAIN_STATE: self.state, MODEL: ModelWeights(self.model), OPTIMIZER: self.optimizer,
-                SCHEDULER: self.schedule, MONITOR: self.monitor, RNG: RandomState()}
+        sharded = self.settings.fsdp2 is not None  # by parameter name, for DCP (utils/sharded.py)
+        parts = {TRAIN_STATE: self.state,
+                 MODEL: ShardedWeights(self.model) if sharded else ModelWeights(self.model),
+                 OPTIMIZER: ShardedOptimizer(self.model, self.optimizer) if sharded else self.optimizer,
+                 SCHEDULER: self.schedule, MONITOR: self.monitor, RNG: RandomState()}
+        if sharded:  # each rank's own buffers, restored after the model's
+            parts[RANK_BUFFERS] = RankBuffers(self.model)
+        return parts
 
     def state_dict(self) -> dict:
         """Everything a checkpoint holds: plain values and tensors only."""

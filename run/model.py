@@ -14,7 +14,7 @@ from parse_config import ConfigParser
 from utils.checkpoint import ModelWeights, inference_weights
 from utils.distributed import Dist
 from utils.errors import UserError
-from utils.fsdp import check_fsdp2, shard_model
+from utils.fsdp import fsdp2_problems, shard_model
 from utils.params import outermost, unmatched
 from utils.registry import ARCHS
 
@@ -46,7 +46,9 @@ def place_model(model: torch.nn.Module, device: torch.device, device_ids: list[i
         checkpoint_activations(model, settings.activation_checkpointing)
     fsdp2 = settings.fsdp2
     if fsdp2 is not None:  # checked in one process too, so that --dry-run finds what FSDP2 cannot do
-        check_fsdp2(model, fsdp2, settings, device)
+        problems = fsdp2_problems(model, fsdp2, settings, device)
+        if problems:
+            raise UserError(problems)
         if dist.enabled:
             model = shard_model(model, fsdp2, device, dist.world_size)
         else:

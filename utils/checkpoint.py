@@ -28,7 +28,7 @@ from utils.checkpoint_format import (EMA, FORMAT, FORMAT_VERSION, MODEL, MONITOR
 from utils.errors import UserError
 from utils.monitor import SAVE_TOP_K_NEEDS_MONITOR, parse_monitor
 from utils.run_records import log_dir_of
-from utils.sharded import PLAIN, consolidated, is_sharded_checkpoint, read_plain
+from utils.sharded import CONSOLIDATED_FROM, PLAIN, consolidated, is_sharded_checkpoint, read_plain
 from utils.util import write_text_atomic
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(epoch|step)(\d+)(\.pth)?$")  # a file, or a sharded run's folder
@@ -139,7 +139,7 @@ def load_checkpoint(path: str | Path, use: str = RESUME, fix: str | None = None)
     does with it (RESUME, EVALUATE, ...), for the messages; fix: what to do when the file is damaged."""
     path = Path(path)
     fix = fix or f"{use} an earlier checkpoint"
-    if _sharded_folder(path):  # resuming reads the plain values (each rank its shards, later); the others join them
+    if is_sharded_checkpoint(path):  # resuming reads the plain values (each rank its shards, later); the others join them
         ckpt = read_plain(path, use, fix) if use == RESUME else consolidated(path)
         needed = ("config", "epoch") if use == RESUME else ("state_dict", "config", "epoch")
     elif not path.is_file():
@@ -153,14 +153,10 @@ def load_checkpoint(path: str | Path, use: str = RESUME, fix: str | None = None)
     if ckpt.get(FORMAT, 1) > FORMAT_VERSION:
         raise UserError(f"checkpoint {path} has format {ckpt[FORMAT]}, newer than this template reads "
                         f"({FORMAT_VERSION}); update the template's code to the version that wrote it")
-    if use == RESUME and ckpt.get("consolidated_from"):
-        raise UserError(f"{path} holds only the weights of the sharded checkpoint {ckpt['consolidated_from']} (for "
+    if use == RESUME and ckpt.get(CONSOLIDATED_FROM):
+        raise UserError(f"{path} holds only the weights of the sharded checkpoint {ckpt[CONSOLIDATED_FROM]} (for "
                         f"test.py, predict.py and export.py); resume from that folder: -r {path.parent}")
     return ckpt
-
-
-def _sharded_folder(path: Path) -> bool:
-    return is_sharded_checkpoint(path)
 
 
 def _mtime(path: Path) -> int:
@@ -172,7 +168,7 @@ def checkpoints_in(directory: Path) -> list[Path]:
     """checkpoint-epoch<N>.pth and checkpoint-step<N>.pth files (a sharded run's checkpoint-epoch<N> and
     checkpoint-step<N> folders) in directory, newest first."""
     found = [p for p in directory.glob("checkpoint-*") if CHECKPOINT_RE.search(p.name)
-             and (p.is_file() or _sharded_folder(p))]
+             and (p.is_file() or is_sharded_checkpoint(p))]
     return sorted(found, key=_mtime, reverse=True)
 
 
@@ -181,7 +177,7 @@ def find_checkpoint(path: str | Path, use: str = RESUME) -> tuple[Path, dict]:
     checkpoints and model_best.pth newest first; a truncated or corrupt file there is reported and skipped.
     use: what the command does with it (RESUME, EVALUATE, ...), for the messages."""
     path = Path(path)
-    if not path.is_dir() or _sharded_folder(path):
+    if not path.is_dir() or is_sharded_checkpoint(path):
         return path, load_checkpoint(path, use)
     candidates = _newest_first(path)
     if not candidates:
@@ -207,14 +203,14 @@ def _newest_first(run_dir: Path) -> list[Path]:
     best = best_in(run_dir)
     others = checkpoints_in(run_dir) + ([best] if best is not None else [])
     others.sort(key=_mtime, reverse=True)
-    return list(dict.fromkeys(p for p in named + others if p.is_file() or _sharded_folder(p)))
+    return list(dict.fromkeys(p for p in named + others if p.is_file() or is_sharded_checkpoint(p)))
 
 
 def best_in(run_dir: Path) -> Path | None:
     """The run directory's model_best.pth, or a sharded run's model_best folder; None when it has neither."""
     if (run_dir / BEST).is_file():
         return run_dir / BEST
-    return run_dir / BEST_SHARDED if _sharded_folder(run_dir / BEST_SHARDED) else None
+    return run_dir / BEST_SHARDED if is_sharded_checkpoint(run_dir / BEST_SHARDED) else None
 
 
 def checkpoint_to_use(path: str | Path, use: str, last: bool = False) -> tuple[Path, dict, str]:
@@ -222,7 +218,7 @@ def checkpoint_to_use(path: str | Path, use: str, last: bool = False) -> tuple[P
     run directory its model_best.pth when it has one, else (or with last: --last) its newest valid state. Returns
     (path, checkpoint, why: the words that say why this file, for the line the command prints)."""
     path = Path(path)
-    if not path.is_dir() or _sharded_folder(path):
+    if not path.is_dir() or is_sharded_checkpoint(path):
         if last:
             raise UserError(f"--last picks the newest checkpoint of a run directory, but -r {path} is a file; give "
                             f"the run directory, or leave out --last")

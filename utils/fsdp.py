@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from utils.errors import UserError
+from utils.checkpoint_format import unwrap
 from utils.params import outermost, unmatched
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}
@@ -71,10 +71,9 @@ def shard_model(model: nn.Module, args: Any, device: torch.device, world_size: i
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """Whether model (or the module a compile wrapper holds) was sharded by fully_shard."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+    """Whether model (or the module a compile wrapper holds) was sharded by fully_shard: it has FSDPModule's methods
+    (asked each micro-step, so without importing torch.distributed.fsdp into runs that never use it)."""
+    return hasattr(getattr(model, "_orig_mod", model), "set_requires_gradient_sync")
 
 
 @contextlib.contextmanager
@@ -106,15 +105,7 @@ def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's whole state dict on every rank (a collective when it is sharded), unwrapped names."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from utils.checkpoint import unwrap
-
     plain = unwrap(model)
     if not is_sharded(plain):
         return plain.state_dict()
     return get_model_state_dict(plain, options=StateDictOptions(full_state_dict=True))
-
-
-def check_fsdp2(model: nn.Module, args: Any, settings: Any, device: torch.device) -> None:
-    problems = fsdp2_problems(model, args, settings, device)
-    if problems:
-        raise UserError(problems)

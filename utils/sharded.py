@@ -132,6 +132,7 @@ class ShardedStore:
 
         tmp = path.with_name(f".{path.name}.tmp")
         problem = None  # a failed write on any rank fails the save on every rank, which all reach each collective
+        parts = [name for name in SHARDED_PARTS if state.get(name) is not None]
         try:
             tmp.mkdir(parents=True, exist_ok=True)
             position = {k: state[k] for k in ("epoch", "global_step", "batch_in_epoch") if k in state}
@@ -139,13 +140,12 @@ class ShardedStore:
             _save(tmp / rank_file(self.rank), {**own, "rank": self.rank, "world_size": self.world_size, **position})
             if self.main:
                 plain = {k: v for k, v in state.items() if k not in (*SHARDED_PARTS, RANK_BUFFERS)}
-                parts = [name for name in SHARDED_PARTS if state.get(name) is not None]
                 _save(tmp / PLAIN, {**plain, SHARDED: {"world_size": self.world_size, "parts": parts}})
         except OSError as e:
             problem = e.strerror or str(e)
         try:
             with _alone(self.group):
-                dcp.save({name: state[name] for name in SHARDED_PARTS if state.get(name) is not None},
+                dcp.save({name: state[name] for name in parts},
                          storage_writer=dcp.FileSystemWriter(tmp), process_group=self.group,
                          no_dist=self.group is None)
         except (CheckpointException, OSError) as e:
