@@ -138,6 +138,8 @@ def test_an_fsdp2_run_stopped_by_sigterm_then_killed_ends_bit_for_bit_as_the_str
 
 
 def test_a_two_rank_sharded_checkpoint_resumes_in_one_process_and_says_what_changed(straight, tmp_path):
+    """Step 18's folder of the 2-rank run resumed in one process, stopped there by trainer.max_time after its first
+    step (a sharded folder written by one process), and resumed again to the end."""
     ckpt_dir = tmp_path / "models" / "Digits_CNN" / "fsdp2"
     shutil.copytree(run_dir(straight / "saved", "fsdp2")[0], ckpt_dir)
     shutil.copytree(run_dir(straight / "saved", "fsdp2")[1], tmp_path / "log" / "Digits_CNN" / "fsdp2")
@@ -145,8 +147,13 @@ def test_a_two_rank_sharded_checkpoint_resumes_in_one_process_and_says_what_chan
         shutil.rmtree(ckpt_dir / later)
     joined = weights(ckpt_dir / "checkpoint-step18")
     before = joined["state_dict"]
-    train.main(["-r", str(ckpt_dir / "checkpoint-step18"), f"trainer.save_dir={json.dumps(str(tmp_path))}"])
+    train.main(["-r", str(ckpt_dir / "checkpoint-step18"), f"trainer.save_dir={json.dumps(str(tmp_path))}",
+                "trainer.max_time=1e-6"])
+    assert (ckpt_dir / "latest").read_text().strip() == "checkpoint-step20"  # the first optimizer step, saved
+    train.main(["-r", str(ckpt_dir), "trainer.max_time=null"])
     said = (tmp_path / "log" / "Digits_CNN" / "fsdp2" / "info.log").read_text()
+    assert f"Resumed from {ckpt_dir / 'checkpoint-step20'}" in said
+    assert said.count("is resumed on 1") == 1  # the folder one process wrote resumes in one: nothing to say
     assert "written by 2 ranks and is resumed on 1" in said and "resharded the model and optimizer" in said
     assert "the epoch goes on after batch 16 (as many samples as 8 batches on 2 ranks)" in said
     rows = read_metrics(tmp_path / "log" / "Digits_CNN" / "fsdp2", timing=False)
