@@ -35,13 +35,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from logger.reporter import RunInfo, Sink, is_number
 from utils.checkpoint import EVALUATE, RunDirs, best_in, inference_weights, load_checkpoint
 from utils.errors import PROJECT_ROOT, UserError
 from utils.manifest import git_commit
-from utils.util import write_text_atomic
+from utils.util import flatten, write_text_atomic
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -89,7 +89,7 @@ class MLflowRun(Sink):
         params = self._continue() if (Path(self.dirs.log_dir) / RUN_ID_FILE).is_file() else None
         if params is None:
             params = self._create(experiment_id)
-        self._log_params(flatten(config), params)
+        self._log_params(as_params(config), params)
         commit = git_commit(PROJECT_ROOT)
         self._tags({"command": shlex.join(sys.orig_argv), "run_dir": str(self.dirs.checkpoint_dir),
                     **({MLFLOW_GIT_COMMIT: commit} if commit else {})})
@@ -305,17 +305,11 @@ def end_study_run(uri: str, run_id: str, outcome: str, best: Mapping[str, float]
     client.set_terminated(run_id, outcome)
 
 
-def flatten(config: Mapping | Sequence, prefix: str = "") -> dict[str, str]:
+def as_params(config: Mapping) -> dict[str, str]:
     """A config as MLflow parameters: one dotted key per value (a list's items by index, as in overrides:
     metrics.0), each value as JSON (a string as it is) cut at PARAM_LIMIT characters."""
-    flat: dict[str, str] = {}
-    for key, value in config.items() if isinstance(config, Mapping) else enumerate(config):
-        path = f"{prefix}{key}"
-        if isinstance(value, (Mapping, list)) and value:
-            flat.update(flatten(value, f"{path}."))
-        else:
-            flat[_name(path)] = (value if isinstance(value, str) else json.dumps(value))[:PARAM_LIMIT]
-    return flat
+    return {_name(path): (value if isinstance(value, str) else json.dumps(value))[:PARAM_LIMIT]
+            for path, value in flatten(config, lists=True).items()}
 
 
 def _name(key: str) -> str:

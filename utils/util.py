@@ -38,13 +38,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping, prefix: str = "", lists: bool = False) -> dict[str, Any]:
     """A config's values by dotted key: {"a": {"b": 1}} -> {"a.b": 1}; an empty object, a list and any other value is
-    one value."""
+    one value. lists: a non-empty list's items by index too, as overrides name them ({"m": [1]} -> {"m.0": 1})."""
+    nested = (Mapping, list) if lists else Mapping
     flat = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
+    for key, value in config.items() if isinstance(config, Mapping) else enumerate(config):
+        if isinstance(value, nested) and value:
+            flat.update(flatten(value, f"{prefix}{key}.", lists))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

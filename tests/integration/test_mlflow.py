@@ -18,7 +18,7 @@ import pytest
 
 import train
 from conftest import ROOT, TIMING, free_port, read_metrics, run_dir, tiny_config
-from logger.mlflow_logger import RUN_ID_FILE, flatten
+from logger.mlflow_logger import RUN_ID_FILE, as_params
 from utils.checkpoint import inference_weights, load_checkpoint
 from utils.errors import run_cli
 
@@ -98,7 +98,7 @@ def test_a_run_is_an_mlflow_run_read_back_through_the_server(tmp_path, server):
     assert client.get_experiment(run.info.experiment_id).name == "Digits_CNN"
     # the parameters: the run's config, flattened
     saved_config = json.loads((ckpt_dir / "config.json").read_text())
-    assert run.data.params == flatten(saved_config)
+    assert run.data.params == as_params(saved_config)
     assert (run.data.params["trainer.epochs"], run.data.params["metrics.0"], run.data.params["lr_scheduler.type"]) \
         == ("2", "accuracy", saved_config["lr_scheduler"]["type"])
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout

@@ -6,7 +6,7 @@ import ast
 import sys
 
 from conftest import ROOT, tiny_config
-from logger.mlflow_logger import PARAM_LIMIT, _artifact_location, flatten, tracking_uri
+from logger.mlflow_logger import PARAM_LIMIT, _artifact_location, as_params, tracking_uri
 from parse_config import validate, with_defaults
 
 
@@ -14,7 +14,7 @@ def test_the_config_becomes_dotted_parameters_cut_at_the_limit():
     config = {"name": "run", "arch": {"type": "Net", "args": {"channels": 4, "drop": None}}, "metrics": ["accuracy"],
               "loggers": [{"type": "mlflow", "args": {}}], "flag": True, "empty": [], "long": "x" * 600,
               "odd key!": 1.5}
-    assert flatten(config) == {"name": "run", "arch.type": "Net", "arch.args.channels": "4", "arch.args.drop": "null",
+    assert as_params(config) == {"name": "run", "arch.type": "Net", "arch.args.channels": "4", "arch.args.drop": "null",
                                "metrics.0": "accuracy", "loggers.0.type": "mlflow", "loggers.0.args": "{}",
                                "flag": "true", "empty": "[]", "long": "x" * PARAM_LIMIT, "odd key_": "1.5"}
 
